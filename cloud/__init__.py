@@ -1,0 +1,1 @@
+"""The cloud tier: JetStream streams, the windowed aggregator, and the views."""

@@ -1,0 +1,1 @@
+"""Views of the aggregates: the live terminal table (and, later, web and query API)."""

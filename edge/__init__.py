@@ -1,0 +1,1 @@
+"""The edge agent: sources -> decoders -> validation -> batcher -> durable buffer -> uplink."""

@@ -1,0 +1,18 @@
+"""Errors of the edge agent."""
+
+from __future__ import annotations
+
+from gateway.errors import GatewayError
+
+
+class DecodeError(GatewayError, ValueError):
+    """A payload or reading that cannot be accepted; `reason` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class BufferError(GatewayError):
+    """The durable buffer cannot take or give data (disk full, I/O error)."""

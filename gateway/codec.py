@@ -1,0 +1,234 @@
+"""Batch wire format: encode and decode, pure functions (public API).
+
+A batch is columnar: one array per field, plus a small table of series
+(device, metric, unit) that each reading points into. The layout is specified in
+`docs/wire-format.md`; this module is its reference implementation.
+
+    >>> b = ColumnBuilder(site="s1", agent="a1", batch_id="a1-x-1")
+    >>> b.add("dev1", "temp", "Cel", 21.5, 1_700_000_000_000_000_000, 1)
+    >>> batch = decode(encode(b.build()))
+    >>> batch.value.tolist(), batch.series
+    ([21.5], (('dev1', 'temp', 'Cel'),))
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from gateway.errors import CodecError
+from gateway.reading import Reading
+
+MAGIC = b"GWB"
+VERSION = 1
+CONTENT_TYPE = "application/vnd.iot-gateway.batch+columns;version=1"
+_PREFIX = struct.Struct("<3sBI")  # magic, version, header length
+# Column order and dtypes on the wire (all little-endian), after the 8-byte-aligned header.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time_ns", "<i8"),
+    ("value", "<f8"),
+    ("seq", "<i8"),
+    ("series", "<u4"),
+    ("flags", "<u2"),
+)
+_ROW_BYTES = sum(np.dtype(dt).itemsize for _, dt in COLUMNS)
+MAX_READINGS = 10_000_000
+
+SeriesKey = tuple[str, str, str]  # device, metric, unit
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded batch: metadata plus one numpy array per column."""
+
+    site: str
+    agent: str
+    batch_id: str
+    series: tuple[SeriesKey, ...]
+    time_ns: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    seq: npt.NDArray[np.int64]
+    series_index: npt.NDArray[np.uint32]
+    flags: npt.NDArray[np.uint16]
+
+    def __len__(self) -> int:
+        return int(self.time_ns.shape[0])
+
+    def readings(self) -> Iterator[Reading]:
+        """The batch as `Reading`s (slow path, for tools and tests)."""
+        for i in range(len(self)):
+            device, metric, unit = self.series[int(self.series_index[i])]
+            yield Reading(
+                site=self.site,
+                device=device,
+                metric=metric,
+                value=float(self.value[i]),
+                unit=unit,
+                time_ns=int(self.time_ns[i]),
+                seq=int(self.seq[i]),
+                flags=int(self.flags[i]),
+            )
+
+
+class ColumnBuilder:
+    """Collects readings straight into preallocated column arrays (no tuple lists)."""
+
+    def __init__(self, site: str, agent: str, batch_id: str = "", capacity: int = 256) -> None:
+        self.site = site
+        self.agent = agent
+        self.batch_id = batch_id
+        self._n = 0
+        self._series: dict[SeriesKey, int] = {}
+        self._cols = {name: np.empty(capacity, dtype=dt) for name, dt in COLUMNS}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(
+        self,
+        device: str,
+        metric: str,
+        unit: str,
+        value: float,
+        time_ns: int,
+        seq: int,
+        flags: int = 0,
+    ) -> None:
+        if self._n == self._cols["time_ns"].shape[0]:
+            self._grow()
+        key = (device, metric, unit)
+        idx = self._series.get(key)
+        if idx is None:
+            idx = self._series[key] = len(self._series)
+        n = self._n
+        cols = self._cols
+        cols["time_ns"][n] = time_ns
+        cols["value"][n] = value
+        cols["seq"][n] = seq
+        cols["series"][n] = idx
+        cols["flags"][n] = flags
+        self._n = n + 1
+
+    def add_reading(self, r: Reading) -> None:
+        self.add(r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, int(r.flags))
+
+    def _grow(self) -> None:
+        for name, arr in self._cols.items():
+            bigger = np.empty(max(16, arr.shape[0] * 2), dtype=arr.dtype)
+            bigger[: self._n] = arr[: self._n]
+            self._cols[name] = bigger
+
+    def build(self) -> Batch:
+        n = self._n
+        c = self._cols
+        return Batch(
+            site=self.site,
+            agent=self.agent,
+            batch_id=self.batch_id,
+            series=tuple(self._series),
+            time_ns=c["time_ns"][:n].copy(),
+            value=c["value"][:n].copy(),
+            seq=c["seq"][:n].copy(),
+            series_index=c["series"][:n].copy(),
+            flags=c["flags"][:n].copy(),
+        )
+
+
+def encode(batch: Batch) -> bytes:
+    """Encode a batch in the columnar wire format, version 1."""
+    header = orjson.dumps(
+        {
+            "site": batch.site,
+            "agent": batch.agent,
+            "batch": batch.batch_id,
+            "n": len(batch),
+            "series": [list(s) for s in batch.series],
+        }
+    )
+    pad = (-(_PREFIX.size + len(header))) % 8
+    parts = [_PREFIX.pack(MAGIC, VERSION, len(header)), header, b"\0" * pad]
+    for name, dtype in COLUMNS:
+        parts.append(np.ascontiguousarray(_column(batch, name), dtype=dtype).tobytes())
+    return b"".join(parts)
+
+
+def _column(batch: Batch, name: str) -> npt.NDArray[np.generic]:
+    return batch.series_index if name == "series" else getattr(batch, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    site: str
+    agent: str
+    batch_id: str
+    n: int
+    series: tuple[SeriesKey, ...]
+
+
+def decode(payload: bytes) -> Batch:
+    """Decode a columnar batch; raise `CodecError` saying what is wrong with it."""
+    if len(payload) < _PREFIX.size:
+        raise CodecError(f"batch too short ({len(payload)} bytes)")
+    magic, version, hlen = _PREFIX.unpack_from(payload)
+    if magic != MAGIC:
+        raise CodecError("not a gateway batch (bad magic)")
+    if version != VERSION:
+        raise CodecError(f"unsupported batch format version {version}")
+    header = _decode_header(payload[_PREFIX.size : _PREFIX.size + hlen], hlen)
+    n = header.n
+    offset = _PREFIX.size + hlen + ((-(_PREFIX.size + hlen)) % 8)
+    if len(payload) != offset + n * _ROW_BYTES:
+        raise CodecError(f"batch length {len(payload)} does not match {n} readings")
+    cols: dict[str, Any] = {}
+    for name, dtype in COLUMNS:
+        arr = np.frombuffer(payload, dtype=np.dtype(dtype), count=n, offset=offset)
+        offset += arr.nbytes
+        cols[name] = arr.astype(dtype.replace("<", "="), copy=False)
+    if n and int(cols["series"].max()) >= len(header.series):
+        raise CodecError("series index out of range")
+    return Batch(
+        site=header.site,
+        agent=header.agent,
+        batch_id=header.batch_id,
+        series=header.series,
+        time_ns=cols["time_ns"],
+        value=cols["value"],
+        seq=cols["seq"],
+        series_index=cols["series"],
+        flags=cols["flags"],
+    )
+
+
+def _decode_header(raw: bytes, hlen: int) -> _Header:
+    if len(raw) != hlen:
+        raise CodecError("batch header truncated")
+    try:
+        header = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"batch header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CodecError("batch header is not a JSON object")
+    for key, kind in (("site", str), ("agent", str), ("batch", str), ("n", int)):
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise CodecError(f"batch header field {key!r} missing or not {kind.__name__}")
+    n = header["n"]
+    if not 0 <= n <= MAX_READINGS:
+        raise CodecError(f"batch header n={n} out of range")
+    series = header.get("series")
+    if not isinstance(series, list) or not all(
+        isinstance(s, list) and len(s) == 3 and all(isinstance(t, str) for t in s) for s in series
+    ):
+        raise CodecError("batch header field 'series' must be a list of [device, metric, unit]")
+    return _Header(
+        site=header["site"],
+        agent=header["agent"],
+        batch_id=header["batch"],
+        n=n,
+        series=tuple((s[0], s[1], s[2]) for s in series),
+    )

@@ -1,0 +1,280 @@
+"""`gateway demo`: the whole data path on embedded defaults, and proof that it held.
+
+    fleet (in-process, MQTT QoS 1) -> edge nats-server (MQTT listener)
+      -> agent process (durable buffer) -> cloud nats-server (JetStream TELEMETRY)
+      -> aggregator process -> AGG stream + KV -> live table here
+
+At the end it reads the TELEMETRY stream back and compares it with the fleet's ground
+truth; it exits 0 only with nothing missing, nothing duplicated and some windows closed.
+Shutdown order: fleet, then (once the stream holds what was emitted) agent and
+aggregator, then the servers; children are stopped by PID even on errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from firmware_sim.fleet import Fleet, FleetSettings
+from nats.aio.client import Client as NatsClient
+from rich.console import Console
+from rich.live import Live
+
+from cloud.streams import ensure_streams
+from cloud.views.watch import Latest, follow_latest, render
+from devices.catalog import load_catalog
+from gateway import process, subjects
+from gateway.config import CloudConfig
+from gateway.connect import nats_connection
+from gateway.servers import NatsServer
+from gateway.verify import Report, compare, read_telemetry
+
+SITE = "demo"
+AGENT = "agent1"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    devices: int = 20
+    duration: float | None = None
+    json: bool = False
+    rate_hz: float | None = None
+    data_dir: Path | None = None
+    keep: bool = False
+
+
+def agent_config_toml(data_dir: Path, nats_url: str, mqtt_url: str) -> str:
+    return f"""\
+site = "{SITE}"
+agent = "{AGENT}"
+data_dir = "{data_dir}"
+
+[nats]
+url = "{nats_url}"
+
+[[sources]]
+type = "mqtt"
+url = "{mqtt_url}"
+topics = ["sensors/#"]
+format = "json"
+
+[batch]
+max_readings = 1000
+linger_ms = 200
+"""
+
+
+class Children:
+    """The agent and aggregator processes, stopped by PID whatever happens."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        cmd = [sys.executable, "-m", "gateway", *args]
+        self.procs[name] = process.spawn(cmd, self.root / f"{name}.log")
+
+    async def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            await asyncio.to_thread(process.stop, proc, 15.0)
+
+    async def stop_all(self) -> None:
+        for name in list(self.procs):
+            await self.stop(name)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode}:\n"
+                    + process.tail(self.root / f"{name}.log")
+                )
+
+
+async def _wait_agent_ready(nc: NatsClient, children: Children, timeout: float = 30) -> None:
+    ready = asyncio.Event()
+
+    async def on_status(msg: Any) -> None:
+        if orjson.loads(msg.data).get("ready"):
+            ready.set()
+
+    sub = await nc.subscribe(subjects.status(SITE, AGENT), cb=on_status)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready.is_set():
+            children.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agent not ready after {timeout:.0f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), 0.5)
+    finally:
+        await sub.unsubscribe()
+
+
+class LiveView:
+    """The live table: in place on a terminal, a snapshot every few seconds otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.latest: Latest = {}
+        self.status = ""
+
+    async def run(self, nc: NatsClient) -> None:
+        if self.console.is_terminal:
+            with Live(render(self.latest), console=self.console, refresh_per_second=4) as live:
+                await follow_latest(nc, self.latest, lambda: live.update(self._table()))
+        else:
+            follower = asyncio.create_task(follow_latest(nc, self.latest, lambda: None))
+            try:
+                while True:
+                    await asyncio.sleep(5)
+                    self.console.print(self._table())
+            finally:
+                follower.cancel()
+
+    def _table(self) -> Any:
+        table = render(self.latest, limit=15)
+        table.title = f"{table.title}   {self.status}"
+        return table
+
+
+async def _drain_to_stream(js: Any, fleet: Fleet, timeout: float) -> Report:
+    """Poll the stream until it holds everything the fleet emitted (or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = compare(fleet.truth, await read_telemetry(js))
+        if report.missing == 0 or time.monotonic() > deadline:
+            return report
+        await asyncio.sleep(0.5)
+
+
+async def _wait_windows_closed(js: Any, latest: Latest, timeout: float) -> int:
+    """Wait until the aggregator has closed every window the live view shows."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if latest and all(r["closed"] for r in latest.values()):
+            break
+        await asyncio.sleep(0.5)
+    info = await js.stream_info(subjects.AGG_STREAM)
+    return int(info.state.messages)
+
+
+@contextlib.asynccontextmanager
+async def _demo_root(opts: DemoOptions) -> AsyncIterator[Path]:
+    root = opts.data_dir or Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        if not opts.keep and opts.data_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def demo(opts: DemoOptions, stop: asyncio.Event, console: Console) -> dict[str, Any]:
+    async with _demo_root(opts) as root:
+        cloud = NatsServer(root / "cloud", name="cloud")
+        edge = NatsServer(root / "edge", name="edge-broker", mqtt=True)
+        children = Children(root)
+        try:
+            await cloud.start()
+            await edge.start()
+            return await _run(opts, stop, console, root, cloud, edge, children)
+        finally:
+            await children.stop_all()
+            await edge.stop()
+            await cloud.stop()
+
+
+async def _run(
+    opts: DemoOptions,
+    stop: asyncio.Event,
+    console: Console,
+    root: Path,
+    cloud: NatsServer,
+    edge: NatsServer,
+    children: Children,
+) -> dict[str, Any]:
+    say = console.log
+    say(f"cloud nats-server (JetStream) on {cloud.url}; edge broker on {edge.mqtt_url}")
+    cloud_cfg = CloudConfig()
+    (root / "agent.toml").write_text(agent_config_toml(root / "agent", cloud.url, edge.mqtt_url))
+    async with nats_connection(cloud.url, "demo") as nc:
+        js = nc.jetstream()
+        await ensure_streams(js, cloud_cfg.streams)
+        children.start("aggregator", "cloud", "aggregate", "--nats", cloud.url)
+        children.start("agent", "edge", "run", "--config", str(root / "agent.toml"))
+        await _wait_agent_ready(nc, children)
+        say(f"agent ready; starting {opts.devices} devices")
+
+        host, port = "127.0.0.1", edge.mqtt_port
+        fleet = Fleet(
+            FleetSettings(
+                host=host, port=port, devices=opts.devices, site=SITE, rate_hz=opts.rate_hz
+            ),
+            load_catalog(),
+        )
+        fleet_stop = asyncio.Event()
+        view = LiveView(console)
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tg:
+            fleet_task = tg.create_task(fleet.run(fleet_stop), name="fleet")
+            view_task = tg.create_task(view.run(nc), name="live-view")
+            while not stop.is_set():
+                elapsed = time.monotonic() - started
+                if opts.duration is not None and elapsed >= opts.duration:
+                    break
+                children.check_alive()
+                view.status = (
+                    f"t={elapsed:4.0f}s  devices={fleet.stats.connected}"
+                    f"  emitted={fleet.truth.emitted}"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+            say("stopping the fleet; waiting for the agent to forward everything")
+            fleet_stop.set()
+            await fleet_task
+            report = await _drain_to_stream(js, fleet, timeout=30)
+            windows = await _wait_windows_closed(js, view.latest, timeout=15)
+            view_task.cancel()
+    return {
+        **report.summary(),
+        "windows": windows,
+        "devices": opts.devices,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def run_demo(opts: DemoOptions) -> int:
+    console = Console(stderr=opts.json)
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await demo(opts, stop, console)
+
+    result = asyncio.run(main())
+    ok = result["missing"] == 0 and result["duplicates"] == 0 and result["windows"] > 0
+    result["ok"] = ok
+    console.print(
+        f"[bold]{'OK' if ok else 'FAILED'}[/]: emitted {result['emitted']} readings, "
+        f"stored {result['stored']}, missing {result['missing']}, "
+        f"duplicates {result['duplicates']}, windows closed {result['windows']}"
+    )
+    if opts.json:
+        print(orjson.dumps(result).decode(), flush=True)
+    return 0 if ok else 1

@@ -1,0 +1,70 @@
+"""Helpers shared by integration tests: polling with a deadline, publishing readings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    ok: Callable[[T], bool],
+    timeout: float = 20.0,
+    interval: float = 0.1,
+) -> T:
+    """Poll `probe` until `ok(result)`; fail with the last result after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if ok(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last: {result!r}")
+        await asyncio.sleep(interval)
+
+
+def reading(
+    device: str,
+    seq: int,
+    value: float,
+    metric: str = "temp",
+    site: str = "s1",
+    time_ns: int = 1_700_000_000_000_000_000,
+) -> dict[str, object]:
+    return {
+        "site": site,
+        "device": device,
+        "metric": metric,
+        "value": value,
+        "unit": "Cel",
+        "time": time_ns + seq,
+        "seq": seq,
+    }
+
+
+def publish_qos1(port: int, topic: str, payloads: list[bytes], client_id: str = "test-pub") -> None:
+    """Publish with QoS 1 and return once the broker has acknowledged every message."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, p, qos=1) for p in payloads]
+        for info in infos:
+            info.wait_for_publish(timeout=20)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def json_payloads(device: str, seqs: range, site: str = "s1") -> list[bytes]:
+    return [orjson.dumps(reading(device, s, float(s), site=site)) for s in seqs]
