@@ -10,8 +10,10 @@ from gateway.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("model", "name"), [(config.AgentConfig, "agent.example.toml"),
-                                             (config.CloudConfig, "cloud.example.toml")])
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [(config.AgentConfig, "agent.example.toml"), (config.CloudConfig, "cloud.example.toml")],
+)
 def test_example_configs_load(model: type, name: str) -> None:
     config.load(model, ROOT / "config" / name)
 

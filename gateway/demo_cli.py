@@ -1,0 +1,36 @@
+"""`gateway demo` command-line registration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="fleet -> MQTT -> agent -> JetStream -> live aggregates")
+    demo.add_argument("--devices", type=int, default=20, help="virtual devices (default 20)")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="seconds of streaming; default: until Ctrl-C"
+    )
+    demo.add_argument("--rate", type=float, default=None, help="samples/s per device")
+    demo.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on the last line"
+    )
+    demo.add_argument("--data-dir", type=Path, default=None, help="keep state here")
+    demo.add_argument("--keep", action="store_true", help="keep the data directory")
+    demo.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        devices=args.devices,
+        duration=args.duration,
+        json=args.json,
+        rate_hz=args.rate,
+        data_dir=args.data_dir,
+        keep=args.keep,
+    )
+    return run_demo(opts)
