@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config
+from gateway.cli import group
 from gateway.connect import nats_connection
 from gateway.runtime import run_until_signalled
 
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
     watch.add_argument("--duration", type=float, default=None)
     watch.set_defaults(func=_watch)
 
-    cloud = sub.add_parser("cloud", help="cloud tier").add_subparsers(dest="cloud", required=True)
+    cloud = group(sub, "cloud", "cloud tier")
     for name, func, text in (
         ("aggregate", _cloud_aggregate, "run an aggregator worker"),
         ("init", _cloud_init, "create streams and buckets"),

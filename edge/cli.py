@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config
+from gateway.cli import group
 from gateway.runtime import run_until_signalled
 
 
 def register(sub: Any) -> None:
-    edge = sub.add_parser("edge", help="edge agent").add_subparsers(dest="edge", required=True)
+    edge = group(sub, "edge", "edge agent")
     run = edge.add_parser("run", help="run the agent")
     run.add_argument("--config", type=Path, required=True)
     run.set_defaults(func=_edge_run)

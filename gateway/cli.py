@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway import __version__
 from gateway.errors import GatewayError
@@ -21,6 +22,16 @@ COMMAND_MODULES = (
     "edge.cli",
     "cloud.cli",
 )
+
+
+def group(sub: Any, name: str, help_text: str = "") -> Any:
+    """The sub-command group `name` (`gateway edge ...`), created on first use, so several
+    modules can each add their own commands to one group."""
+    groups: dict[str, Any] = sub.__dict__.setdefault("_gateway_groups", {})
+    if name not in groups:
+        parser = sub.add_parser(name, help=help_text or f"{name} commands")
+        groups[name] = parser.add_subparsers(dest=f"{name}_command", required=True)
+    return groups[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
