@@ -3,7 +3,8 @@
 intake:    SourceMessage -> decoder -> batcher (readings or a dead letter)
 flusher:   batcher -> buffer.commit (one transaction) -> ack to the source
 uplink:    buffer -> JetStream (PubAck) -> buffer.delete
-heartbeat: status.<site>.<agent>, with counts and buffer depth
+heartbeat: status.<site>.<agent>, with counts and buffer depth; actual state in FLEET_AGENTS
+remote config: pushed revisions applied in place (`apply_config`), the buffer stays open
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,9 @@ from edge.decoders import DECODERS
 from edge.errors import DecodeError
 from edge.sources import SourceMessage
 from edge.sources.mqtt import MqttSource
+from edge.supervisor.actual_state import ActualState
+from edge.supervisor.agent_process import BUNDLE_VERSION_ENV
+from edge.supervisor.remote_config import RemoteConfig
 from edge.uplink import Uplink, connect
 from gateway import __version__, subjects
 from gateway.config import AgentConfig
@@ -61,8 +66,11 @@ class Agent:
         self.sources: list[MqttSource] = []
         self.ready = asyncio.Event()
         self._nc: NatsClient | None = None
+        self.remote = RemoteConfig(config)
+        self.actual = ActualState(config.site, config.agent)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._use_config(self.remote.load())
         self.buffer.open()
         self.batcher = Batcher(
             self.config.site, self.config.agent, self.config.batch, self.buffer.high_water
@@ -109,14 +117,39 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.uplink.run(nc), name="uplink")
             tg.create_task(self._heartbeat(nc), name="heartbeat")
+            tg.create_task(self.remote.follow(nc, self.apply_config), name="remote-config")
+
+    def _use_config(self, cfg: AgentConfig) -> None:
+        self.config = self.uplink.config = cfg
+        self.buffer.max_bytes = cfg.buffer.max_bytes
+        if self.batcher is not None:
+            self.batcher.settings = cfg.batch
+
+    async def apply_config(self, cfg: AgentConfig) -> None:
+        """Apply a pushed config in place. The buffer stays open; sources are restarted
+        only if their settings changed, after what they delivered is durable and acked."""
+        self._drain_and_flush()
+        changed_sources = cfg.sources != self.config.sources
+        if changed_sources:
+            for src in self.sources:
+                await src.stop()
+            self._drain_and_flush()  # arrived meanwhile: durable, the broker redelivers
+            self.sources = []
+        self._use_config(cfg)
+        if changed_sources:
+            await self._start_sources()
+        self._beat_now.set()
+
+    def _drain_and_flush(self) -> None:
+        while not self._queue.empty():
+            self._handle(self._queue.get_nowait())
+        self._flush()
 
     async def _shutdown(self) -> None:
         """Stop sources, make what is pending durable (and ack it), close the rest."""
         for src in self.sources:
             await src.stop()
-        while not self._queue.empty():
-            self._handle(self._queue.get_nowait())
-        self._flush()
+        self._drain_and_flush()
         if self._nc is not None:
             with contextlib.suppress(NatsError, TimeoutError, OSError):
                 await self._nc.drain()
@@ -184,6 +217,10 @@ class Agent:
             "site": self.config.site,
             "agent": self.config.agent,
             "version": __version__,
+            "bundle": os.environ.get(BUNDLE_VERSION_ENV, ""),
+            "pid": os.getpid(),
+            "config_revision": self.remote.revision,
+            "last_error": self.remote.error,
             "ready": self.ready.is_set(),
             "time_ns": time.time_ns(),
             "intake": {
@@ -200,7 +237,9 @@ class Agent:
         subject = subjects.status(self.config.site, self.config.agent)
         while True:
             with contextlib.suppress(NatsError, OSError):
-                await nc.publish(subject, orjson.dumps(self.snapshot()))
+                snap = self.snapshot()
+                await nc.publish(subject, orjson.dumps(snap))
+                await self.actual.report(nc, snap)
             self._beat_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.config.uplink.heartbeat_s)

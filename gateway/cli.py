@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "gateway.demo_cli",
     "edge.cli",
     "cloud.cli",
+    "deploy.cli",
+    "edge.supervisor.cli",
 )
 
 

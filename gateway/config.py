@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -116,3 +116,15 @@ def parse(model: type[M], data: object, origin: str = "config") -> M:
             for err in exc.errors()
         )
         raise ConfigError(f"{origin}: {problems}") from None
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` layered on `base`: tables merge key by key, anything else (lists included)
+    is replaced. Used to layer a device's file and pushed config over defaults."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out

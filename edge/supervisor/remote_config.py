@@ -1,0 +1,112 @@
+"""Pushed config, applied by the running agent (`gateway deploy config`).
+
+The agent follows its key in DEPLOY_CONFIG. A pushed document is TOML holding only the
+tables that may change at run time (`sources`, `batch`, `buffer.max_bytes`, `uplink`); it
+is layered over the config the agent started with and validated as a whole. Valid: the
+agent applies it in place (its buffer stays open) and keeps it in DATA/remote-config.json
+so a restart starts from it. Invalid: rejected with the reason, the running config stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import BucketNotFoundError
+
+from deploy.records import CONFIG_BUCKET, device_key
+from gateway import config
+from gateway.config import AgentConfig
+from gateway.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PUSHABLE = ("sources", "batch", "buffer", "uplink")
+STATE_FILE = "remote-config.json"
+_RESTART_ONLY = {"buffer": ("durability",)}
+
+
+def parse_overlay(text: str) -> dict[str, Any]:
+    """The pushed TOML as a dict; `ConfigError` naming any key that may not be pushed."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    for key, value in doc.items():
+        if key not in PUSHABLE:
+            raise ConfigError(
+                f"{key}: is device-local and cannot be pushed ({', '.join(PUSHABLE)} can)"
+            )
+        for sub in _RESTART_ONLY.get(key, ()):
+            if isinstance(value, dict) and sub in value:
+                raise ConfigError(f"{key}.{sub}: takes effect only at install, not by push")
+    return doc
+
+
+def layered(base: AgentConfig, overlay: dict[str, Any], origin: str) -> AgentConfig:
+    doc = config.merged(base.model_dump(mode="json", exclude_none=True), overlay)
+    return config.parse(AgentConfig, doc, origin)
+
+
+class RemoteConfig:
+    def __init__(self, base: AgentConfig) -> None:
+        self.base = base
+        self.revision = 0
+        self.error = ""
+        self.path: Path = base.data_dir / STATE_FILE
+
+    def load(self) -> AgentConfig:
+        """The config to start with: the last accepted push over `base`, if any."""
+        try:
+            doc = orjson.loads(self.path.read_bytes())
+            cfg = layered(self.base, parse_overlay(doc["toml"]), str(self.path))
+        except FileNotFoundError:
+            return self.base
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+            self.error = f"kept config revision ignored at start: {exc}"
+            log.error("%s", self.error)
+            return self.base
+        self.revision = int(doc["revision"])
+        return cfg
+
+    def candidate(self, revision: int, text: str) -> AgentConfig | None:
+        """The pushed revision as a whole config, or None with `error` saying why."""
+        try:
+            return layered(self.base, parse_overlay(text), f"config revision {revision}")
+        except ConfigError as exc:
+            self.error = f"config revision {revision} rejected: {exc}"
+            log.error("%s; keeping revision %d", self.error, self.revision)
+            return None
+
+    def accepted(self, revision: int, text: str) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"revision": revision, "toml": text}))
+        tmp.replace(self.path)
+        self.revision = revision
+        self.error = ""
+
+    async def follow(self, nc: NatsClient, apply: Callable[[AgentConfig], Awaitable[None]]) -> None:
+        """Apply each newer pushed revision, forever (returns only by cancellation)."""
+        js = nc.jetstream()
+        try:
+            kv = await js.key_value(CONFIG_BUCKET)
+        except BucketNotFoundError:
+            log.info("no %s bucket: remote config is off", CONFIG_BUCKET)
+            return
+        watcher = await kv.watch(device_key(self.base.site, self.base.agent))
+        async for entry in watcher:
+            if entry is None or entry.operation is not None or not entry.value:
+                continue
+            if entry.revision <= self.revision:
+                continue
+            text = entry.value.decode(errors="replace")
+            new = self.candidate(entry.revision, text)
+            if new is not None:
+                await apply(new)
+                self.accepted(entry.revision, text)
+                log.info("applied config revision %d", entry.revision)
