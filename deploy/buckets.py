@@ -27,9 +27,8 @@ async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> None:
         await js.object_store(records.BUNDLE_STORE)
     except (BucketNotFoundError, NotFoundError):
         await js.create_object_store(
-            config=ObjectStoreConfig(
-                bucket=records.BUNDLE_STORE, replicas=replicas, storage=StorageType.FILE
-            )
+            records.BUNDLE_STORE,  # nats-py takes the name here, not from the config
+            config=ObjectStoreConfig(replicas=replicas, storage=StorageType.FILE),
         )
 
 

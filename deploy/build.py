@@ -154,9 +154,10 @@ def build_bundle(opts: BuildOptions) -> Path:
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        wheel = project_wheel(opts, stage)
+        wheel = project_wheel(opts, stage) if opts.platforms else None
         dirs = []
         for target in opts.platforms:
+            assert wheel is not None
             d = wheel_dir(target)
             download_dependencies(opts, target, stage / "wheels" / d)
             shutil.copy2(wheel, stage / "wheels" / d / wheel.name)

@@ -39,8 +39,8 @@ class AgentProcess:
         assert not self.alive, "an agent is already running"
         python = version_dir / "venv" / "bin" / "python"
         env = {**os.environ, BUNDLE_VERSION_ENV: version}
-        env.pop("PYTHONPATH", None)  # the version's venv, nothing else
-        args = [str(python), "-m", "gateway", "edge", "run", "--config", str(config)]
+        # -I: only the version's venv, never the working directory or PYTHONPATH.
+        args = [str(python), "-I", "-m", "gateway", "edge", "run", "--config", str(config)]
         self.proc = process.spawn(args, self.log_path, env=env)
         self.version = version
         return self.proc.pid

@@ -1,0 +1,150 @@
+"""End to end: three devices (supervisors on temporary roots) while a fleet streams.
+
+v1 is installed everywhere, v2 rolled out in a canary and a batch, v3 (whose agent never
+reports ready) is caught by the canary, rolled back and halts the rollout, and a tampered
+bundle is refused. Then every reading the fleet emitted is in TELEMETRY exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tarfile
+from pathlib import Path
+
+import pytest
+from firmware_sim.fleet import Fleet, FleetSettings
+from nats.js.client import JetStreamContext
+
+from deploy import records
+from deploy.buckets import ensure_buckets
+from deploy.errors import RolloutHalted
+from deploy.fleet import fleet_rows
+from deploy.publish import publish_bundle
+from deploy.records import DeviceStatus
+from deploy.rollout import RolloutOptions, rollout
+from devices.catalog import load_catalog
+from gateway.servers import NatsServer
+from gateway.verify import compare, read_telemetry
+from tests.deploy.conftest import BundleFactory, build_wheel, copy_project
+from tests.deploy.device import make_device, supervising
+from tests.helpers import eventually
+
+SITE = "s1"
+AGENTS = ["pi-1", "pi-2", "pi-3"]
+
+
+def never_ready_wheel(tmp: Path) -> Path:
+    """This project with one bug: the agent runs but never reports ready."""
+    src = copy_project(tmp / "src")
+    agent = src / "edge" / "agent.py"
+    text = agent.read_text()
+    assert "            self.ready.set()\n" in text
+    agent.write_text(text.replace("            self.ready.set()\n", "            pass\n"))
+    return build_wheel(src, tmp / "wheel")
+
+
+def tamper(bundle: Path, out: Path) -> Path:
+    """Flip one byte inside the first wheel of the bundle, in place of a copy."""
+    out.write_bytes(bundle.read_bytes())
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".whl"))
+    with open(out, "r+b") as f:
+        f.seek(member.offset_data + member.size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return out
+
+
+async def statuses(js: JetStreamContext) -> dict[str, DeviceStatus]:
+    kv = await js.key_value(records.STATUS_BUCKET)
+    out = {}
+    for agent in AGENTS:
+        try:
+            entry = await kv.get(records.device_key(SITE, agent))
+        except Exception:  # not reported yet
+            continue
+        if entry.value:
+            out[agent] = DeviceStatus.decode(entry.value)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_rollout_canary_rollback_tamper_no_loss(
+    tmp_path: Path,
+    cloud_server: NatsServer,
+    edge_broker: NatsServer,
+    js: JetStreamContext,
+    keys: tuple[Path, Path],
+    make_bundle: BundleFactory,
+) -> None:
+    await ensure_buckets(js)
+    pub = keys[1]
+    v1, v2 = make_bundle("1.0.0"), make_bundle("2.0.0")
+    v3 = make_bundle("3.0.0", wheel=never_ready_wheel(tmp_path / "v3"))
+    v4 = tamper(make_bundle("4.0.0"), tmp_path / "v4-tampered.bundle")
+    for b in (v1, v2, v3, v4):
+        await publish_bundle(js, b, pub)
+
+    fleet = Fleet(
+        FleetSettings("127.0.0.1", edge_broker.mqtt_port, devices=6, site=SITE, rate_hz=10.0),
+        load_catalog(),
+    )
+    names = fleet.device_names()
+    devices = [
+        make_device(
+            tmp_path / agent,
+            SITE,
+            agent,
+            cloud_server.url,
+            edge_broker.mqtt_url,
+            [f"sensors/{SITE}/{n}" for n in names[2 * i : 2 * i + 2]],
+            pub,
+        )
+        for i, agent in enumerate(AGENTS)
+    ]
+    fleet_stop = asyncio.Event()
+    async with supervising(devices, health_timeout_s=20.0):
+        await eventually(lambda: statuses(js), lambda s: len(s) == 3, timeout=30)
+        await rollout(js, RolloutOptions("1.0.0", f"{SITE}/*", canary=0, step_timeout_s=90))
+        # Every agent has a persistent MQTT session now: the fleet may start.
+        fleet_task = asyncio.create_task(fleet.run(fleet_stop))
+        try:
+            await rollout(
+                js,
+                RolloutOptions("2.0.0", f"{SITE}/*", canary=1, batch_percent=50, step_timeout_s=90),
+            )
+            st = await statuses(js)
+            assert {s.version for s in st.values()} == {"2.0.0"}
+
+            with pytest.raises(RolloutHalted) as halted:
+                await rollout(js, RolloutOptions("3.0.0", f"{SITE}/*", canary=1, step_timeout_s=90))
+            assert list(halted.value.failures) == [f"{SITE}.pi-1"]
+            assert "not healthy" in halted.value.failures[f"{SITE}.pi-1"]
+            st = await statuses(js)
+            assert st["pi-1"].state == records.ROLLED_BACK and st["pi-1"].version == "2.0.0"
+            assert {s.version for s in st.values()} == {"2.0.0"}
+
+            with pytest.raises(RolloutHalted) as refused:
+                await rollout(js, RolloutOptions("4.0.0", f"{SITE}/*", canary=1, step_timeout_s=90))
+            assert "digest_mismatch" in refused.value.failures[f"{SITE}.pi-1"]
+            assert not (devices[0].root / "versions" / "4.0.0").exists()
+
+            rows = {r.agent: r for r in await fleet_rows(js)}
+            assert rows["pi-1"].version_desired == "2.0.0"  # the halted rollout set it back
+            assert rows["pi-1"].version_actual == "2.0.0" and rows["pi-1"].online
+            assert "4.0.0" in rows["pi-1"].last_error
+            await asyncio.sleep(1.0)  # a little more streaming on the final versions
+        finally:
+            fleet_stop.set()
+            await fleet_task
+        report = await eventually(
+            lambda: _report(js, fleet), lambda r: r.missing == 0, timeout=60, interval=0.5
+        )
+    assert report.emitted > 0
+    assert report.missing == 0 and report.duplicates == 0 and report.altered == 0, report.summary()
+
+
+async def _report(js: JetStreamContext, fleet: Fleet):  # type: ignore[no-untyped-def]
+    return compare(fleet.truth, await read_telemetry(js))
