@@ -9,6 +9,8 @@ so a restart starts from it. Invalid: rejected with the reason, the running conf
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -17,7 +19,9 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from deploy.records import CONFIG_BUCKET, device_key
 from gateway import config
@@ -92,21 +96,43 @@ class RemoteConfig:
 
     async def follow(self, nc: NatsClient, apply: Callable[[AgentConfig], Awaitable[None]]) -> None:
         """Apply each newer pushed revision, forever (returns only by cancellation)."""
-        js = nc.jetstream()
+        kv = await _bucket(nc)
+        watcher = await open_watch(kv, device_key(self.base.site, self.base.agent))
         try:
-            kv = await js.key_value(CONFIG_BUCKET)
+            async for entry in watcher:
+                if entry is None or entry.operation is not None or not entry.value:
+                    continue
+                if entry.revision <= self.revision:
+                    continue
+                text = entry.value.decode(errors="replace")
+                new = self.candidate(entry.revision, text)
+                if new is not None:
+                    await apply(new)
+                    self.accepted(entry.revision, text)
+                    log.info("applied config revision %d", entry.revision)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def _bucket(nc: NatsClient) -> KeyValue:
+    js = nc.jetstream()
+    while True:
+        try:
+            return await js.key_value(CONFIG_BUCKET)
         except BucketNotFoundError:
-            log.info("no %s bucket: remote config is off", CONFIG_BUCKET)
-            return
-        watcher = await kv.watch(device_key(self.base.site, self.base.agent))
-        async for entry in watcher:
-            if entry is None or entry.operation is not None or not entry.value:
-                continue
-            if entry.revision <= self.revision:
-                continue
-            text = entry.value.decode(errors="replace")
-            new = self.candidate(entry.revision, text)
-            if new is not None:
-                await apply(new)
-                self.accepted(entry.revision, text)
-                log.info("applied config revision %d", entry.revision)
+            log.info("no %s bucket yet (gateway deploy init); checking again in 10s", CONFIG_BUCKET)
+        await asyncio.sleep(10.0)
+
+
+async def open_watch(kv: KeyValue, key: str) -> KeyValue.KeyWatcher:
+    """`kv.watch(key)`, safe to cancel: nats-py's watcher, cancelled while it is being set
+    up, leaves a subscription whose callback blocks `drain()` for its whole timeout; so
+    setup always completes, and on cancellation the watcher is stopped before re-raising."""
+    setup = asyncio.ensure_future(kv.watch(key))
+    try:
+        return await asyncio.shield(setup)
+    except asyncio.CancelledError:
+        with contextlib.suppress(NatsError, TimeoutError):
+            watcher = await setup
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        raise

@@ -37,6 +37,7 @@ from deploy.manifest import AGENT_CONFIG
 from deploy.records import DesiredState, DeviceStatus
 from edge.supervisor import install
 from edge.supervisor.agent_process import AgentProcess, wait_healthy
+from edge.supervisor.remote_config import open_watch
 from edge.supervisor.render import render_agent_config
 from edge.uplink import connect
 from gateway import config
@@ -112,7 +113,7 @@ class Supervisor:
         await self._report(
             state=records.HEALTHY if current else records.IDLE, version=current or ""
         )
-        watcher = await desired_kv.watch(self._key)
+        watcher = await open_watch(desired_kv, self._key)
         try:
             while not stop.is_set():
                 try:
