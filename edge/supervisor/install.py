@@ -7,6 +7,7 @@ redoes. The venv is created in place, never moved: its scripts hold absolute pat
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -67,25 +68,30 @@ def _check_interpreter(manifest: Manifest) -> None:
 
 
 def _make_venv(target: Path, manifest: Manifest) -> None:
+    """A venv of exactly the bundle's wheels. `--no-index`: the bundle is the whole
+    dependency closure, nothing comes from a network. When this supervisor's own
+    environment has pip, it installs into a venv without one (much faster); otherwise the
+    venv gets its own pip from the interpreter's bundled copy (ensurepip)."""
     venv = target / "venv"
+    python = str(venv / "bin" / "python")
     wheels = [str(target / w) for w in manifest.wheels(device_platform())]
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    # --no-index: the bundle is the whole dependency closure; nothing comes from a network.
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--disable-pip-version-check",
-            "--python",
-            str(venv / "bin" / "python"),
-            "install",
-            "--quiet",
-            "--no-index",
-            "--no-deps",
-            *wheels,
-        ]
-    )
+    install = ["install", "--quiet", "--no-index", "--no-deps", *wheels]
+    if importlib.util.find_spec("pip") is not None:
+        _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--disable-pip-version-check",
+                "--python",
+                python,
+                *install,
+            ]
+        )
+    else:
+        _run([sys.executable, "-m", "venv", str(venv)])
+        _run([python, "-m", "pip", "--disable-pip-version-check", *install])
 
 
 def _run(cmd: list[str]) -> None:
