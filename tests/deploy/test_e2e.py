@@ -23,6 +23,7 @@ from deploy.publish import publish_bundle
 from deploy.records import DeviceStatus
 from deploy.rollout import RolloutOptions, rollout
 from devices.catalog import load_catalog
+from edge.supervisor.supervisor import Supervisor
 from gateway.servers import NatsServer
 from gateway.verify import compare, read_telemetry
 from tests.deploy.conftest import BundleFactory, build_wheel, copy_project
@@ -105,7 +106,7 @@ async def test_rollout_canary_rollback_tamper_no_loss(
         for i, agent in enumerate(AGENTS)
     ]
     fleet_stop = asyncio.Event()
-    async with supervising(devices, health_timeout_s=20.0):
+    async with supervising(devices, health_timeout_s=20.0) as sups:
         await eventually(lambda: statuses(js), lambda s: len(s) == 3, timeout=30)
         await rollout(js, RolloutOptions("1.0.0", f"{SITE}/*", canary=0, step_timeout_s=90))
         # Every agent has a persistent MQTT session now: the fleet may start.
@@ -142,8 +143,19 @@ async def test_rollout_canary_rollback_tamper_no_loss(
         report = await eventually(
             lambda: _report(js, fleet), lambda r: r.missing == 0, timeout=60, interval=0.5
         )
+        # An agent that dies on its own is restarted by its supervisor. (Done once the
+        # fleet has stopped: a reading in flight at a SIGKILL can be lost, see the report.)
+        proc = sups[1].agent.proc
+        assert proc is not None
+        proc.kill()
+        await eventually(lambda: _pid(sups[1]), lambda p: p not in (None, proc.pid), timeout=30)
     assert report.emitted > 0
     assert report.missing == 0 and report.duplicates == 0 and report.altered == 0, report.summary()
+
+
+async def _pid(sup: Supervisor) -> int | None:
+    proc = sup.agent.proc
+    return proc.pid if proc is not None and sup.agent.alive else None
 
 
 async def _report(js: JetStreamContext, fleet: Fleet):  # type: ignore[no-untyped-def]
