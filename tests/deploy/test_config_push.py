@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 from nats.js.client import JetStreamContext
 
@@ -13,6 +14,7 @@ from deploy.buckets import ensure_buckets
 from deploy.config_push import push_config
 from deploy.fleet import FleetRow, fleet_rows
 from edge.agent import Agent
+from gateway.cli import main
 from gateway.errors import ConfigError
 from gateway.servers import NatsServer
 from gateway.verify import read_telemetry
@@ -31,7 +33,11 @@ async def _stored(js: JetStreamContext) -> int:
 
 
 async def test_invalid_push_is_rejected_valid_push_applies_in_place(
-    tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
+    tmp_path: Path,
+    cloud_server: NatsServer,
+    edge_broker: NatsServer,
+    js: JetStreamContext,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     await ensure_buckets(js)
     cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
@@ -39,13 +45,29 @@ async def test_invalid_push_is_rejected_valid_push_applies_in_place(
         await eventually(lambda: _row(js), lambda r: r is not None and r.online)
         db = agent.buffer._db
 
-        bad = await push_config(js, "s1/*", "[batch]\nmax_readings = 0\n")
+        bad_file = tmp_path / "bad.toml"
+        bad_file.write_text("[batch]\nmax_readings = 0\n")
+        argv = ["deploy", "config", "--to", "s1/*", str(bad_file), "--nats", cloud_server.url]
+        assert await asyncio.to_thread(main, argv) == 0
+        bad = {"s1.a1": int(capsys.readouterr().out.split()[-1])}
         row = await eventually(lambda: _row(js), lambda r: r is not None and bool(r.last_error))
         assert row is not None
         assert f"config revision {bad['s1.a1']} rejected" in row.last_error
         assert "batch.max_readings" in row.last_error
         assert row.config_desired == bad["s1.a1"] and row.config_actual == 0
         assert agent.config.batch.max_readings == 50  # the previous config runs on
+        # The operator sees it in `gateway fleet status --json`.
+        capsys.readouterr()
+        code = await asyncio.to_thread(
+            main, ["fleet", "status", "--json", "--nats", cloud_server.url]
+        )
+        assert code == 0
+        (status,) = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+        assert status["agent"] == "a1" and status["online"]
+        assert (
+            "batch.max_readings: Input should be greater than or equal to 1"
+            in (status["last_error"])
+        )
         payloads = json_payloads("d1", range(1, 21))
         await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", payloads)
         await eventually(lambda: _stored(js), lambda n: n == 20)
