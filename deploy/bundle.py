@@ -17,17 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from deploy import signing
 from deploy.errors import BundleError
-from deploy.manifest import MANIFEST, SIGNATURE, Manifest, safe_path
+from deploy.manifest import MANIFEST, SIGNATURE, Manifest, file_entry, safe_path
 
 _MAX_META = 4 << 20  # a manifest or signature larger than this is not ours
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_entry(path).sha256
 
 
 def read_manifest(bundle: Path, key: Ed25519PublicKey) -> Manifest:

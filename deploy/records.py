@@ -43,35 +43,37 @@ def split_key(key: str) -> tuple[str, str]:
     return site, agent
 
 
-R = TypeVar("R")
+R = TypeVar("R", bound="_Record")
 
 
-def _decode(cls: type[R], data: bytes) -> R:
-    try:
-        doc = orjson.loads(data)
-        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}  # type: ignore[attr-defined]
-        return cls(**known)
-    except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise GatewayError(f"bad {cls.__name__} record: {exc}") from None
+class _Record:
+    """JSON encoding of a record dataclass; unknown fields (a newer writer) are ignored."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def decode(cls: type[R], data: bytes) -> R:
+        try:
+            doc = orjson.loads(data)
+            fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+            return cls(**{k: v for k, v in doc.items() if k in fields})
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise GatewayError(f"bad {cls.__name__} record: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
-class DesiredState:
+class DesiredState(_Record):
     version: str
     rollout: str = ""
     bundle_sha256: str = ""  # of the bundle file, as published
     updated_ns: int = 0
 
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> DesiredState:
-        return _decode(cls, data)
-
 
 @dataclass(frozen=True, slots=True)
-class DeviceStatus:
+class DeviceStatus(_Record):
     """What the supervisor reports: the version running and the last deployment outcome."""
 
     site: str
@@ -83,16 +85,9 @@ class DeviceStatus:
     failed: dict[str, str] = field(default_factory=dict)  # version -> why, not retried
     updated_ns: int = 0
 
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> DeviceStatus:
-        return _decode(cls, data)
-
 
 @dataclass(frozen=True, slots=True)
-class AgentState:
+class AgentState(_Record):
     """What the agent reports at each heartbeat: the actual state of the running agent."""
 
     site: str
@@ -107,13 +102,6 @@ class AgentState:
     dead_letters: int
     last_error: str
     time_ns: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, data: bytes) -> AgentState:
-        return _decode(cls, data)
 
 
 def decode_any(data: bytes) -> dict[str, Any]:

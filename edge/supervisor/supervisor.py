@@ -43,7 +43,7 @@ from edge.supervisor.render import render_agent_config
 from edge.uplink import Backoff
 from gateway import config
 from gateway.config import AgentConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Supervisor:
                     continue
                 try:
                     desired = DesiredState.decode(entry.value)
-                except (ValueError, TypeError) as exc:
+                except GatewayError as exc:
                     log.error("ignoring malformed desired state: %s", exc)
                     continue
                 await self._converge(nc, js, key, desired)

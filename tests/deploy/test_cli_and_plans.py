@@ -103,3 +103,15 @@ def test_rendered_agent_config_reads_back_equal() -> None:
 
     doc = tomllib.loads(dump_toml(cfg.model_dump(mode="json", exclude_none=True)))
     assert config.parse(AgentConfig, doc) == cfg
+
+
+def test_records_round_trip_and_reject_garbage() -> None:
+    from deploy.records import DesiredState, DeviceStatus
+    from gateway.errors import GatewayError
+
+    st = DeviceStatus("s", "a", "healthy", "2.0", failed={"3.0": "not healthy"})
+    assert DeviceStatus.decode(st.encode()) == st
+    assert DesiredState.decode(b'{"version": "1", "from_the_future": 1}').version == "1"
+    for bad in (b"{", b"[]", b'{"rollout": "x"}'):
+        with pytest.raises(GatewayError):
+            DesiredState.decode(bad)
