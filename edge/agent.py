@@ -92,8 +92,7 @@ class Agent:
             self._beat_now.set()
             log.info("agent %s/%s ready", self.config.site, self.config.agent)
             await stop.wait()
-            for t in tasks:
-                t.cancel()
+            await _cancel_until_done(tasks)
 
     async def _start_sources(self) -> None:
         client_id_base = f"gw-{self.config.site}-{self.config.agent}"
@@ -243,3 +242,13 @@ class Agent:
             self._beat_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.config.uplink.heartbeat_s)
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel, and cancel again while any task still runs: on Python 3.11 `asyncio.wait_for`
+    (used inside nats.connect) can swallow a cancellation that arrives as it completes,
+    which left the agent's stop hanging when it came while the cloud link was connecting."""
+    while pending := [t for t in tasks if not t.done()]:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=1.0)
