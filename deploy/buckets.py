@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -32,12 +33,20 @@ async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> None:
         )
 
 
-async def read_all(kv: KeyValue) -> dict[str, bytes]:
-    """Latest value of every key (deleted keys left out)."""
+async def read_all(kv: KeyValue, quiet_s: float = 1.0) -> dict[str, bytes]:
+    """Latest value of every key (deleted keys left out).
+
+    Ends at the watcher's end-of-initial-values marker, at an entry with nothing pending
+    after it, or after `quiet_s` without any entry: nats-py's marker is not always sent
+    (it races the first deliveries), and waiting for it alone can hang forever."""
     out: dict[str, bytes] = {}
     watcher = await kv.watchall(ignore_deletes=True)
     try:
-        async for entry in watcher:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=quiet_s)  # type: ignore[no-untyped-call]
+            except NatsTimeoutError:
+                break
             if entry is None:
                 break
             out[entry.key] = entry.value or b""

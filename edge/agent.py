@@ -67,6 +67,7 @@ class Agent:
         self.ready = asyncio.Event()
         self._nc: NatsClient | None = None
         self.remote = RemoteConfig(config)
+        self._tasks: list[asyncio.Task[None]] = []  # every task, nested ones too: see stop
         self.actual = ActualState(config.site, config.agent)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -82,7 +83,7 @@ class Agent:
 
     async def _run_tasks(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
-            tasks = [
+            self._tasks += [
                 tg.create_task(self._intake(), name="intake"),
                 tg.create_task(self._flusher(), name="flusher"),
                 tg.create_task(self._cloud_link(), name="cloud-link"),
@@ -92,7 +93,7 @@ class Agent:
             self._beat_now.set()
             log.info("agent %s/%s ready", self.config.site, self.config.agent)
             await stop.wait()
-            await _cancel_until_done(tasks)
+            await _cancel_until_done(self._tasks)
 
     async def _start_sources(self) -> None:
         client_id_base = f"gw-{self.config.site}-{self.config.agent}"
@@ -114,9 +115,11 @@ class Agent:
         )
         self._nc = nc
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.uplink.run(nc), name="uplink")
-            tg.create_task(self._heartbeat(nc), name="heartbeat")
-            tg.create_task(self.remote.follow(nc, self.apply_config), name="remote-config")
+            self._tasks += [
+                tg.create_task(self.uplink.run(nc), name="uplink"),
+                tg.create_task(self._heartbeat(nc), name="heartbeat"),
+                tg.create_task(self.remote.follow(nc, self.apply_config), name="remote-config"),
+            ]
 
     def _use_config(self, cfg: AgentConfig) -> None:
         self.config = self.uplink.config = cfg
@@ -246,8 +249,8 @@ class Agent:
 
 async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel, and cancel again while any task still runs: on Python 3.11 `asyncio.wait_for`
-    (used inside nats.connect) can swallow a cancellation that arrives as it completes,
-    which left the agent's stop hanging when it came while the cloud link was connecting."""
+    (inside nats-py's connect and requests) swallows a cancellation that arrives as it
+    completes, and a TaskGroup cancels its children only once, so a stop could hang."""
     while pending := [t for t in tasks if not t.done()]:
         for t in pending:
             t.cancel()
