@@ -1,0 +1,125 @@
+"""History from the AGG stream: the window results of some series over a time range.
+
+The server filters by subject (`agg.<window>.<site>.<device>.<metric>`, `*` for any), we
+filter by window start. A window may have been published more than once (re-emitted with
+late readings, or again after a restart): the last record of each window wins, and it is
+the complete one (see `cloud/aggregator.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from gateway import subjects
+
+CSV_FIELDS = (
+    "window",
+    "site",
+    "device",
+    "metric",
+    "unit",
+    "start_ns",
+    "end_ns",
+    "count",
+    "min",
+    "max",
+    "sum",
+    "mean",
+    "stddev",
+    "p50",
+    "p95",
+    "first",
+    "last",
+    "closed",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which series and windows; None means any."""
+
+    site: str | None = None
+    device: str | None = None
+    metric: str | None = None
+    window: str | None = None
+    start_ns: int | None = None  # windows starting at or after
+    end_ns: int | None = None  # windows starting before
+
+    def subject(self) -> str:
+        parts = [self.window, self.site, self.device, self.metric]
+        kinds = ("window", "site", "device", "metric")
+        tokens = [
+            "*" if p is None else subjects.check_token(k, p)
+            for k, p in zip(kinds, parts, strict=True)
+        ]
+        return "agg." + ".".join(tokens)
+
+    def kv_key(self) -> str:
+        """The same selection as a key filter of the AGG_LATEST bucket."""
+        return self.subject().removeprefix("agg.")
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        for field in ("site", "device", "metric", "window"):
+            want = getattr(self, field)
+            if want is not None and record.get(field) != want:
+                return False
+        start = record.get("start_ns", 0)
+        if self.start_ns is not None and start < self.start_ns:
+            return False
+        return self.end_ns is None or start < self.end_ns
+
+
+WindowKey = tuple[str, str, str, str, int]
+
+
+def window_key(r: dict[str, Any]) -> WindowKey:
+    return (r["window"], r["site"], r["device"], r["metric"], r["start_ns"])
+
+
+async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[dict[str, Any]]:
+    """The latest record of every selected window, ordered by series and start."""
+    sub = await js.pull_subscribe(
+        sel.subject(),
+        stream=subjects.AGG_STREAM,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        ),
+    )
+    latest: dict[WindowKey, dict[str, Any]] = {}
+    try:
+        remaining = int((await sub.consumer_info()).num_pending or 0)
+        while remaining > 0:
+            msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
+            remaining -= len(msgs)
+            for msg in msgs:
+                record = orjson.loads(msg.data)
+                if sel.matches(record):
+                    latest[window_key(record)] = record
+    finally:
+        await sub.unsubscribe()
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[2], k[3], k[0], k[4]))]
+
+
+def to_csv(records: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+    return out.getvalue()
+
+
+def to_json(records: Sequence[dict[str, Any]]) -> str:
+    return orjson.dumps(list(records)).decode()
