@@ -41,7 +41,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from cloud.metrics import AggregatorMetrics, serve_metrics
+from cloud.httpd import serve_app
+from cloud.metrics import AggregatorMetrics, metrics_app
 from cloud.streams import STATE_BUCKET, ensure_streams
 from cloud.tracker import Tracker
 from gateway import codec, envelope, subjects
@@ -95,7 +96,7 @@ class Aggregator:
 
     async def run(self, nc: NatsClient, stop: asyncio.Event) -> None:
         js = nc.jetstream()
-        await ensure_streams(js, self.config.streams)
+        await ensure_streams(js, self.config.streams, update=False)
         latest = await js.key_value(subjects.LATEST_BUCKET)
         state = await js.key_value(STATE_BUCKET)
         start = await self._restore(state)
@@ -103,7 +104,7 @@ class Aggregator:
         async with contextlib.AsyncExitStack() as stack:
             if port is not None:
                 self.metrics_port = await stack.enter_async_context(
-                    serve_metrics(self.metrics, port)
+                    serve_app(metrics_app(self.metrics), port)
                 )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch_lag(js, stop), name="lag")

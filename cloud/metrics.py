@@ -7,9 +7,7 @@ message) and the rates over the last sampling interval, for a quick look without
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -57,9 +55,8 @@ class AggregatorMetrics:
         return generate_latest(self.registry)
 
 
-@contextlib.asynccontextmanager
-async def serve_metrics(metrics: AggregatorMetrics, port: int) -> AsyncIterator[int]:
-    """Serve `/metrics` on 127.0.0.1:`port` (0 picks a free port); yields the port."""
+def metrics_app(metrics: AggregatorMetrics) -> web.Application:
+    """An application serving `/metrics` (run it with `cloud.httpd.serve_app`)."""
 
     async def handler(_: web.Request) -> web.Response:
         return web.Response(
@@ -68,13 +65,4 @@ async def serve_metrics(metrics: AggregatorMetrics, port: int) -> AsyncIterator[
 
     app = web.Application()
     app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        yield int(sockets[0].getsockname()[1]) if sockets else port
-    finally:
-        await runner.cleanup()
+    return app

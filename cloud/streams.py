@@ -50,8 +50,14 @@ def _differs(want: StreamConfig, have: StreamConfig) -> bool:
     return any(getattr(want, f) != getattr(have, f) for f in fields)
 
 
-async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> dict[str, str]:
-    """Create the streams and buckets, or apply changed settings; say what was done."""
+async def ensure_streams(
+    js: JetStreamContext, settings: StreamSettings, *, update: bool = True
+) -> dict[str, str]:
+    """Create the streams and buckets, or apply changed settings; say what was done.
+
+    Workers pass `update=False`: they create what is missing but leave the limits and
+    replicas of existing streams to `gateway cloud init` (a worker started with a default
+    config must not turn R3 streams into R1)."""
     done: dict[str, str] = {}
     for cfg in stream_configs(settings):
         assert cfg.name is not None
@@ -61,11 +67,11 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> dict
             await js.add_stream(cfg)
             done[cfg.name] = "created"
         else:
-            if _differs(cfg, info.config):
+            if update and _differs(cfg, info.config):
                 await js.update_stream(cfg)
                 done[cfg.name] = "updated"
             else:
-                done[cfg.name] = "unchanged"
+                done[cfg.name] = "unchanged" if update else "exists"
     for kv in bucket_configs(settings):
         try:
             await js.key_value(kv.bucket)

@@ -12,6 +12,7 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from gateway import subjects
+from gateway.errors import ConfigError
 
 CSV_FIELDS = (
     "window",
@@ -123,3 +125,16 @@ def to_csv(records: Sequence[dict[str, Any]]) -> str:
 
 def to_json(records: Sequence[dict[str, Any]]) -> str:
     return orjson.dumps(list(records)).decode()
+
+
+def parse_time(text: str) -> int:
+    """Nanoseconds since the epoch from an integer or an ISO 8601 time (UTC if no zone)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"time {text!r}: expected ISO 8601 or ns since the epoch") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp()) * 10**9 + when.microsecond * 1000
