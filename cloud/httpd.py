@@ -11,9 +11,9 @@ from aiohttp import web
 @contextlib.asynccontextmanager
 async def serve_app(app: web.Application, port: int) -> AsyncIterator[int]:
     """Serve `app` on 127.0.0.1:`port` (0 picks a free port); yields the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
         sockets = getattr(site._server, "sockets", None) or []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,14 @@ async def wait_exact(
     got = await eventually(lambda: agg_windows(js), complete, timeout=timeout, interval=0.3)
     assert_windows_equal(got, want)
     return got
+
+
+async def latest_keys(js: JetStreamContext) -> list[str]:
+    kv = await js.key_value(subjects.LATEST_BUCKET)
+    try:
+        return list(await kv.keys())
+    except NoKeysError:  # before the first put
+        return []
 
 
 async def dlq_messages(js: JetStreamContext) -> list[Any]:
@@ -186,13 +195,7 @@ async def test_live_values_and_metrics(nc: NatsClient, js: JetStreamContext) -> 
     async with running(nc, cloud_config(metrics_port=0)) as agg:
         await publish(js, batches)
         kv = await js.key_value(subjects.LATEST_BUCKET)
-
-        async def keys() -> list[str]:
-            try:
-                return list(await kv.keys())
-            except NoKeysError:
-                return []
-
+        keys = partial(latest_keys, js)
         found = await eventually(keys, lambda k: len(k) == 3 * 2 * len(WIDTHS))
         record = orjson.loads((await kv.get(found[0])).value or b"")
         for field in (
