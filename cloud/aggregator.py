@@ -91,6 +91,7 @@ class Aggregator:
         self.last_seq = 0  # every message up to here is processed
         self._last_cseq = 0
         self._last_seen: dict[str, float] = {}
+        self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -316,9 +317,16 @@ class Aggregator:
             key = f"{r['window']}.{r['site']}.{r['device']}.{r['metric']}"
             if key not in newest or newest[key]["start_ns"] <= r["start_ns"]:
                 newest[key] = r
-        for key, r in newest.items():
-            with contextlib.suppress(NatsError, TimeoutError):
-                await latest.put(key, orjson.dumps(r))
+        # Never replace a newer window on display by an older one closing late.
+        items = [(k, r) for k, r in newest.items() if r["start_ns"] >= self._shown.get(k, 0)]
+        self._shown.update((k, r["start_ns"]) for k, r in items)
+        for lo in range(0, len(items), 256):
+            await asyncio.gather(*(self._put_one(latest, k, r) for k, r in items[lo : lo + 256]))
+
+    @staticmethod
+    async def _put_one(latest: KeyValue, key: str, record: dict[str, Any]) -> None:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await latest.put(key, orjson.dumps(record))
 
     async def _checkpoint(self, state: KeyValue) -> None:
         if self.last_seq < self.tracker.replay_until:
