@@ -118,7 +118,16 @@ class Aggregator:
             return 1
         if entry.value is None:
             return 1
-        start = self.tracker.restore(orjson.loads(entry.value))
+        try:
+            start = self.tracker.restore(orjson.loads(zlib.decompress(entry.value)))
+        except (zlib.error, orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            # E.g. the window widths changed: rebuild everything from the stream instead.
+            log.warning(
+                "%s: checkpoint unusable (%s); starting from the stream's start", self.name, exc
+            )
+            s = self.config.aggregator
+            self.tracker = Tracker(list(s.windows_s), s.lateness_s)
+            return 1
         log.info("%s: resuming; replaying from stream sequence %d", self.name, start)
         return start
 
@@ -334,7 +343,8 @@ class Aggregator:
         doc = self.tracker.checkpoint(self.last_seq)
         doc["written"] = datetime.now(UTC).isoformat()
         try:
-            await state.put(self.name, orjson.dumps(doc))
+            # Compressed: one entry per agent, thousands of agents, under the 1 MB limit.
+            await state.put(self.name, zlib.compress(orjson.dumps(doc)))
         except (NatsError, TimeoutError) as exc:
             log.warning("%s: checkpoint not written (%s); next time", self.name, exc)
 

@@ -14,14 +14,17 @@ makes the same decisions (see `cloud/aggregator.py` for the order of durable ste
   emitted as well; they stay revisable until final, so this changes no final result.
 
 The state keeps every accepted reading until its window is final (exact percentiles need
-all values). A checkpoint records, per agent, the first stream sequence that still holds a
-non-final reading and the watermark just before it; a restart replays from there, skipping
-readings of windows that were already final at the checkpoint.
+all values). A checkpoint taken after message H records, per agent, its watermark W_H and
+the first stream sequence still holding one of its non-final readings. A restart replays
+from there up to H, dropping readings of windows final at H (already published, never to
+change) and keeping the rest. No kept reading can have been late (its window was not final
+even at H), so replaying with the watermark at W_H decides exactly as the first run did,
+and the rebuilt windows hold exactly the readings they held before, whatever parts of
+them had been published or acknowledged. Nothing relies on JetStream's dedupe window.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,12 +67,11 @@ class Rows:
             self.sid[keep], self.time[keep], self.seq[keep], self.value[keep], self.sseq[keep]
         )
 
-    def extend(self, other: Rows) -> Rows:
-        if not len(self):
-            return other
-        return Rows(
-            *(np.concatenate((a, b)) for a, b in zip(self.cols(), other.cols(), strict=True))
-        )
+    @classmethod
+    def concat(cls, parts: list[Rows]) -> Rows:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate(cols) for cols in zip(*(p.cols() for p in parts), strict=True)))
 
     def cols(self) -> tuple[Any, ...]:
         return (self.sid, self.time, self.seq, self.value, self.sseq)
@@ -78,13 +80,31 @@ class Rows:
 @dataclass(slots=True)
 class WidthState:
     width_s: int
-    rows: Rows = field(default_factory=Rows.empty)
+    _parts: list[Rows] = field(default_factory=list)
     emitted: dict[tuple[int, int], int] = field(default_factory=dict)  # (sid, window) -> count
     live_dirty: bool = False
 
     @property
     def width_ns(self) -> int:
         return self.width_s * 1_000_000_000
+
+    def add(self, rows: Rows) -> None:
+        self._parts.append(rows)  # concatenated once per `due`, not once per message
+
+    @property
+    def rows(self) -> Rows:
+        if not self._parts:
+            return Rows.empty()
+        if len(self._parts) > 1:
+            self._parts = [Rows.concat(self._parts)]
+        return self._parts[0]
+
+    @rows.setter
+    def rows(self, rows: Rows) -> None:
+        self._parts = [rows] if len(rows) else []
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
 
 
 @dataclass(slots=True)
@@ -102,8 +122,6 @@ class AgentState:
     series: list[SeriesKey] = field(default_factory=list)
     series_ids: dict[SeriesKey, int] = field(default_factory=dict)
     widths: list[WidthState] = field(default_factory=list)
-    # (stream seq, watermark before it) of this agent's messages still holding open rows.
-    history: deque[tuple[int, int]] = field(default_factory=deque)
     replay: Replay | None = None
     dirty: bool = False  # took readings since `due` last looked
     flushed: bool = False  # open windows emitted because the agent went quiet
@@ -171,7 +189,6 @@ class Tracker:
             result.rejected.append(Rejected("not-finite", ~finite))
         before = agent.watermark
         agent.watermark = max(before, int(batch.time_ns.max()))
-        agent.history.append((sseq, before))
         sid = agent.intern(batch.series)[batch.series_index]
         agent.dirty = True
         agent.flushed = False
@@ -192,7 +209,7 @@ class Tracker:
                     batch.value[keep],
                     np.full(int(keep.sum()), sseq, dtype=np.int64),
                 )
-                ws.rows = ws.rows.extend(rows)
+                ws.add(rows)
                 ws.live_dirty = True
             result.accepted = max(result.accepted, int(keep.sum()))
         if replaying:
@@ -208,11 +225,10 @@ class Tracker:
             if not (agent.dirty or flush):
                 continue
             for ws in agent.widths:
-                if len(ws.rows):
+                if len(ws):
                     out.extend(self._due_width(agent, ws, flush))
             agent.dirty = False
             agent.flushed = agent.flushed or flush
-            self._trim_history(agent)
         return out
 
     def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[dict[str, Any]]:
@@ -258,7 +274,7 @@ class Tracker:
         out: list[dict[str, Any]] = []
         for agent in self.agents.values():
             for ws in agent.widths:
-                if not ws.live_dirty or not len(ws.rows):
+                if not ws.live_dirty or not len(ws):
                     continue
                 ws.live_dirty = False
                 win = window_index(ws.rows.time, ws.width_ns)
@@ -316,14 +332,9 @@ class Tracker:
             )
         return out
 
-    def _trim_history(self, agent: AgentState) -> None:
-        oldest = self._oldest_open_seq(agent)
-        while agent.history and (oldest is None or agent.history[0][0] < oldest):
-            agent.history.popleft()
-
     @staticmethod
     def _oldest_open_seq(agent: AgentState) -> int | None:
-        firsts = [int(ws.rows.sseq.min()) for ws in agent.widths if len(ws.rows)]
+        firsts = [int(ws.rows.sseq.min()) for ws in agent.widths if len(ws)]
         return min(firsts) if firsts else None
 
     def checkpoint(self, last_seq: int) -> dict[str, Any]:
@@ -331,14 +342,9 @@ class Tracker:
         agents = {}
         for subject, agent in self.agents.items():
             oldest = self._oldest_open_seq(agent)
-            wm_from = agent.watermark
-            if oldest is not None:
-                # The watermark just before message `oldest` (kept in history until trimmed).
-                wm_from = next(wm for s, wm in agent.history if s == oldest)
             agents[subject] = {
                 "wm": agent.watermark,
                 "from_seq": oldest,
-                "wm_from": wm_from,
                 "site": agent.site,
             }
         return {
@@ -360,7 +366,7 @@ class Tracker:
         for subject, a in ckpt["agents"].items():
             agent = self._agent(subject, a["site"])
             agent.replay = Replay(a["from_seq"], int(a["wm"]))
-            agent.watermark = int(a["wm_from"]) if a["from_seq"] is not None else int(a["wm"])
+            agent.watermark = int(a["wm"])
             if a["from_seq"] is not None:
                 start = min(start, int(a["from_seq"]))
         return start

@@ -15,6 +15,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NoKeysError
 
 from cloud.aggregator import Aggregator
+from cloud.streams import STATE_BUCKET
 from cloud.views.query import Selector, query
 from gateway import codec, config, subjects
 from gateway.config import CloudConfig
@@ -222,3 +223,15 @@ async def test_live_values_and_metrics(nc: NatsClient, js: JetStreamContext) -> 
         text = await eventually(scrape, lambda t: "gateway_agg_readings_total" in t)
         assert "gateway_agg_consumer_pending" in text
         assert "gateway_agg_oldest_unprocessed_age_seconds" in text
+
+
+async def test_unusable_checkpoint_rebuilds_from_the_stream(
+    nc: NatsClient, js: JetStreamContext
+) -> None:
+    batches = make_batches(np.random.default_rng(7), agents=1, seconds=40)
+    await publish(js, batches)
+    state = await js.key_value(STATE_BUCKET)
+    await state.put("aggregator-0of1", b"\x00garbage")
+    async with running(nc, cloud_config()) as agg:
+        await wait_exact(js, recompute(rows_of(b for _, _, b in batches), WIDTHS))
+        assert agg.stats.replayed_messages == 0
