@@ -92,13 +92,14 @@ class Aggregator:
         self._last_cseq = 0
         self._last_seen: dict[str, float] = {}
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
+        self._nc: NatsClient | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, nc: NatsClient, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await ensure_streams(js, self.config.streams, update=False)
-        latest = await js.key_value(subjects.LATEST_BUCKET)
+        self._nc = nc
         state = await js.key_value(STATE_BUCKET)
         start = await self._restore(state)
         port = self.config.aggregator.metrics_port
@@ -109,7 +110,7 @@ class Aggregator:
                 )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch_lag(js, stop), name="lag")
-                await self._consume(js, latest, state, start, stop)
+                await self._consume(js, state, start, stop)
 
     async def _restore(self, state: KeyValue) -> int:
         try:
@@ -170,7 +171,6 @@ class Aggregator:
     async def _consume(
         self,
         js: JetStreamContext,
-        latest: KeyValue,
         state: KeyValue,
         start: int,
         stop: asyncio.Event,
@@ -196,10 +196,10 @@ class Aggregator:
                 continue
             if self.last_seq < self.tracker.replay_until and msgs:
                 continue  # still replaying: results are due once the state is whole again
-            published = await self._publish_due(js, latest)
+            published = await self._publish_due(js)
             now = time.monotonic()
             if now >= next_live:
-                await self._publish_live(latest)
+                await self._publish_live()
                 next_live = now + s.live_update_s
             if (published or self.last_seq != ckpt_seq) and now >= next_ckpt:
                 # Every window due up to `last_seq` is in AGG now: safe to move on.
@@ -210,7 +210,7 @@ class Aggregator:
             with contextlib.suppress(NatsError, TimeoutError):
                 await sub.unsubscribe()
         if self.last_seq >= self.tracker.replay_until:
-            await self._publish_due(js, latest)
+            await self._publish_due(js)
             await self._checkpoint(state)
 
     async def _process(self, js: JetStreamContext, msgs: list[Msg]) -> bool:
@@ -299,7 +299,7 @@ class Aggregator:
                 log.warning("%s: publish to %s failed (%s); retrying", self.name, subject, exc)
                 await asyncio.sleep(RETRY_S)
 
-    async def _publish_due(self, js: JetStreamContext, latest: KeyValue) -> int:
+    async def _publish_due(self, js: JetStreamContext) -> int:
         now = time.monotonic()
         idle_s = self.config.aggregator.idle_close_s
         idle = {s for s, t in self._last_seen.items() if now - t >= idle_s}
@@ -309,17 +309,17 @@ class Aggregator:
             await asyncio.gather(*(self._publish_record(js, r) for r in part))
         self.stats.windows_published += len(records)
         self.metrics.windows.inc(len(records))
-        await self._put_latest(latest, records)
+        await self._put_latest(records)
         return len(records)
 
     async def _publish_record(self, js: JetStreamContext, record: dict[str, Any]) -> None:
         subject = subjects.agg(record["window"], record["site"], record["device"], record["metric"])
         await self._publish(js, subject, orjson.dumps(record), {"Nats-Msg-Id": agg_msg_id(record)})
 
-    async def _publish_live(self, latest: KeyValue) -> None:
-        await self._put_latest(latest, self.tracker.live())
+    async def _publish_live(self) -> None:
+        await self._put_latest(self.tracker.live())
 
-    async def _put_latest(self, latest: KeyValue, records: list[dict[str, Any]]) -> None:
+    async def _put_latest(self, records: list[dict[str, Any]]) -> None:
         """Best effort: the KV bucket is a convenience for live views, AGG is the record."""
         newest: dict[str, dict[str, Any]] = {}
         for r in records:
@@ -329,13 +329,13 @@ class Aggregator:
         # Never replace a newer window on display by an older one closing late.
         items = [(k, r) for k, r in newest.items() if r["start_ns"] >= self._shown.get(k, 0)]
         self._shown.update((k, r["start_ns"]) for k, r in items)
-        for lo in range(0, len(items), 256):
-            await asyncio.gather(*(self._put_one(latest, k, r) for k, r in items[lo : lo + 256]))
-
-    @staticmethod
-    async def _put_one(latest: KeyValue, key: str, record: dict[str, Any]) -> None:
-        with contextlib.suppress(NatsError, TimeoutError):
-            await latest.put(key, orjson.dumps(record))
+        # A KV put is a publish to the bucket's subject; without awaiting each PubAck, the
+        # live view costs one buffered write per series instead of one round trip.
+        nc = self._nc
+        assert nc is not None, "run() sets the connection"
+        with contextlib.suppress(NatsError):
+            for key, r in items:
+                await nc.publish(f"$KV.{subjects.LATEST_BUCKET}.{key}", orjson.dumps(r))
 
     async def _checkpoint(self, state: KeyValue) -> None:
         if self.last_seq < self.tracker.replay_until:
