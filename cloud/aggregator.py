@@ -52,6 +52,11 @@ from gateway.errors import CodecError, InvalidTokenError
 log = logging.getLogger(__name__)
 SOURCE = "/iot-gateway/cloud/aggregator"
 RETRY_S = 0.5
+GIVE_UP_S = 5.0
+
+
+class Abandoned(Exception):
+    """A publish given up on while stopping; nothing after it may be checkpointed."""
 
 
 @dataclass(slots=True)
@@ -93,10 +98,20 @@ class Aggregator:
         self._last_seen: dict[str, float] = {}
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
         self._nc: NatsClient | None = None
+        self._stop = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, nc: NatsClient, stop: asyncio.Event) -> None:
+        self._stop = stop
+        try:
+            await self._run(nc, stop)
+        except Abandoned as exc:
+            log.warning(
+                "%s: stopped with %s unpublished; the next start replays it", self.name, exc
+            )
+
+    async def _run(self, nc: NatsClient, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         await ensure_streams(js, self.config.streams, update=False)
         self._nc = nc
@@ -290,12 +305,20 @@ class Aggregator:
     async def _publish(
         self, js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]
     ) -> None:
-        """Publish until JetStream acknowledges (same `Nats-Msg-Id` on every try)."""
+        """Publish until JetStream acknowledges (same `Nats-Msg-Id` on every try).
+
+        Once asked to stop, give up after `GIVE_UP_S`: `Abandoned` unwinds without a new
+        checkpoint, so the next start replays and publishes what this one could not."""
+        deadline: float | None = None
         while True:
             try:
                 await js.publish(subject, data, headers=headers, timeout=5.0)
                 return
             except (NatsError, TimeoutError) as exc:
+                if self._stop.is_set():
+                    deadline = deadline or time.monotonic() + GIVE_UP_S
+                    if time.monotonic() > deadline:
+                        raise Abandoned(subject) from exc
                 log.warning("%s: publish to %s failed (%s); retrying", self.name, subject, exc)
                 await asyncio.sleep(RETRY_S)
 

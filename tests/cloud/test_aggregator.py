@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import nats
 import numpy as np
 import orjson
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import NoKeysError
 
@@ -20,6 +23,7 @@ from cloud.views.query import Selector, query
 from cloud.views.watch import render
 from gateway import codec, config, subjects
 from gateway.config import CloudConfig
+from gateway.servers import NatsServer
 from tests.cloud.reference import (
     assert_windows_equal,
     make_batches,
@@ -222,3 +226,22 @@ async def test_unusable_checkpoint_rebuilds_from_the_stream(
     async with running(nc, cloud_config()) as agg:
         await wait_exact(js, recompute(rows_of(b for _, _, b in batches), WIDTHS))
         assert agg.stats.replayed_messages == 0
+
+
+async def test_stop_with_the_server_gone_ends_in_bounded_time(
+    cloud_server: NatsServer, js: JetStreamContext
+) -> None:
+    batches = make_batches(np.random.default_rng(8), agents=1, seconds=30)
+    client = await nats.connect(cloud_server.url, max_reconnect_attempts=-1)
+    agg = Aggregator(cloud_config(idle_close_s=60))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agg.run(client, stop))
+    await publish(js, batches)
+    await eventually(lambda: asyncio.sleep(0, agg.last_seq), lambda s: s == len(batches))
+    await cloud_server.kill()
+    stop.set()
+    try:
+        await asyncio.wait_for(task, 30)  # gives up its unacknowledged publishes, no hang
+    finally:
+        with contextlib.suppress(OSError, NatsError):
+            await client.close()
