@@ -6,21 +6,31 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import nats
 import numpy as np
 import orjson
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from rich.console import Console
 
 from cloud.views.http import http_api
 from cloud.views.watch import watch
-from gateway.servers import NatsServer
-from tests.cloud.reference import make_batches, recompute, rows_of, windows_of
+from gateway import process
+from gateway.servers import NatsServer, free_port
+from tests.cloud.reference import (
+    assert_windows_equal,
+    make_batches,
+    recompute,
+    rows_of,
+    windows_of,
+)
 from tests.cloud.test_aggregator import (
     WIDTHS,
     cloud_config,
@@ -170,3 +180,46 @@ async def test_cloud_init_is_idempotent_and_applies_changes(
     code, out, _ = await gateway("cloud", "init", "--nats", cloud_server.url, "--config",
                                  str(conf))  # fmt: skip
     assert "TELEMETRY: updated" in out and "AGG: updated" in out and "DLQ: unchanged" in out
+
+
+async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) -> None:
+    nats_port, http_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    proc = process.spawn(
+        [sys.executable, "-m", "gateway", "cloud", "up", "--data-dir", str(tmp_path / "cloud"),
+         "--port", str(nats_port), "--http-port", str(http_port), "--workers", "2"],
+        log,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{http_port}") as http:
+
+            async def health() -> bool:
+                try:
+                    async with http.get("/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(health, bool, timeout=30)
+            batches = make_batches(np.random.default_rng(25), agents=3, seconds=30, t0=T0)
+            want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+            client = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+            try:
+                await publish(client.jetstream(), batches)
+            finally:
+                await client.close()
+
+            async def windows() -> dict[Any, dict[str, Any]]:
+                async with http.get("/api/windows") as r:
+                    return windows_of(await r.json())
+
+            got = await eventually(
+                windows, lambda w: {k: g["count"] for k, g in w.items()}
+                == {k: x["count"] for k, x in want.items()}, timeout=30,
+            )  # fmt: skip
+            assert_windows_equal(got, want)
+    finally:
+        code = await asyncio.to_thread(process.stop, proc, 20)
+    assert code == 0, process.tail(log)
+    with pytest.raises(OSError):  # its nats-server is gone too
+        socket.create_connection(("127.0.0.1", nats_port), timeout=2).close()
