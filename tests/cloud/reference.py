@@ -10,8 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
 
-from gateway import codec
+from gateway import codec, subjects
 
 WindowId = tuple[str, str, str, str, int]  # window label, site, device, metric, start_ns
 Row = tuple[str, str, str, str, float, int, int]  # site, device, metric, unit, value, t, seq
@@ -105,3 +107,22 @@ def make_batches(
 
 def windows_of(records: Iterable[dict[str, Any]]) -> dict[WindowId, dict[str, Any]]:
     return {(r["window"], r["site"], r["device"], r["metric"], r["start_ns"]): r for r in records}
+
+
+async def stream_rows(js: JetStreamContext) -> list[Row]:
+    """Every reading stored in the TELEMETRY stream, decoded (the raw source of truth)."""
+    sub = await js.pull_subscribe(
+        "telemetry.>",
+        stream=subjects.TELEMETRY_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0),
+    )
+    batches = []
+    try:
+        remaining = int((await sub.consumer_info()).num_pending or 0)
+        while remaining > 0:
+            msgs = await sub.fetch(min(500, remaining), timeout=10)
+            remaining -= len(msgs)
+            batches += [codec.decode(m.data) for m in msgs]
+    finally:
+        await sub.unsubscribe()
+    return rows_of(batches)

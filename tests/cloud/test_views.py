@@ -29,6 +29,7 @@ from tests.cloud.reference import (
     make_batches,
     recompute,
     rows_of,
+    stream_rows,
     windows_of,
 )
 from tests.cloud.test_aggregator import (
@@ -76,9 +77,9 @@ async def test_query_over_a_stored_hour_equals_recomputation(
         np.random.default_rng(21), agents=1, devices=2, seconds=3600, rate_hz=0.5, t0=T0,
         batch_size=100,
     )  # fmt: skip
-    want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
     async with running(nc, cloud_config()):
         await publish(js, batches)
+        want = recompute(await stream_rows(js), WIDTHS)  # from the raw TELEMETRY stream
         await wait_exact(js, want, timeout=60)
     hour = ("--from", iso(T0), "--to", iso(T0 + 3600 * 10**9))
     code, out, err = await gateway("query", "--nats", cloud_server.url, *hour)
