@@ -52,7 +52,7 @@ from gateway.errors import CodecError, InvalidTokenError
 log = logging.getLogger(__name__)
 SOURCE = "/iot-gateway/cloud/aggregator"
 RETRY_S = 0.5
-GIVE_UP_S = 5.0
+GIVE_UP_S = 3.0
 
 
 class Abandoned(Exception):
@@ -106,9 +106,11 @@ class Aggregator:
         self._stop = stop
         try:
             await self._run(nc, stop)
-        except Abandoned as exc:
+        except* Abandoned as group:  # raised inside the TaskGroup, so in a group
             log.warning(
-                "%s: stopped with %s unpublished; the next start replays it", self.name, exc
+                "%s: stopped with %s unpublished; the next start replays it",
+                self.name,
+                group.exceptions[0],
             )
 
     async def _run(self, nc: NatsClient, stop: asyncio.Event) -> None:
@@ -312,7 +314,8 @@ class Aggregator:
         deadline: float | None = None
         while True:
             try:
-                await js.publish(subject, data, headers=headers, timeout=5.0)
+                timeout = 1.0 if self._stop.is_set() else 5.0
+                await js.publish(subject, data, headers=headers, timeout=timeout)
                 return
             except (NatsError, TimeoutError) as exc:
                 if self._stop.is_set():

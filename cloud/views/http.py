@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 
+from cloud.errors import QueryError
 from cloud.httpd import serve_app
 from cloud.views.query import Selector, parse_time, query, to_csv
 from gateway import subjects
@@ -52,12 +53,14 @@ def _json(records: Any) -> web.Response:
 
 @web.middleware
 async def _bad_request(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bad filters are the client's fault: 400 with the reason, never a 500."""
+    """Bad filters: 400 with the reason; JetStream unavailable: 503. Never a bare 500."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except (ConfigError, InvalidTokenError) as exc:
         return _error(400, str(exc))
+    except QueryError as exc:
+        return _error(503, str(exc))
 
 
 async def windows(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ the complete one (see `cloud/aggregator.py`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from collections.abc import Sequence
@@ -16,9 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from cloud.errors import QueryError
 from gateway import subjects
 from gateway.errors import ConfigError
 
@@ -87,7 +90,16 @@ def window_key(r: dict[str, Any]) -> WindowKey:
 
 
 async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[dict[str, Any]]:
-    """The latest record of every selected window, ordered by series and start."""
+    """The latest record of every selected window, ordered by series and start.
+
+    Raises `QueryError` when JetStream cannot serve it (e.g. no leader during a failover)."""
+    try:
+        return await _query(js, sel, batch)
+    except (NatsError, TimeoutError) as exc:
+        raise QueryError(str(exc) or type(exc).__name__) from exc
+
+
+async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[str, Any]]:
     sub = await js.pull_subscribe(
         sel.subject(),
         stream=subjects.AGG_STREAM,
@@ -110,7 +122,8 @@ async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[
                 if sel.matches(record):
                     latest[window_key(record)] = record
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(NatsError, TimeoutError):
+            await sub.unsubscribe()
     return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[2], k[3], k[0], k[4]))]
 
 

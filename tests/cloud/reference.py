@@ -6,10 +6,13 @@ each window's statistics come from `np.min`, `np.percentile`, `np.std`, `sorted`
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
@@ -109,8 +112,21 @@ def windows_of(records: Iterable[dict[str, Any]]) -> dict[WindowId, dict[str, An
     return {(r["window"], r["site"], r["device"], r["metric"], r["start_ns"]): r for r in records}
 
 
-async def stream_rows(js: JetStreamContext) -> list[Row]:
-    """Every reading stored in the TELEMETRY stream, decoded (the raw source of truth)."""
+async def stream_rows(js: JetStreamContext, timeout: float = 30) -> list[Row]:
+    """Every reading stored in the TELEMETRY stream, decoded (the raw source of truth).
+
+    Retried while JetStream is electing leaders (right after a node was killed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await _stream_rows(js)
+        except (NatsError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _stream_rows(js: JetStreamContext) -> list[Row]:
     sub = await js.pull_subscribe(
         "telemetry.>",
         stream=subjects.TELEMETRY_STREAM,
