@@ -118,7 +118,7 @@ class Aggregator:
         await ensure_streams(js, self.config.streams, update=False)
         self._nc = nc
         state = await js.key_value(STATE_BUCKET)
-        start = await self._restore(state)
+        start = await self._restore(js, state)
         port = self.config.aggregator.metrics_port
         async with contextlib.AsyncExitStack() as stack:
             if port is not None:
@@ -129,15 +129,18 @@ class Aggregator:
                 tg.create_task(self._watch_lag(js, stop), name="lag")
                 await self._consume(js, state, start, stop)
 
-    async def _restore(self, state: KeyValue) -> int:
+    async def _restore(self, js: JetStreamContext, state: KeyValue) -> int:
         try:
             entry = await state.get(self.name)
         except KeyNotFoundError:
             return 1
         if entry.value is None:
             return 1
+        stream_last = (await js.stream_info(subjects.TELEMETRY_STREAM)).state.last_seq
         try:
             start = self.tracker.restore(orjson.loads(zlib.decompress(entry.value)))
+            if self.tracker.replay_until > stream_last:
+                raise ValueError(f"it is past the end of TELEMETRY ({stream_last}): new stream?")
         except (zlib.error, orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
             # E.g. the window widths changed: rebuild everything from the stream instead.
             log.warning(

@@ -20,11 +20,11 @@ from nats.js.errors import NoKeysError
 
 from cloud.aggregator import Abandoned, Aggregator
 from cloud.errors import QueryError
-from cloud.streams import STATE_BUCKET
+from cloud.streams import STATE_BUCKET, ensure_streams
 from cloud.views.query import Selector, query
 from cloud.views.watch import render
 from gateway import codec, config, subjects
-from gateway.config import CloudConfig
+from gateway.config import CloudConfig, StreamSettings
 from gateway.servers import NatsServer
 from tests.cloud.reference import (
     assert_windows_equal,
@@ -252,3 +252,20 @@ async def test_stop_with_the_server_gone_ends_in_bounded_time(
     finally:
         with contextlib.suppress(OSError, NatsError):
             await client.close()
+
+
+async def test_checkpoint_of_another_stream_is_ignored(
+    nc: NatsClient, js: JetStreamContext
+) -> None:
+    """TELEMETRY deleted and created again: its sequences restart, the checkpoint is stale."""
+    first = make_batches(np.random.default_rng(10), agents=1, seconds=40)
+    async with running(nc, cloud_config()):
+        await publish(js, first)
+        await wait_exact(js, recompute(rows_of(b for _, _, b in first), WIDTHS))
+    for stream in (subjects.TELEMETRY_STREAM, subjects.AGG_STREAM):
+        await js.delete_stream(stream)
+    await ensure_streams(js, StreamSettings())
+    again = make_batches(np.random.default_rng(11), agents=1, seconds=20)
+    await publish(js, again)
+    async with running(nc, cloud_config()):
+        await wait_exact(js, recompute(rows_of(b for _, _, b in again), WIDTHS))
