@@ -142,3 +142,30 @@ async def test_cluster_node_killed_mid_ingest_nothing_missing_windows_exact(
         for c in clients:
             await c.close()
         await cluster.stop()
+
+
+@pytest.mark.slow
+async def test_cluster_up_command_gives_r3_streams_and_stops_cleanly(tmp_path: Path) -> None:
+    log = tmp_path / "cluster.log"
+    argv = [sys.executable, "-m", "gateway", "cloud", "cluster", "up", "--data-dir",
+            str(tmp_path / "cluster")]  # fmt: skip
+    proc = process.spawn(argv, log)
+    try:
+
+        async def urls() -> str:
+            for line in log.read_text().splitlines():
+                if "R3 streams; --nats " in line:
+                    return line.split("--nats ")[1].strip()
+            return ""
+
+        url = await eventually(urls, bool, timeout=60)
+        client = await nats.connect(url.split(","))
+        try:
+            info = await client.jetstream().stream_info(subjects.TELEMETRY_STREAM)
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+        finally:
+            await client.close()
+    finally:
+        code = await asyncio.to_thread(process.stop, proc, 30)
+    assert code == 0, process.tail(log)
