@@ -1,6 +1,11 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
 max bytes or linger time (monotonic clock). Also drops redelivered readings by the
-per-device high-water sequence number, which is made durable together with the batch."""
+high-water sequence number of each series (site, device, metric), which is made durable
+together with the batch. Readings without a sequence number (`NO_SEQ`) are never dropped.
+
+Keyed per series, not per device: a device may number its readings across metrics (the
+simulator does) or give every metric of one sample the same number (line protocol with
+a `seq` field); either way each series' numbers increase."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.buffer import DeadLetter, PendingBatch
+from edge.decoders.context import NO_SEQ
 from gateway import codec
 from gateway.config import BatchSettings
 from gateway.reading import Reading
@@ -61,20 +67,32 @@ class Batcher:
 
     def add(self, readings: list[Reading], ack: Any = None) -> int:
         """Add one source message's readings; return how many were dropped as redelivered."""
-        cur = self._current()
         dups = 0
         for r in readings:
-            key = f"{r.site}/{r.device}"
-            if self._seen(key, r.seq, cur.high_water):
-                dups += 1
-                continue
-            cur.high_water[key] = r.seq
-            cur.builder.add_reading(r)
-            cur.approx_bytes += _BYTES_PER_READING
-        cur.duplicates += dups
+            dups += not self.add_one(r)
         if ack is not None:
-            cur.acks.append(ack)
+            self._current().acks.append(ack)
         return dups
+
+    def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
+        """Add one reading; False if it was dropped as already seen (redelivered)."""
+        cur = self._current()
+        if r.seq != NO_SEQ:
+            key = f"{r.site}/{r.device}/{r.metric}"
+            if self._seen(key, r.seq, cur.high_water):
+                cur.duplicates += 1
+                return False
+            cur.high_water[key] = r.seq
+        cur.builder.add(
+            r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, r.flags, original_time_ns
+        )
+        cur.approx_bytes += _BYTES_PER_READING
+        return True
+
+    def add_ack(self, ack: Any) -> None:
+        """Acknowledge this source message once the current batch is durable."""
+        if ack is not None:
+            self._current().acks.append(ack)
 
     def add_dead_letter(self, letter: DeadLetter, ack: Any = None) -> None:
         cur = self._current()
@@ -106,6 +124,11 @@ class Batcher:
         batch = None
         if len(cur.builder):
             cur.builder.batch_id = batch_id
-            payload = codec.encode(cur.builder.build())
-            batch = PendingBatch(codec.CONTENT_TYPE, len(cur.builder), payload)
+            built = cur.builder.build()
+            if self.settings.encoding == "senml":
+                batch = PendingBatch(
+                    codec.SENML_CONTENT_TYPE, len(built), codec.encode_senml(built)
+                )
+            else:
+                batch = PendingBatch(codec.CONTENT_TYPE, len(built), codec.encode(built))
         return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.sources import SourceMessage
+from edge.sources import Deliver, SourceMessage
 from gateway.config import MqttSourceSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class MqttSource:
         name: str,
         settings: MqttSourceSettings,
         client_id: str,
-        deliver: Callable[[SourceMessage], None],
+        deliver: Deliver,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -45,7 +47,9 @@ class MqttSource:
         self._deliver = deliver
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.subscribed = asyncio.Event()
+        self._inbox: deque[SourceMessage] = deque()
+        self._drain_pending = False
+        self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
 
     async def start(self) -> None:
@@ -59,6 +63,7 @@ class MqttSource:
         )
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
+        client.max_inflight_messages_set(self.settings.max_inflight)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -92,7 +97,7 @@ class MqttSource:
         if any(c.is_failure for c in codes):
             log.error("%s: subscription refused: %s", self.name, codes)
             return
-        self._loop.call_soon_threadsafe(self.subscribed.set)
+        self._loop.call_soon_threadsafe(self.ready.set)
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
@@ -103,5 +108,16 @@ class MqttSource:
             def ack() -> None:
                 client.ack(mid, qos)
 
-        message = SourceMessage(self.name, msg.topic, bytes(msg.payload), ack)
-        self._loop.call_soon_threadsafe(self._deliver, message)
+        self._inbox.append(
+            SourceMessage(self.name, msg.topic, bytes(msg.payload), ack, time.time_ns())
+        )
+        if not self._drain_pending:
+            self._drain_pending = True
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the event loop: hand over everything paho's thread has received so far."""
+        self._drain_pending = False  # first: a message appended after this schedules again
+        inbox, deliver = self._inbox, self._deliver
+        while inbox:
+            deliver(inbox.popleft())

@@ -1,0 +1,70 @@
+"""What a decoder knows besides the payload, and helpers shared by the decoders."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edge.errors import DecodeError
+from gateway.errors import InvalidTokenError
+from gateway.reading import Reading
+from gateway.subjects import check_token
+
+NO_SEQ = -1  # a reading whose format carries no sequence number (never deduplicated)
+MAX_READINGS_PER_MESSAGE = 10_000
+_INT63 = 1 << 63
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    site: str  # used when the payload names no site
+    received_ns: int  # wall-clock receive time: the event time of readings without one
+    topic: str = ""
+    device: str | None = None  # used when the payload names no device
+
+    @classmethod
+    def for_topic(cls, site: str, topic: str, received_ns: int) -> Context:
+        """Default device: the last topic level (`sensors/site1/dev-7` -> `dev-7`)."""
+        last = topic.rsplit("/", 1)[-1]
+        return cls(site, received_ns, topic, last or None)
+
+
+def token(kind: str, value: object) -> str:
+    """A subject-safe site/device/metric name, or a `DecodeError` `invalid_<kind>`."""
+    if not isinstance(value, str):
+        raise DecodeError("wrong_type", f"{kind}={value!r}")
+    try:
+        return check_token(kind, value)
+    except InvalidTokenError as exc:
+        raise DecodeError(f"invalid_{kind}", str(exc)) from None
+
+
+def make_reading(
+    site: str,
+    device: str | None,
+    metric: str,
+    value: float,
+    unit: str,
+    time_ns: int,
+    seq: int,
+    flags: int = 0,
+) -> Reading:
+    """Build a reading after the checks every format shares."""
+    if device is None:
+        raise DecodeError("missing_field", "device")
+    if not math.isfinite(value):
+        raise DecodeError("non_finite_value", repr(value))
+    if not NO_SEQ <= seq < _INT63:
+        raise DecodeError("invalid_seq", repr(seq))
+    if not 0 <= time_ns < _INT63:
+        raise DecodeError("invalid_time", repr(time_ns))
+    return Reading(
+        site=token("site", site),
+        device=token("device", device),
+        metric=token("metric", metric),
+        value=float(value),
+        unit=unit,
+        time_ns=time_ns,
+        seq=seq,
+        flags=flags,
+    )

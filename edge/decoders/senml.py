@@ -1,0 +1,165 @@
+"""SenML (RFC 8428) JSON packs -> readings.
+
+Two steps, both pure: `resolve()` applies the RFC's base-field rules (section 4.6) and
+returns one `Record` per entry with its full name, unit, value and absolute time;
+`decode_senml()` maps each record to a reading.
+
+Mapping a resolved name to device and metric: the name is split at its last `/` or `:`
+(`urn:dev:ow:10e2073a01080063:voltage` -> device `urn:dev:ow:10e2073a01080063`, metric
+`voltage`); a device URN of RFC 9039's form `urn:dev:<kind>:<id>` becomes `<id>`. A name
+without a separator is a metric of the context's device (the MQTT topic's last level).
+Our extension field `seq` (a record's device sequence number) is optional; without it the
+reading is not deduplicated by sequence number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from edge.decoders.context import MAX_READINGS_PER_MESSAGE, NO_SEQ, Context, make_reading
+from edge.errors import DecodeError
+from gateway.reading import Reading
+
+SENML_VERSION = 10
+RELATIVE_LIMIT_S = 1 << 28  # times below 2**28 s are relative to now (RFC 8428 4.5.3)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
+_URN_DEV = re.compile(r"urn:dev:[a-z]+:")
+_BASE = {"bn": str, "bt": (int, float), "bu": str, "bv": (int, float), "bs": (int, float)}
+_KNOWN = {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"}
+_KNOWN |= {"seq"}  # our extension
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One resolved SenML record (RFC 8428 section 4.6)."""
+
+    name: str
+    unit: str
+    value: float | str | bool | None  # v (with bv added), vs, vb or vd; None if sum only
+    time_ns: int
+    seq: int = NO_SEQ
+
+
+def decode_senml(payload: bytes, ctx: Context) -> list[Reading]:
+    readings = []
+    for rec in resolve(payload, ctx.received_ns):
+        if isinstance(rec.value, bool):
+            value = 1.0 if rec.value else 0.0
+        elif isinstance(rec.value, float):
+            value = rec.value
+        else:
+            raise DecodeError("non_numeric_value", f"{rec.name}: {rec.value!r}")
+        device, metric = split_name(rec.name, ctx.device)
+        readings.append(
+            make_reading(ctx.site, device, metric, value, rec.unit, rec.time_ns, rec.seq)
+        )
+    return readings
+
+
+def split_name(name: str, default_device: str | None) -> tuple[str | None, str]:
+    cut = max(name.rfind("/"), name.rfind(":"))
+    if cut < 0:
+        return default_device, name
+    device = name[:cut]
+    urn = _URN_DEV.match(device)
+    if urn:
+        device = device[urn.end() :]
+    return device, name[cut + 1 :]
+
+
+def resolve(payload: bytes, now_ns: int) -> list[Record]:
+    """Resolve a SenML JSON pack; raise `DecodeError` for anything RFC 8428 forbids."""
+    try:
+        pack = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("invalid_json", str(exc)) from None
+    if not isinstance(pack, list):
+        raise DecodeError("not_a_pack", "a SenML pack is a JSON array")
+    if not pack:
+        raise DecodeError("empty_pack")
+    if len(pack) > MAX_READINGS_PER_MESSAGE:
+        raise DecodeError("too_many_readings", f"{len(pack)} in one message")
+    base: dict[str, Any] = {"bn": "", "bt": 0, "bu": "", "bv": 0}
+    return [_record(entry, base, now_ns) for entry in pack]
+
+
+def _record(entry: Any, base: dict[str, Any], now_ns: int) -> Record:
+    if not isinstance(entry, dict):
+        raise DecodeError("not_an_object", type(entry).__name__)
+    for key in entry:
+        if key not in _KNOWN:
+            if key.endswith("_"):  # must-understand extension (RFC 8428 4.4)
+                raise DecodeError("unsupported_field", key)
+    _check_version(entry)
+    for key, kind in _BASE.items():
+        if key in entry:
+            base[key] = _typed(entry, key, kind)
+    name = base["bn"] + _typed(entry, "n", str, "")
+    if not _NAME.fullmatch(name):
+        raise DecodeError("invalid_name", repr(name))
+    return Record(
+        name=name,
+        unit=_typed(entry, "u", str, base["bu"]),
+        value=_value(entry, base["bv"]),
+        time_ns=_time_ns(base["bt"], _typed(entry, "t", (int, float), 0), now_ns),
+        seq=_typed(entry, "seq", int, NO_SEQ),
+    )
+
+
+def _check_version(entry: dict[str, Any]) -> None:
+    if "bver" in entry:
+        bver = _typed(entry, "bver", int)
+        if not 1 <= bver <= SENML_VERSION:
+            raise DecodeError("unsupported_version", f"bver={bver}")
+
+
+def _value(entry: dict[str, Any], bv: float) -> float | str | bool | None:
+    present = [k for k in ("v", "vs", "vb", "vd") if k in entry]
+    if len(present) > 1:
+        raise DecodeError("ambiguous_value", "+".join(present))
+    if not present:
+        if "s" not in entry:
+            raise DecodeError("missing_value", "a record needs v, vs, vb, vd or s")
+        return None
+    key = present[0]
+    if key == "v":
+        v = float(_typed(entry, "v", (int, float))) + bv
+        if not math.isfinite(v):
+            raise DecodeError("non_finite_value", repr(v))
+        return v
+    other: str | bool = _typed(entry, key, bool if key == "vb" else str)
+    return other
+
+
+def _time_ns(bt: float, t: float, now_ns: int) -> int:
+    ns = _ns(bt) + _ns(t)
+    if abs(ns) < RELATIVE_LIMIT_S * 1_000_000_000:  # relative: "now" plus the offset
+        ns += now_ns
+    return ns
+
+
+def _ns(seconds: float) -> int:
+    if isinstance(seconds, int):
+        return seconds * 1_000_000_000  # exact for integer seconds
+    if not math.isfinite(seconds) or abs(seconds) > 9.2e9:
+        raise DecodeError("invalid_time", repr(seconds))
+    return round(seconds * 1e9)
+
+
+_MISSING = object()
+
+
+def _typed(entry: dict[str, Any], key: str, kind: Any, default: Any = _MISSING) -> Any:
+    if key not in entry:
+        if default is _MISSING:
+            raise DecodeError("missing_field", key)
+        return default
+    v = entry[key]
+    if (isinstance(v, bool) and kind is not bool) or not isinstance(v, kind):
+        raise DecodeError("wrong_type", f"{key}={v!r}")
+    return v
