@@ -84,10 +84,10 @@ def parse_line(line: str) -> Point | None:
     measurement = _unescape(keys[0])
     if not measurement:
         raise DecodeError("invalid_line", "empty measurement")
-    tags = dict(_pair(t) for t in keys[1:])
-    fields = {k: _field_value(v) for k, v in (_pair(f) for f in _split(fields_text, ","))}
-    if not fields:
+    tags = {k: _unescape(v) for k, v in (_pair(t) for t in keys[1:])}
+    if not fields_text:
         raise DecodeError("invalid_line", "no fields")
+    fields = {k: _field_value(v) for k, v in (_pair(f) for f in _split(fields_text, ","))}
     return Point(measurement, tags, fields, _timestamp(stamp) if stamp else None)
 
 
@@ -124,7 +124,9 @@ def _split(s: str, sep: str) -> list[str]:
             start = i + 1
         i += 1
     parts.append(s[start:])
-    return [p for p in parts if p] if parts != [""] else []
+    if any(not p for p in parts):
+        raise DecodeError("invalid_line", f"empty element in {s!r}")
+    return parts
 
 
 def _pair(s: str) -> tuple[str, str]:

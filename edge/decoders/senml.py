@@ -148,7 +148,8 @@ def _ns(seconds: float) -> int:
         return seconds * 1_000_000_000  # exact for integer seconds
     if not math.isfinite(seconds) or abs(seconds) > 9.2e9:
         raise DecodeError("invalid_time", repr(seconds))
-    return round(seconds * 1e9)
+    whole = math.floor(seconds)  # split first: seconds * 1e9 would round to 256 ns
+    return whole * 1_000_000_000 + round((seconds - whole) * 1e9)
 
 
 _MISSING = object()
