@@ -47,7 +47,10 @@ class Record:
 
 def decode_senml(payload: bytes, ctx: Context) -> list[Reading]:
     readings = []
-    for rec in resolve(payload, ctx.received_ns):
+    records = resolve(payload, ctx.received_ns)
+    if not records:
+        raise DecodeError("empty_pack", "base fields only")
+    for rec in records:
         if isinstance(rec.value, bool):
             value = 1.0 if rec.value else 0.0
         elif isinstance(rec.value, float):
@@ -85,10 +88,12 @@ def resolve(payload: bytes, now_ns: int) -> list[Record]:
     if len(pack) > MAX_READINGS_PER_MESSAGE:
         raise DecodeError("too_many_readings", f"{len(pack)} in one message")
     base: dict[str, Any] = {"bn": "", "bt": 0, "bu": "", "bv": 0}
-    return [_record(entry, base, now_ns) for entry in pack]
+    records = [_record(entry, base, now_ns) for entry in pack]
+    return [r for r in records if r is not None]
 
 
-def _record(entry: Any, base: dict[str, Any], now_ns: int) -> Record:
+def _record(entry: Any, base: dict[str, Any], now_ns: int) -> Record | None:
+    """The resolved record; None for a record of base fields only (it sets them)."""
     if not isinstance(entry, dict):
         raise DecodeError("not_an_object", type(entry).__name__)
     for key in entry:
@@ -99,6 +104,8 @@ def _record(entry: Any, base: dict[str, Any], now_ns: int) -> Record:
     for key, kind in _BASE.items():
         if key in entry:
             base[key] = _typed(entry, key, kind)
+    if entry.keys() <= _BASE.keys() | {"bver"}:
+        return None
     name = base["bn"] + _typed(entry, "n", str, "")
     if not _NAME.fullmatch(name):
         raise DecodeError("invalid_name", repr(name))
