@@ -109,7 +109,9 @@ class SerialSource:
                 break
             line = bytes(buf[:nl]).rstrip(b"\r")
             del buf[: nl + 1]
-            if line:
+            if len(line) > max_line:
+                self._emit(line, "line_too_long")
+            elif line:
                 self._emit(line)
         if len(buf) > max_line:  # no newline in sight: a dead letter, not unbounded memory
             self._emit(bytes(buf), "line_too_long")
