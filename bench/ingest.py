@@ -114,7 +114,7 @@ async def naive_bridge(port: int, client_id: str, nats_url: str, n: int) -> floa
         await client.subscribe(TOPIC, qos=1)
         count = 0
         async for message in client.messages:
-            await js.publish("telemetry.site1.naive", message.payload)  # type: ignore[arg-type]
+            await js.publish("telemetry.site1.naive", message.payload)
             count += 1
             if count == n:
                 break
