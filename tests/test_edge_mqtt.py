@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +122,34 @@ async def test_readings_published_while_agent_is_stopped_arrive_after_restart(
     async with running(Agent(cfg)):
         seqs = await eventually(lambda: stream_seqs(js), lambda s: len(s) >= 510, timeout=60)
     assert seqs == list(range(1, 511))
+
+
+async def test_agent_reconnects_when_the_broker_restarts(
+    tmp_path: Path, cloud_server: NatsServer, js: JetStreamContext
+) -> None:
+    broker = NatsServer(tmp_path / "edge", name="edge", mqtt=True)
+    await broker.start()
+    try:
+        cfg = make_config(tmp_path, cloud_server.url, broker.mqtt_port)
+        async with running(Agent(cfg)) as agent:
+            await asyncio.to_thread(
+                publish_qos1, broker.mqtt_port, "sensors/s1/d1", json_payloads("d1", range(1, 51))
+            )
+            await eventually(lambda: stream_seqs(js), lambda s: len(s) >= 50)
+            await broker.restart()  # same port; the session is kept in its JetStream
+            source = agent.sources[0]
+            await eventually(_connected(source), lambda c: c, timeout=60)
+            await asyncio.to_thread(
+                publish_qos1, broker.mqtt_port, "sensors/s1/d1", json_payloads("d1", range(51, 101))
+            )
+            seqs = await eventually(lambda: stream_seqs(js), lambda s: len(s) >= 100)
+        assert seqs == list(range(1, 101))
+    finally:
+        await broker.stop()
+
+
+def _connected(source: object) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return bool(getattr(source, "connected", False))
+
+    return probe
