@@ -13,8 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from edge.buffer import DeadLetter, PendingBatch
-from edge.decoders.context import NO_SEQ
+from edge.decoders.context import NO_SEQ, SeriesColumns
+from edge.validation import SeriesCheck
 from gateway import codec
 from gateway.config import BatchSettings
 from gateway.reading import Reading
@@ -88,6 +92,46 @@ class Batcher:
         )
         cur.approx_bytes += _BYTES_PER_READING
         return True
+
+    def add_series(
+        self,
+        cols: SeriesColumns,
+        check: SeriesCheck,
+    ) -> int:
+        """Add a validated column of one series; return how many were redelivered copies.
+
+        The same rule as `add_one`, vectorised: a reading is new if its seq exceeds the
+        high-water mark and every seq before it in the column (a running maximum)."""
+        cur = self._current()
+        seq = cols.seq[check.accepted]
+        keep: slice | npt.NDArray[np.bool_] = slice(None)
+        dups = 0
+        numbered = seq != NO_SEQ
+        if numbered.any():
+            key = f"{cols.site}/{cols.device}/{cols.metric}"
+            hw = cur.high_water.get(key, self._durable_hw.get(key, -1))
+            before = np.maximum.accumulate(np.concatenate(([hw], seq)))[:-1]
+            fresh = (seq > before) | ~numbered
+            dups = int(fresh.size - np.count_nonzero(fresh))
+            if dups:
+                keep = fresh
+            cur.high_water[key] = max(hw, int(seq.max()))
+        original = check.original_time_ns
+        if dups and original:
+            kept_row = np.cumsum(fresh) - 1
+            original = {int(kept_row[r]): t for r, t in original.items() if fresh[r]}
+        cur.builder.extend(
+            (cols.device, cols.metric, check.unit),
+            check.time_ns[keep],
+            cols.value[check.accepted][keep],
+            seq[keep],
+            check.flags[keep],
+            original,
+        )
+        added = int(seq.size) - dups
+        cur.approx_bytes += _BYTES_PER_READING * added
+        cur.duplicates += dups
+        return dups
 
     def add_ack(self, ack: Any) -> None:
         """Acknowledge this source message once the current batch is durable."""

@@ -15,7 +15,7 @@ from typing import Any
 from devices.catalog import Catalog
 from edge.batcher import Batcher
 from edge.buffer import DeadLetter
-from edge.decoders import DECODERS, Context, Decoder
+from edge.decoders import COLUMN_DECODERS, DECODERS, ColumnDecoder, Context, Decoder
 from edge.errors import DecodeError
 from edge.filters import FilterChain, build_chain
 from edge.metrics import AgentMetrics
@@ -36,6 +36,7 @@ class IntakeStats:
 @dataclass(frozen=True, slots=True)
 class _SourcePlan:
     decoder: Decoder
+    columns: ColumnDecoder | None  # the same decoder, giving columns per series
     topic_device: bool  # MQTT: the default device is the topic's last level
     device: str | None  # serial: the configured device
     messages: Any  # the source's pre-labelled counters
@@ -57,6 +58,7 @@ class Intake:
         self._plans = {
             name: _SourcePlan(
                 DECODERS[s.format],
+                COLUMN_DECODERS.get(s.format),
                 isinstance(s, MqttSourceSettings),
                 None if isinstance(s, MqttSourceSettings) else s.device,
                 metrics.messages.labels(name),
@@ -75,11 +77,36 @@ class Intake:
             self._accept(msg, plan, batcher)
         batcher.add_ack(msg.ack)
 
-    def _accept(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
+    def _context(self, msg: SourceMessage, plan: _SourcePlan) -> Context:
         if plan.topic_device:
-            ctx = Context.for_topic(self.site, msg.topic, msg.received_ns)
-        else:
-            ctx = Context(self.site, msg.received_ns, msg.topic, plan.device)
+            return Context.for_topic(self.site, msg.topic, msg.received_ns)
+        return Context(self.site, msg.received_ns, msg.topic, plan.device)
+
+    def _accept_columns(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
+        """Packs of many readings: decoded, validated and batched as columns per series."""
+        assert plan.columns is not None
+        try:
+            series = plan.columns(msg.payload, self._context(msg, plan))
+        except DecodeError as exc:
+            self._reject(msg, batcher, exc.reason, exc.detail)
+            return
+        n = sum(len(cols) for cols in series)
+        self.stats.readings += n
+        plan.decoded.inc(n)
+        for cols in series:
+            check = self.validator.check_series(cols, msg.received_ns)
+            for _row, reason, detail in check.rejects:
+                self._reject(msg, batcher, reason, f"{cols.device}/{cols.metric}: {detail}")
+            dups = batcher.add_series(cols, check)
+            if dups:
+                self.stats.duplicates_dropped += dups
+                self.metrics.redelivered.inc(dups)
+
+    def _accept(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
+        if plan.columns is not None and not self.filters:
+            self._accept_columns(msg, plan, batcher)
+            return
+        ctx = self._context(msg, plan)
         try:
             readings = plan.decoder(msg.payload, ctx)
         except DecodeError as exc:

@@ -18,7 +18,11 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from devices.catalog import Catalog
+from edge.decoders.context import SeriesColumns
 from edge.errors import DecodeError
 from gateway.config import ValidationSettings
 from gateway.reading import Quality, Reading
@@ -52,6 +56,18 @@ def metric_rules(catalog: Catalog) -> dict[str, MetricRule]:
 class Checked:
     reading: Reading
     original_time_ns: int | None = None  # set when the event time was replaced
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesCheck:
+    """`Validator.check` for a column of readings: which pass, with what flags and times."""
+
+    accepted: npt.NDArray[np.bool_]
+    unit: str
+    flags: npt.NDArray[np.uint16]
+    time_ns: npt.NDArray[np.int64]
+    original_time_ns: dict[int, int]  # row (in the accepted rows) -> replaced event time
+    rejects: list[tuple[int, str, str]]  # row, reason, detail
 
 
 class ClockState:
@@ -109,3 +125,56 @@ class Validator:
         if flags == r.flags and unit == r.unit and original is None:
             return Checked(r)
         return Checked(replace(r, unit=unit, flags=int(flags), time_ns=time_ns), original)
+
+    def check_series(self, cols: SeriesColumns, received_ns: int) -> SeriesCheck:
+        """The same rules as `check`, applied to a whole column with numpy."""
+        n = len(cols)
+        flags = np.zeros(n, dtype=np.uint16)
+        accepted = np.ones(n, dtype=np.bool_)
+        rejects: list[tuple[int, str, str]] = []
+        unit = cols.unit
+        rule = self.rules.get(cols.metric)
+        if rule is None:
+            if self.settings.unknown_metrics == "reject":
+                return _all_rejected(cols, unit, "unknown_metric", cols.metric)
+        else:
+            if not unit:
+                unit = rule.unit
+            elif unit not in rule.units:
+                detail = f"{cols.metric} in {unit!r}, not {rule.unit!r}"
+                return _all_rejected(cols, unit, "unit_mismatch", detail)
+            outside = (cols.value < rule.min) | (cols.value > rule.max)
+            if outside.any():
+                if self.settings.out_of_range == "reject":
+                    accepted &= ~outside
+                    for i in np.flatnonzero(outside).tolist():
+                        detail = f"{cols.metric}={cols.value[i]} not in [{rule.min}, {rule.max}]"
+                        rejects.append((i, "out_of_range", detail))
+                else:
+                    flags[outside] |= np.uint16(Quality.OUT_OF_RANGE)
+        time_ns, original = cols.time_ns, {}
+        if not self.clock.synced(received_ns):
+            flags |= np.uint16(Quality.CLOCK_UNSYNCED)
+        else:
+            skewed = (time_ns < received_ns - self._past_ns) | (
+                time_ns > received_ns + self._future_ns
+            )
+            if skewed.any():
+                kept_row = np.cumsum(accepted) - 1  # row numbers among the accepted
+                for i in np.flatnonzero(skewed & accepted).tolist():
+                    original[int(kept_row[i])] = int(time_ns[i])
+                time_ns = np.where(skewed, received_ns, time_ns)
+                flags[skewed] |= np.uint16(Quality.CLOCK_CORRECTED)
+        return SeriesCheck(accepted, unit, flags[accepted], time_ns[accepted], original, rejects)
+
+
+def _all_rejected(cols: SeriesColumns, unit: str, reason: str, detail: str) -> SeriesCheck:
+    n = len(cols)
+    return SeriesCheck(
+        np.zeros(n, dtype=np.bool_),
+        unit,
+        np.zeros(0, dtype=np.uint16),
+        np.zeros(0, dtype=np.int64),
+        {},
+        [(i, reason, detail) for i in range(n)],
+    )

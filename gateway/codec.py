@@ -122,6 +122,33 @@ class ColumnBuilder:
             self._original_time[n] = original_time_ns
         self._n = n + 1
 
+    def extend(
+        self,
+        series: SeriesKey,
+        time_ns: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        seq: npt.NDArray[np.int64],
+        flags: npt.NDArray[np.uint16],
+        original_time_ns: Mapping[int, int] | None = None,
+    ) -> None:
+        """Add many readings of one series at once (rows of `original_time_ns` count from 0
+        in these arrays)."""
+        k = int(time_ns.shape[0])
+        while self._n + k > self._cols["time_ns"].shape[0]:
+            self._grow()
+        idx = self._series.get(series)
+        if idx is None:
+            idx = self._series[series] = len(self._series)
+        n, cols = self._n, self._cols
+        cols["time_ns"][n : n + k] = time_ns
+        cols["value"][n : n + k] = value
+        cols["seq"][n : n + k] = seq
+        cols["series"][n : n + k] = idx
+        cols["flags"][n : n + k] = flags
+        for row, original in (original_time_ns or {}).items():
+            self._original_time[n + row] = original
+        self._n = n + k
+
     def add_reading(self, r: Reading) -> None:
         self.add(r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, int(r.flags))
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edge.decoders.context import Context
+from edge.decoders.context import Context, SeriesColumns
 from edge.decoders.frame import decode_frame
 from edge.decoders.json_readings import decode_json
 from edge.decoders.line_protocol import decode_line
-from edge.decoders.senml import decode_senml
+from edge.decoders.senml import decode_senml, decode_senml_columns
 from gateway.reading import Reading
 
 Decoder = Callable[[bytes, Context], list[Reading]]
+ColumnDecoder = Callable[[bytes, Context], list[SeriesColumns]]
 
 DECODERS: dict[str, Decoder] = {
     "json": decode_json,
@@ -24,11 +25,16 @@ DECODERS: dict[str, Decoder] = {
     "line": decode_line,
     "frame": decode_frame,
 }
+# Formats that carry many readings per message also decode straight into columns.
+COLUMN_DECODERS: dict[str, ColumnDecoder] = {"senml": decode_senml_columns}
 
 __all__ = [
+    "COLUMN_DECODERS",
     "DECODERS",
+    "ColumnDecoder",
     "Context",
     "Decoder",
+    "SeriesColumns",
     "decode_frame",
     "decode_json",
     "decode_line",
