@@ -115,7 +115,9 @@ class Batcher:
             dups = int(fresh.size - np.count_nonzero(fresh))
             if dups:
                 keep = fresh
-            cur.high_water[key] = max(hw, int(seq.max()))
+            top = int(seq.max())
+            if top > hw:
+                cur.high_water[key] = top
         original = check.original_time_ns
         if dups and original:
             kept_row = np.cumsum(fresh) - 1

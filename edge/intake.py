@@ -82,14 +82,17 @@ class Intake:
             return Context.for_topic(self.site, msg.topic, msg.received_ns)
         return Context(self.site, msg.received_ns, msg.topic, plan.device)
 
-    def _accept_columns(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
-        """Packs of many readings: decoded, validated and batched as columns per series."""
+    def _accept_columns(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> bool:
+        """Packs of many readings: decoded, validated and batched as columns per series.
+        False if this pack must go reading by reading."""
         assert plan.columns is not None
         try:
             series = plan.columns(msg.payload, self._context(msg, plan))
         except DecodeError as exc:
             self._reject(msg, batcher, exc.reason, exc.detail)
-            return
+            return True
+        if series is None:
+            return False
         n = sum(len(cols) for cols in series)
         self.stats.readings += n
         plan.decoded.inc(n)
@@ -101,11 +104,12 @@ class Intake:
             if dups:
                 self.stats.duplicates_dropped += dups
                 self.metrics.redelivered.inc(dups)
+        return True
 
     def _accept(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
         if plan.columns is not None and not self.filters:
-            self._accept_columns(msg, plan, batcher)
-            return
+            if self._accept_columns(msg, plan, batcher):
+                return
         ctx = self._context(msg, plan)
         try:
             readings = plan.decoder(msg.payload, ctx)

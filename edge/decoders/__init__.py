@@ -17,7 +17,7 @@ from edge.decoders.senml import decode_senml, decode_senml_columns
 from gateway.reading import Reading
 
 Decoder = Callable[[bytes, Context], list[Reading]]
-ColumnDecoder = Callable[[bytes, Context], list[SeriesColumns]]
+ColumnDecoder = Callable[[bytes, Context], list[SeriesColumns] | None]
 
 DECODERS: dict[str, Decoder] = {
     "json": decode_json,

@@ -61,25 +61,32 @@ def decode_senml(payload: bytes, ctx: Context) -> list[Reading]:
     return readings
 
 
-def decode_senml_columns(payload: bytes, ctx: Context) -> list[SeriesColumns]:
+def decode_senml_columns(payload: bytes, ctx: Context) -> list[SeriesColumns] | None:
     """The same readings as `decode_senml`, as columns per series (the agent's fast path
-    for packs: no per-reading objects). Raises the same `DecodeError`s."""
+    for packs: no per-reading objects). Raises the same `DecodeError`s. None when a
+    series comes with more than one unit in the pack: each reading then needs its own
+    unit check, in order, which the reading-by-reading path does."""
     records = _numeric_records(payload, ctx)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, rec in enumerate(records):
-        groups.setdefault((rec[0], rec[1]), []).append(i)
-    _, _, values, times, seqs = zip(*records, strict=True)
-    value = np.array(values, dtype=np.float64)
-    time_ns = np.array(times, dtype=np.int64)
-    seq = np.array(seqs, dtype=np.int64)
-    out = []
-    for (name, unit), rows in groups.items():
+    groups: dict[tuple[str | None, str], tuple[str, list[int]]] = {}
+    for i, (name, unit, value, time_ns, seq) in enumerate(records):
         device, metric = split_name(name, ctx.device)
-        first = records[rows[0]]  # the shared checks, once per series
-        make_reading(ctx.site, device, metric, first[2], unit, first[3], first[4])  # names
+        group = groups.get((device, metric))
+        if group is None:  # the shared checks, once per series
+            make_reading(ctx.site, device, metric, value, unit, time_ns, seq)
+            groups[(device, metric)] = (unit, [i])
+        elif group[0] != unit:
+            return None
+        else:
+            group[1].append(i)
+    _, _, values, times, seqs = zip(*records, strict=True)
+    value_col = np.array(values, dtype=np.float64)
+    time_col = np.array(times, dtype=np.int64)
+    seq_col = np.array(seqs, dtype=np.int64)
+    out = []
+    for (device, metric), (unit, rows) in groups.items():
         idx = np.array(rows) if len(groups) > 1 else slice(None)
         cols = SeriesColumns(
-            ctx.site, str(device), metric, unit, value[idx], time_ns[idx], seq[idx]
+            ctx.site, str(device), metric, unit, value_col[idx], time_col[idx], seq_col[idx]
         )
         out.append(cols)
     return out
