@@ -19,7 +19,8 @@ from gateway import subjects
 from gateway.servers import NatsServer
 from gateway.verify import read_telemetry
 from tests.helpers import eventually, publish_qos1
-from tests.test_edge_mqtt import make_config, running
+from tests.test_agent_integration import running
+from tests.test_edge_mqtt import make_config
 
 MESSAGES = 10_000
 DEVICES = 8

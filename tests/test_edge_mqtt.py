@@ -4,7 +4,6 @@ Mosquitto process. One test body, run against each (one suite for every implemen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from edge.agent import Agent
 from gateway import config
 from gateway.config import AgentConfig
 from gateway.servers import NatsServer
-from gateway.verify import read_telemetry
 from tests.conftest import mosquitto_binary
 from tests.helpers import eventually, json_payloads, publish_qos1
 from tests.mosquitto import Mosquitto
+from tests.test_agent_integration import _seqs_in_stream, running
 
 NOW_NS = 1_800_000_000_000_000_000
 
@@ -59,21 +58,8 @@ def make_config(tmp_path: Path, nats_url: str, port: int, **extra: Any) -> Agent
     return config.parse(AgentConfig, raw)
 
 
-@contextlib.asynccontextmanager
-async def running(agent: Agent) -> AsyncIterator[Agent]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await asyncio.wait_for(agent.ready.wait(), 20)
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 async def stream_seqs(js: JetStreamContext) -> list[int]:
-    contents = await read_telemetry(js)
-    return sorted(int(s) for parts in contents.seqs.values() for arr in parts for s in arr)
+    return await _seqs_in_stream(js)
 
 
 async def test_broker_feeds_agent_in_every_format(

@@ -9,6 +9,7 @@ acknowledge (serial) leave it None.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,14 @@ class SourceMessage:
 
 
 Deliver = Callable[[SourceMessage], None]
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Stop a source's own task and wait until it has finished unwinding."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Source(Protocol):

@@ -20,7 +20,6 @@ is capped and randomised, reset once connected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -31,7 +30,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge.sources import Deliver, SourceMessage
+from edge.sources import Deliver, SourceMessage, cancel_and_wait
 from edge.uplink import Backoff
 from gateway.config import MqttSourceSettings
 
@@ -94,10 +93,7 @@ class MqttSource:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         client, self._client = self._client, None
         if client is not None and client.socket() is not None:
             client.disconnect()

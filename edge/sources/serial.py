@@ -10,14 +10,13 @@ delay until it is back. Serial has no acknowledgement: a line is the agent's onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 
 import serial
 
-from edge.sources import Deliver, SourceMessage
+from edge.sources import Deliver, SourceMessage, cancel_and_wait
 from gateway.config import SerialSourceSettings
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,18 @@ class SerialSource:
         self._task: asyncio.Task[None] | None = None
         self._partial = bytearray()
 
+    @property
+    def partial_bytes(self) -> int:
+        """Bytes of a line read but not yet terminated."""
+        return len(self._partial)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"serial-{self.name}")
         self.ready.set()  # watching the port, whether or not it exists yet
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         delay = 0.05
