@@ -1,6 +1,7 @@
 """Ingest benchmark: MQTT QoS 1 from Mosquitto into JetStream, side by side in one run.
 
-    python -m bench.ingest [--messages 50000] [--packs 5000] [--pack-size 100] [--json]
+    python -m bench.ingest [--messages 30000] [--packs 5000] [--pack-size 100] [--rounds 3]
+                           [--json]
 
 Every consumer drains the same kind of backlog: a persistent session is created, N
 messages are published to it while the consumer is away, then the consumer connects and
@@ -19,11 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +199,10 @@ def senml_packs(n: int, size: int) -> list[bytes]:
     ]
 
 
-async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
+Rates = dict[str, list[float]]  # scenario -> readings/s, one per round
+
+
+async def measure(args: argparse.Namespace, tmp: Path) -> Rates:
     mosq = Mosquitto(tmp / "mosquitto", max_inflight=1000)
     cloud = NatsServer(tmp / "cloud", name="cloud")
     await mosq.start()
@@ -206,73 +211,77 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, fl
     await ensure_streams(nc.jetstream(), StreamSettings())
     await nc.close()
     port, n = mosq.port, args.messages
-    results: dict[str, dict[str, float]] = {}
+    rates: Rates = {"bare": [], "naive": [], "agent": [], "senml": []}
 
     async def run(
-        name: str, client_id: str, payloads: list[bytes], readings: int, consume: Callable[[], Any]
+        name: str,
+        client_id: str,
+        payloads: list[bytes],
+        readings: int,
+        consume: Coroutine[Any, Any, float],
     ) -> None:
+        """Fill `client_id`'s session with `payloads`, then time `consume` (not started
+        before it is awaited here) draining it."""
         await asyncio.to_thread(make_session, port, client_id)
         await asyncio.to_thread(publish_all, port, payloads)
-        result = consume()
-        seconds = await result if asyncio.iscoroutine(result) else result
-        results[name] = {
-            "messages": len(payloads),
-            "readings": readings,
-            "seconds": seconds,
-            "messages_per_s": len(payloads) / seconds,
-            "readings_per_s": readings / seconds,
-        }
+        seconds = await consume
+        rates[name].append(readings / seconds)
         print(
             f"{name:6} {len(payloads):>8} msgs {readings:>9} readings {seconds:7.2f} s "
             f"{readings / seconds:>10,.0f} readings/s",
             file=sys.stderr,
         )
 
+    msgs = json_messages(n)
+    packs = senml_packs(args.packs, args.pack_size)
+    total = args.packs * args.pack_size
     try:
-        msgs = json_messages(n)
-        await run(
-            "bare",
-            "bench-bare",
-            msgs,
-            n,
-            lambda: asyncio.to_thread(bare_subscriber, port, "bench-bare", n),
-        )
-        await run(
-            "naive", "bench-naive", msgs, n, lambda: naive_bridge(port, "bench-naive", cloud.url, n)
-        )
-        cfg = agent_config(tmp, "agent", port, cloud.url, "json")
-        await run("agent", "bench-agent", msgs, n, lambda: agent_run(cfg, n))
-        packs = senml_packs(args.packs, args.pack_size)
-        cfg = agent_config(tmp, "senml", port, cloud.url, "senml")
-        total = args.packs * args.pack_size
-        await run("senml", "bench-senml", packs, total, lambda: agent_run(cfg, total))
+        # Rounds interleave the scenarios, so that a burst of load from elsewhere on a
+        # shared machine hits all of them rather than one.
+        for r in range(args.rounds):
+            bare_id, naive_id = f"bench-bare-{r}", f"bench-naive-{r}"
+            await run(
+                "bare",
+                bare_id,
+                msgs,
+                n,
+                asyncio.to_thread(bare_subscriber, port, bare_id, n),
+            )
+            await run("naive", naive_id, msgs, n, naive_bridge(port, naive_id, cloud.url, n))
+            cfg = agent_config(tmp, f"agent{r}", port, cloud.url, "json")
+            await run("agent", f"bench-agent{r}", msgs, n, agent_run(cfg, n))
+            cfg = agent_config(tmp, f"senml{r}", port, cloud.url, "senml")
+            await run("senml", f"bench-senml{r}", packs, total, agent_run(cfg, total))
     finally:
         await cloud.stop()
         await mosq.stop()
-    return results
+    return rates
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--messages", type=int, default=50_000)
+    p.add_argument("--messages", type=int, default=30_000)
     p.add_argument("--packs", type=int, default=5_000)
     p.add_argument("--pack-size", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        results = asyncio.run(measure(args, Path(tmp)))
-    bare, naive, agent = (results[k]["readings_per_s"] for k in ("bare", "naive", "agent"))
+        rates = asyncio.run(measure(args, Path(tmp)))
+    rounds = range(args.rounds)
     summary = {
-        "results": results,
-        "agent_vs_bare": agent / bare,
-        "agent_vs_naive": agent / naive,
-        "senml_readings_per_s": results["senml"]["readings_per_s"],
+        "readings_per_s": rates,
+        "median_readings_per_s": {k: statistics.median(v) for k, v in rates.items()},
+        # Ratios within a round (same moment, same load), then their median.
+        "agent_vs_bare": statistics.median(rates["agent"][r] / rates["bare"][r] for r in rounds),
+        "agent_vs_naive": statistics.median(rates["agent"][r] / rates["naive"][r] for r in rounds),
+        "senml_readings_per_s": statistics.median(rates["senml"]),
         "loadavg_1m": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
     print(
-        f"agent/bare = {summary['agent_vs_bare']:.2f} (target >= 0.8)   "
-        f"agent/naive = {summary['agent_vs_naive']:.2f} (target >= 3)   "
+        f"medians of {args.rounds} rounds: agent/bare = {summary['agent_vs_bare']:.2f} "
+        f"(target >= 0.8)   agent/naive = {summary['agent_vs_naive']:.2f} (target >= 3)   "
         f"SenML x{args.pack_size}: {summary['senml_readings_per_s']:,.0f} readings/s "
         f"(target >= 300,000)   load {summary['loadavg_1m']:.1f} on {summary['cpus']} CPUs",
         file=sys.stderr,
