@@ -3,11 +3,20 @@ random input may only ever produce a `DecodeError` (a dead letter), never anothe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.decoders import DECODERS, Context, decode_frame, decode_line, decode_senml
+from edge.decoders import (
+    COLUMN_DECODERS,
+    DECODERS,
+    Context,
+    decode_frame,
+    decode_line,
+    decode_senml,
+)
 from edge.decoders.frame import checksum, encode_frame, split_frame
 from edge.decoders.line_protocol import Point, parse_line
 from edge.decoders.senml import resolve
@@ -264,12 +273,12 @@ def test_frame_field_errors_have_reasons() -> None:
 
 
 # -- every decoder: random bytes never raise anything but DecodeError ----------------------
-@pytest.mark.parametrize("fmt", sorted(DECODERS))
+@pytest.mark.parametrize("decoder", [*DECODERS.values(), *COLUMN_DECODERS.values()])
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=300))
-def test_random_bytes_only_become_dead_letters(fmt: str, data: bytes) -> None:
+def test_random_bytes_only_become_dead_letters(decoder: Callable[..., object], data: bytes) -> None:
     try:
-        DECODERS[fmt](data, CTX)
+        decoder(data, CTX)
     except DecodeError:
         pass
 
@@ -300,10 +309,11 @@ def test_random_senml_shaped_json_only_becomes_dead_letters(doc: object) -> None
         payload = orjson.dumps(doc)
     except (TypeError, orjson.JSONEncodeError):
         return
-    try:
-        decode_senml(payload, CTX)
-    except DecodeError:
-        pass
+    for decode in (decode_senml, COLUMN_DECODERS["senml"]):
+        try:
+            decode(payload, CTX)
+        except DecodeError:
+            pass
 
 
 @settings(max_examples=300, deadline=None)
