@@ -145,7 +145,7 @@ def _resolve(payload: bytes, now_ns: int) -> list[_Fields]:
         raise DecodeError("empty_pack")
     if len(pack) > MAX_READINGS_PER_MESSAGE:
         raise DecodeError("too_many_readings", f"{len(pack)} in one message")
-    base: dict[str, Any] = {"bn": "", "bt": 0, "bu": "", "bv": 0}
+    base: dict[str, Any] = {"bn": "", "bt": 0, "bu": "", "bv": 0, "bt_ns": 0}
     records = [_record(entry, base, now_ns) for entry in pack]
     return [r for r in records if r is not None]
 
@@ -166,6 +166,8 @@ def _record(entry: Any, base: dict[str, Any], now_ns: int) -> _Fields | None:
     for key, kind in _BASE.items():
         if key in entry:
             base[key] = _typed(entry, key, kind)
+    if "bt" in entry:
+        base["bt_ns"] = _ns(base["bt"])  # once per base time, not per record
     if entry.keys() <= _BASE.keys() | {"bver"}:
         return None
     name = base["bn"] + _typed(entry, "n", str, "")
@@ -175,7 +177,7 @@ def _record(entry: Any, base: dict[str, Any], now_ns: int) -> _Fields | None:
         name,
         _typed(entry, "u", str, base["bu"]),
         _value(entry, base["bv"]),
-        _time_ns(base["bt"], _typed(entry, "t", (int, float), 0), now_ns),
+        _time_ns(base["bt_ns"], _typed(entry, "t", (int, float), 0), now_ns),
         _typed(entry, "seq", int, NO_SEQ),
     )
 
@@ -210,7 +212,7 @@ def _plain_record(entry: dict[str, Any], base: dict[str, Any], now_ns: int) -> _
     value = float(v) + base["bv"]
     if not math.isfinite(value):
         return None
-    return name, u, value, _time_ns(base["bt"], t, now_ns), seq
+    return name, u, value, _time_ns(base["bt_ns"], t, now_ns), seq
 
 
 def _check_version(entry: dict[str, Any]) -> None:
@@ -238,14 +240,16 @@ def _value(entry: dict[str, Any], bv: float) -> float | str | bool | None:
     return other
 
 
-def _time_ns(bt: float, t: float, now_ns: int) -> int:
-    ns = _ns(bt) + (t * 1_000_000_000 if type(t) is int else _ns(t))
+def _time_ns(bt_ns: int, t: float, now_ns: int) -> int:
+    ns = bt_ns + _ns(t)
     if abs(ns) < RELATIVE_LIMIT_S * 1_000_000_000:  # relative: "now" plus the offset
         ns += now_ns
     return ns
 
 
 def _ns(seconds: float) -> int:
+    if type(seconds) is float and -1e6 < seconds < 1e6:
+        return round(seconds * 1e9)  # exact to well under a nanosecond at this size
     if isinstance(seconds, int):
         return seconds * 1_000_000_000  # exact for integer seconds
     if not math.isfinite(seconds) or abs(seconds) > 9.2e9:
