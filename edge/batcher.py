@@ -69,15 +69,6 @@ class Batcher:
             hw = self._durable_hw.get(key, -1)
         return seq <= hw
 
-    def add(self, readings: list[Reading], ack: Any = None) -> int:
-        """Add one source message's readings; return how many were dropped as redelivered."""
-        dups = 0
-        for r in readings:
-            dups += not self.add_one(r)
-        if ack is not None:
-            self._current().acks.append(ack)
-        return dups
-
     def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
         """Add one reading; False if it was dropped as already seen (redelivered)."""
         cur = self._current()

@@ -79,6 +79,7 @@ class MqttSource:
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
+        client.max_inflight_messages_set(self.settings.max_inflight)  # our own publishes
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
         client.on_connect = self._on_connect
