@@ -173,3 +173,38 @@ def test_batcher_high_water_per_series_and_senml_encoding() -> None:
     assert flush.batch.content_type == codec.SENML_CONTENT_TYPE
     assert len(codec.decode(flush.batch.payload)) == 4
     assert flush.high_water == {"s1/d1/temperature": 5, "s1/d1/humidity": 5}
+
+
+def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
+    import orjson
+
+    from edge.intake import Intake
+    from edge.metrics import AgentMetrics
+    from edge.sources import SourceMessage
+
+    cfg = config.parse(
+        AgentConfig,
+        {
+            "site": "s1",
+            "agent": "a1",
+            "sources": [{"format": "senml"}],
+            "filters": [{"type": "deadband", "absolute": 1.0, "heartbeat_s": 3600}],
+        },
+    )
+    metrics = AgentMetrics()
+    intake = Intake(cfg, load_catalog(), metrics)
+    batcher = Batcher("s1", "a1", cfg.batch, {})
+    bt = NOW // S
+    pack = [{"bt": bt, "bu": "Cel"}] + [
+        {"n": "temperature", "v": v, "t": i, "seq": i + 1}
+        for i, v in enumerate([20.0, 20.5, 21.2, 21.3, 19.0])
+    ]
+    intake.handle(
+        SourceMessage("mqtt0", "sensors/s1/dev-f", orjson.dumps(pack), None, NOW), batcher
+    )
+    flush = batcher.take("b")
+    assert flush is not None and flush.batch is not None
+    assert codec.decode(flush.batch.payload).value.tolist() == [20.0, 21.2, 19.0]
+    assert intake.stats.filtered == {"deadband": 2}
+    assert metrics.value("gateway_agent_readings_filtered_total", filter="deadband") == 2
+    assert metrics.value("gateway_agent_readings_decoded_total", source="mqtt0") == 5
