@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,9 @@ from edge.decoders.context import NO_SEQ
 from edge.errors import DecodeError
 from edge.filters import Deadband, Dedupe, Downsample, Outlier, build_chain
 from edge.filters.outlier import robust_z
+from edge.intake import Intake
+from edge.metrics import AgentMetrics
+from edge.sources import SourceMessage
 from edge.validation import Validator
 from gateway import codec, config
 from gateway.config import AgentConfig, BatchSettings, ValidationSettings
@@ -176,12 +180,6 @@ def test_batcher_high_water_per_series_and_senml_encoding() -> None:
 
 
 def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
-    import orjson
-
-    from edge.intake import Intake
-    from edge.metrics import AgentMetrics
-    from edge.sources import SourceMessage
-
     cfg = config.parse(
         AgentConfig,
         {
