@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 SOURCE = "/iot-gateway/cloud/aggregator"
 RETRY_S = 0.5
 GIVE_UP_S = 3.0
+RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
 
 
 class Abandoned(Exception):
@@ -263,7 +264,9 @@ class Aggregator:
             if not replaying:
                 self.stats.bad_messages += 1
                 self.metrics.bad.inc()
-                await self._dead_letter(js, msg.subject, sseq, "not-a-batch", msg.data, str(exc))
+                await self._dead_letter(
+                    js, msg.subject, sseq, "not_a_batch", msg.data, str(exc), RAW_CONTENT_TYPE
+                )
             return
         self._last_seen[msg.subject] = time.monotonic()
         result = self.tracker.ingest(msg.subject, sseq, batch)
@@ -284,7 +287,14 @@ class Aggregator:
             )
 
     async def _dead_letter(
-        self, js: JetStreamContext, subject: str, sseq: int, reason: str, data: bytes, detail: str
+        self,
+        js: JetStreamContext,
+        subject: str,
+        sseq: int,
+        reason: str,
+        data: bytes,
+        detail: str,
+        content_type: str = codec.CONTENT_TYPE,
     ) -> None:
         tokens = subject.split(".")
         try:
@@ -295,13 +305,13 @@ class Aggregator:
             event_id=f"aggregator:{sseq}:{reason}",
             source=SOURCE,
             event_type=envelope.DEAD_LETTER_TYPE,
-            content_type=codec.CONTENT_TYPE,
+            content_type=content_type,
         )
         headers.update(
             {
                 "Gateway-Dead-Letter-Reason": reason,
                 "Gateway-Dead-Letter-Detail": detail,
-                "Gateway-Source-Subject": subject,
+                "Gateway-Dead-Letter-Source": subject,
                 "Gateway-Source-Seq": str(sseq),
             }
         )

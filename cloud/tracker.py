@@ -141,7 +141,7 @@ class AgentState:
 class Rejected:
     """Readings of one message that were not aggregated, with the reason."""
 
-    reason: str  # "not-finite" | "late-<window>" (late for that window width)
+    reason: str  # "not_finite" | "late_<window>" (late for that window width)
     rows: Mask  # over the message's batch
 
 
@@ -186,7 +186,7 @@ class Tracker:
                 return result
         finite = np.isfinite(batch.value)
         if not replaying and not finite.all():
-            result.rejected.append(Rejected("not-finite", ~finite))
+            result.rejected.append(Rejected("not_finite", ~finite))
         before = agent.watermark
         agent.watermark = max(before, int(batch.time_ns.max()))
         sid = agent.intern(batch.series)[batch.series_index]
@@ -200,7 +200,7 @@ class Tracker:
                 assert agent.replay is not None
                 keep &= end + self.lateness_ns > agent.replay.final_wm
             elif late.any():
-                result.rejected.append(Rejected(f"late-{window_label(ws.width_s)}", late))
+                result.rejected.append(Rejected(f"late_{window_label(ws.width_s)}", late))
             if keep.any():
                 rows = Rows(
                     sid[keep],

@@ -112,8 +112,9 @@ async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[s
         ),
     )
     latest: dict[WindowKey, dict[str, Any]] = {}
+    info = await sub.consumer_info()
     try:
-        remaining = int((await sub.consumer_info()).num_pending or 0)
+        remaining = int(info.num_pending or 0)
         while remaining > 0:
             msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
             remaining -= len(msgs)
@@ -124,6 +125,7 @@ async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[s
     finally:
         with contextlib.suppress(NatsError, TimeoutError):
             await sub.unsubscribe()
+            await js.delete_consumer(subjects.AGG_STREAM, info.name)  # do not wait for expiry
     return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[2], k[3], k[0], k[4]))]
 
 

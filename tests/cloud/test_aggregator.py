@@ -157,7 +157,7 @@ async def test_late_within_lateness_reemits_beyond_goes_to_dlq(
     window0 = (await agg_windows(js))[("10s", "s1", "d1", "temp", t0 - t0 % (10 * sec))]
     assert (window0["count"], window0["max"]) == (2, 5.0)
     (letter,) = await dlq_messages(js)
-    assert letter.headers["Gateway-Dead-Letter-Reason"] == "late-10s"
+    assert letter.headers["Gateway-Dead-Letter-Reason"] == "late_10s"
     assert codec.decode(letter.data).value.tolist() == [9.0]
 
 
@@ -172,7 +172,7 @@ async def test_bad_input_goes_to_dlq_and_is_counted(nc: NatsClient, js: JetStrea
         assert agg.stats.bad_messages == 1 and agg.stats.bad_readings == 1
         assert agg.stats.readings == 1
     reasons = sorted(m.headers["Gateway-Dead-Letter-Reason"] for m in letters)
-    assert reasons == ["not-a-batch", "not-finite"]
+    assert reasons == ["not_a_batch", "not_finite"]
 
 
 async def test_restart_resumes_exactly(nc: NatsClient, js: JetStreamContext) -> None:
