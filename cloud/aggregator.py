@@ -258,6 +258,8 @@ class Aggregator:
         if replaying:
             self.stats.replayed_messages += 1
             self.metrics.replayed.inc()
+            if self.tracker.skips(msg.subject, sseq):
+                return
         try:
             batch = codec.decode(msg.data)
         except CodecError as exc:
@@ -340,9 +342,10 @@ class Aggregator:
 
     async def _publish_due(self, js: JetStreamContext) -> int:
         now = time.monotonic()
-        idle_s = self.config.aggregator.idle_close_s
-        idle = {s for s, t in self._last_seen.items() if now - t >= idle_s}
-        records = self.tracker.due(idle)
+        s = self.config.aggregator
+        idle = {a for a, t in self._last_seen.items() if now - t >= s.idle_close_s}
+        gone = frozenset(a for a in idle if now - self._last_seen[a] >= s.idle_final_s)
+        records = self.tracker.due(idle, gone)
         for chunk in range(0, len(records), 256):
             part = records[chunk : chunk + 256]
             await asyncio.gather(*(self._publish_record(js, r) for r in part))

@@ -171,6 +171,13 @@ class Tracker:
             )
         return agent
 
+    def skips(self, subject: str, sseq: int) -> bool:
+        """True if replaying message `sseq` would change nothing (no need to decode it)."""
+        agent = self.agents.get(subject)
+        if agent is None or agent.replay is None or sseq > self.replay_until:
+            return False
+        return agent.replay.from_seq is None or sseq < agent.replay.from_seq
+
     def ingest(self, subject: str, sseq: int, batch: Batch) -> Ingested:
         """Take one TELEMETRY message (stream sequence `sseq`) into the windows."""
         agent = self._agent(subject, batch.site)
@@ -216,12 +223,20 @@ class Tracker:
             result.skipped = n - result.accepted
         return result
 
-    def due(self, idle: set[str]) -> list[dict[str, Any]]:
+    def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
         """Records of closed windows whose content changed since last emitted (and of all
-        open windows of agents in `idle`); marks them emitted and drops final readings."""
+        open windows of agents in `idle`); marks them emitted and drops final readings.
+
+        Agents in `gone` (silent for long, by wall clock) have their watermark moved past
+        every window they hold, so those windows become final: a dead agent must not pin
+        the replay point of every later restart. The moved watermark is checkpointed like
+        any other, so restarts after it decide as this run does."""
         out: list[dict[str, Any]] = []
         for subject, agent in self.agents.items():
             flush = subject in idle and not agent.flushed
+            if subject in gone and any(len(ws) for ws in agent.widths):
+                agent.watermark = max(agent.watermark, self._last_end(agent) + self.lateness_ns)
+                agent.dirty = flush = True
             if not (agent.dirty or flush):
                 continue
             for ws in agent.widths:
@@ -230,6 +245,15 @@ class Tracker:
             agent.dirty = False
             agent.flushed = agent.flushed or flush
         return out
+
+    @staticmethod
+    def _last_end(agent: AgentState) -> int:
+        ends = [
+            (int(window_index(ws.rows.time, ws.width_ns).max()) + 1) * ws.width_ns
+            for ws in agent.widths
+            if len(ws)
+        ]
+        return max(ends)
 
     def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[dict[str, Any]]:
         width = ws.width_ns

@@ -202,6 +202,8 @@ class AggregatorSettings(_Model):
     # Also emit an agent's open windows once it has sent nothing for this long (wall clock);
     # they stay revisable until final, so this only makes results visible sooner.
     idle_close_s: Annotated[float, Field(ge=0)] = 3.0
+    # An agent silent this long has its windows made final (so it stops pinning restarts).
+    idle_final_s: Annotated[float, Field(ge=0)] = 600.0
     fetch_batch: Annotated[int, Field(ge=1)] = 256
     live_update_s: Annotated[float, Field(gt=0)] = 1.0
     checkpoint_interval_s: Annotated[float, Field(ge=0)] = 1.0

@@ -76,3 +76,20 @@ def test_restore_rejects_other_window_settings() -> None:
     ckpt = Tracker([10], 2).checkpoint(0)
     with pytest.raises(ValueError, match="other window settings"):
         Tracker([10, 60], 2).restore(ckpt)
+
+
+def test_a_gone_agent_has_its_windows_made_final_and_stops_pinning_the_replay() -> None:
+    msgs = [(s, b) for s, _, b in make_batches(np.random.default_rng(3), agents=2, seconds=30)]
+    tracker = Tracker([10, 60], lateness_s=2)
+    for sseq, (subject, batch) in enumerate(msgs, start=1):
+        tracker.ingest(subject, sseq, batch)
+    tracker.due(set())
+    gone = "telemetry.s1.a0"
+    records = tracker.due({gone}, frozenset({gone}))
+    assert records and all(r["device"].startswith("a0-") and r["closed"] for r in records)
+    agents = tracker.checkpoint(len(msgs))["agents"]
+    assert agents[gone]["from_seq"] is None
+    assert agents["telemetry.s1.a1"]["from_seq"] is not None
+    old = next(b for s, b in msgs if s == gone)  # its first batch again, now late
+    rejected = tracker.ingest(gone, len(msgs) + 1, old).rejected
+    assert {r.reason for r in rejected} == {"late_10s", "late_1m"}
