@@ -184,13 +184,9 @@ class Tracker:
         result = Ingested()
         n = len(batch)
         replaying = agent.replay is not None and sseq <= self.replay_until
-        if n == 0:
+        if n == 0 or self.skips(subject, sseq):
+            result.skipped = n
             return result
-        if replaying:
-            assert agent.replay is not None
-            if agent.replay.from_seq is None or sseq < agent.replay.from_seq:
-                result.skipped = n
-                return result
         finite = np.isfinite(batch.value)
         if not replaying and not finite.all():
             result.rejected.append(Rejected("not_finite", ~finite))
