@@ -1,7 +1,8 @@
 """Pushed config, applied by the running agent (`gateway deploy config`).
 
 The agent follows its key in DEPLOY_CONFIG. A pushed document is TOML holding only the
-tables that may change at run time (`sources`, `batch`, `buffer.max_bytes`, `uplink`); it
+tables that may change at run time (`sources`, `validation`, `filters`, `batch`,
+`buffer.max_bytes`, `uplink`); it
 is layered over the config the agent started with and validated as a whole. Valid: the
 agent applies it in place (its buffer stays open) and keeps it in DATA/remote-config.json
 so a restart starts from it. Invalid: rejected with the reason, the running config stays.
@@ -30,7 +31,7 @@ from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PUSHABLE = ("sources", "batch", "buffer", "uplink")
+PUSHABLE = ("sources", "validation", "filters", "batch", "buffer", "uplink")
 STATE_FILE = "remote-config.json"
 _RESTART_ONLY = {"buffer": ("durability",)}
 

@@ -15,6 +15,7 @@ from deploy.config_push import push_config
 from deploy.fleet import FleetRow, fleet_rows
 from edge.agent import Agent
 from gateway.cli import main
+from gateway.config import MqttSourceSettings
 from gateway.errors import ConfigError
 from gateway.servers import NatsServer
 from gateway.verify import read_telemetry
@@ -91,7 +92,8 @@ async def test_invalid_push_is_rejected_valid_push_applies_in_place(
     async with running(Agent(cfg)) as again:
         assert again.remote.revision == rev
         assert again.config.batch.max_readings == 7
-        assert again.config.sources[0].topics == ["plant/#"]
+        source = again.config.sources[0]
+        assert isinstance(source, MqttSourceSettings) and source.topics == ["plant/#"]
 
 
 @pytest.mark.parametrize(
