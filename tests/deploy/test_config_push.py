@@ -76,12 +76,15 @@ async def test_invalid_push_is_rejected_valid_push_applies_in_place(
         good = await push_config(
             js,
             "s1/a1",
-            '[batch]\nmax_readings = 7\n\n[[sources]]\nurl = "mqtt://127.0.0.1:'
+            '[batch]\nmax_readings = 7\n\n[validation]\nout_of_range = "flag"\n\n'
+            '[[sources]]\nurl = "mqtt://127.0.0.1:'
             f'{edge_broker.mqtt_port}"\ntopics = ["plant/#"]\n',
         )
         rev = good["s1.a1"]
         row = await eventually(lambda: _row(js), lambda r: r is not None and r.config_actual == rev)
         assert row is not None and row.last_error == ""
+        assert agent.config.validation.out_of_range == "flag"
+        assert agent.stats.readings == 20  # the rebuilt intake carries its counters on
         assert agent.batcher is not None and agent.batcher.settings.max_readings == 7
         assert agent.buffer._db is db  # the buffer was never reopened
         payloads = json_payloads("d2", range(1, 11))
