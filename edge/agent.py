@@ -2,6 +2,9 @@
 
 intake:    SourceMessage -> decoder -> batcher (readings or a dead letter)
 flusher:   batcher -> buffer.commit (one transaction) -> ack to the source
+           (overflow policy `block`: a flush that does not fit is held, unacknowledged,
+           and intake pauses until the uplink frees room: the broker's in-flight window
+           then stops delivery, which is the backpressure)
 uplink:    buffer -> JetStream (PubAck) -> buffer.delete
 heartbeat: status.<site>.<agent>, with counts and buffer depth
 """
@@ -20,10 +23,11 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
-from edge.batcher import Batcher
-from edge.buffer import DeadLetter, SqliteBuffer
+from edge import accounting
+from edge.batcher import Batcher, Flush
+from edge.buffer import DeadLetter, Intake, SqliteBuffer
 from edge.decoders import DECODERS
-from edge.errors import DecodeError
+from edge.errors import BufferFull, DecodeError
 from edge.sources import SourceMessage
 from edge.sources.mqtt import MqttSource
 from edge.uplink import Uplink, connect
@@ -50,7 +54,11 @@ class Agent:
             config.data_dir / "buffer.sqlite3",
             max_bytes=config.buffer.max_bytes,
             durability=config.buffer.durability,
+            overflow=config.buffer.overflow,
+            max_age_s=config.buffer.max_age_s,
         )
+        self._intake_counts = Intake()  # per source, for the open batch
+        self._held: tuple[Flush, str, Intake] | None = None  # block policy: not yet durable
         self.stats = IntakeStats()
         self._queue: asyncio.Queue[SourceMessage] = asyncio.Queue()
         self._wake_uplink = asyncio.Event()
@@ -125,6 +133,9 @@ class Agent:
     # -- intake and flushing ---------------------------------------------------------------
     async def _intake(self) -> None:
         while True:
+            if self._held is not None:
+                await self._wait_for_room()
+                continue
             msg = await self._queue.get()
             self._handle(msg)
             if self._batcher.full():
@@ -143,13 +154,19 @@ class Agent:
             self._batcher.add_dead_letter(letter, msg.ack)
             return
         self.stats.readings += len(readings)
-        self.stats.duplicates_dropped += self._batcher.add(readings, msg.ack)
+        dups = self._batcher.add(readings, msg.ack)
+        self.stats.duplicates_dropped += dups
+        self._intake_counts.readings[msg.source] += len(readings) - dups
+        self._intake_counts.duplicates[msg.source] += dups
 
     def _source_format(self, source: str) -> str:
         return self.config.sources[int(source.removeprefix("mqtt"))].format
 
     async def _flusher(self) -> None:
         while True:
+            if self._held is not None:
+                await self._wait_for_room()
+                continue
             wait = self._batcher.seconds_until_due()
             if wait is None:
                 self._wake_flusher.clear()
@@ -161,16 +178,36 @@ class Agent:
             self._flush()
 
     def _flush(self) -> None:
-        batcher = self._batcher
-        batch_id = self.buffer.next_batch_id(self.config.agent)
-        flush = batcher.take(batch_id)
-        if flush is None:
+        if self._held is None:
+            batch_id = self.buffer.next_batch_id(self.config.agent)
+            flush = self._batcher.take(batch_id)
+            if flush is None:
+                return
+            self._held = (flush, batch_id, self._intake_counts)
+            self._intake_counts = Intake()
+        flush, batch_id, counts = self._held
+        try:
+            self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.high_water, counts)
+        except BufferFull as exc:
+            log.warning(
+                "%s: holding %d readings unacknowledged until the uplink drains",
+                exc,
+                flush.batch.readings if flush.batch else 0,
+            )
+            self._wake_uplink.set()
             return
-        self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.high_water)
+        self._held = None
         for ack in flush.acks:  # only now is every reading of these messages durable
             ack()
         if flush.batch is not None or flush.dead_letters:
             self._wake_uplink.set()
+
+    async def _wait_for_room(self) -> None:
+        """Block policy: retry the held flush whenever the uplink has deleted something."""
+        self.uplink.drained.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.uplink.drained.wait(), 1.0)
+        self._flush()
 
     @property
     def _batcher(self) -> Batcher:
@@ -193,7 +230,9 @@ class Agent:
                 "dead_letters": dict(self.stats.dead_letters),
             },
             "buffer": asdict(buf),
-            "uplink": asdict(self.uplink.stats),
+            "uplink": self.uplink.metrics(buf.readings),
+            "blocked": self._held is not None,
+            "accounting": accounting.report(self.buffer.connection),
         }
 
     async def _heartbeat(self, nc: NatsClient) -> None:

@@ -38,7 +38,7 @@ def test_drop_oldest_counts_what_it_dropped(tmp_path: Path) -> None:
         buf.commit(PendingBatch("ct", 5, b"y" * 10_000), buf.next_batch_id("a"), [], {})
     assert buf.stats().bytes <= 1 << 16
     kept = buf.stats().readings
-    assert buf.counters()["dropped_overflow"] == 50 - kept
+    assert buf.counters()["dropped:-:overflow"] == 50 - kept
 
 
 def test_corrupt_file_is_moved_aside_and_a_fresh_buffer_used(tmp_path: Path) -> None:
