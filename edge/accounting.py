@@ -129,3 +129,27 @@ def report(db: sqlite3.Connection) -> dict[str, Any]:
         "sources": {s: a.as_dict() for s, a in sorted(accts.items())},
         "reconciles": all(a.balance == 0 for a in accts.values()),
     }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as a few lines of text for an operator."""
+    b = report["buffer"]
+    age = "-" if b["oldest_age_s"] is None else f"{b['oldest_age_s']:.1f}s"
+    lines = [
+        f"buffer: {b['batches']} batches, {b['readings']} readings, {b['bytes']} bytes,"
+        f" {b['dead_letters']} dead letters waiting; oldest {age}",
+        f"{'source':<12}{'received':>12}{'published':>12}{'buffered':>10}"
+        f"{'dead-letter':>12}  dropped",
+    ]
+    for source, a in report["sources"].items():
+        dropped = ", ".join(f"{k}={v}" for k, v in a["dropped"].items()) or "0"
+        mark = "" if a["reconciles"] else "   DOES NOT RECONCILE"
+        lines.append(
+            f"{source:<12}{a['received']:>12}{a['published']:>12}{a['buffered']:>10}"
+            f"{a['dead_lettered']:>12}  {dropped}{mark}"
+        )
+    lines.append(
+        "received = published + buffered + dropped + dead-lettered: "
+        + ("holds" if report["reconciles"] else "VIOLATED")
+    )
+    return "\n".join(lines)
