@@ -73,7 +73,11 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self.buffer.open()
         self.batcher = Batcher(
-            self.config.site, self.config.agent, self.config.batch, self.buffer.high_water
+            self.config.site,
+            self.config.agent,
+            self.config.batch,
+            self.buffer.high_water,
+            self.buffer.holes,
         )
         try:
             await self._run_tasks(stop)
@@ -187,7 +191,9 @@ class Agent:
             self._intake_counts = Intake()
         flush, batch_id, counts = self._held
         try:
-            self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.high_water, counts)
+            self.buffer.commit(
+                flush.batch, batch_id, flush.dead_letters, flush.high_water, counts, flush.holes
+            )
         except BufferFull as exc:
             log.warning(
                 "%s: holding %d readings unacknowledged until the uplink drains",

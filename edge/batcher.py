@@ -1,6 +1,6 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
 max bytes or linger time (monotonic clock). Also drops redelivered readings by the
-per-device high-water sequence number, which is made durable together with the batch."""
+per-device sequence numbers seen (edge/dedupe.py), made durable together with the batch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.buffer import DeadLetter, PendingBatch
+from edge.dedupe import SeqFilter
 from gateway import codec
 from gateway.config import BatchSettings
 from gateway.reading import Reading
@@ -25,6 +26,7 @@ class Flush:
     high_water: dict[str, int]
     acks: list[Any]
     duplicates: int
+    holes: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -33,6 +35,7 @@ class _Open:
     started: float
     dead_letters: list[DeadLetter] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
+    holes: dict[str, set[int]] = field(default_factory=dict)
     acks: list[Any] = field(default_factory=list)
     duplicates: int = 0
     approx_bytes: int = 0
@@ -40,12 +43,18 @@ class _Open:
 
 class Batcher:
     def __init__(
-        self, site: str, agent: str, settings: BatchSettings, high_water: dict[str, int]
+        self,
+        site: str,
+        agent: str,
+        settings: BatchSettings,
+        high_water: dict[str, int],
+        holes: dict[str, set[int]] | None = None,
     ) -> None:
         self.site = site
         self.agent = agent
         self.settings = settings
-        self._durable_hw = high_water  # shared with the buffer: what is already durable
+        # shared with the buffer: what is already durable
+        self._seqs = SeqFilter(high_water, {} if holes is None else holes)
         self._open: _Open | None = None
 
     def _current(self) -> _Open:
@@ -53,22 +62,15 @@ class Batcher:
             self._open = _Open(codec.ColumnBuilder(self.site, self.agent), time.monotonic())
         return self._open
 
-    def _seen(self, key: str, seq: int, pending: dict[str, int]) -> bool:
-        hw = pending.get(key)
-        if hw is None:
-            hw = self._durable_hw.get(key, -1)
-        return seq <= hw
-
     def add(self, readings: list[Reading], ack: Any = None) -> int:
         """Add one source message's readings; return how many were dropped as redelivered."""
         cur = self._current()
         dups = 0
         for r in readings:
             key = f"{r.site}/{r.device}"
-            if self._seen(key, r.seq, cur.high_water):
+            if not self._seqs.accept(key, r.seq, cur.high_water, cur.holes):
                 dups += 1
                 continue
-            cur.high_water[key] = r.seq
             cur.builder.add_reading(r)
             cur.approx_bytes += _BYTES_PER_READING
         cur.duplicates += dups
@@ -108,4 +110,4 @@ class Batcher:
             cur.builder.batch_id = batch_id
             payload = codec.encode(cur.builder.build())
             batch = PendingBatch(codec.CONTENT_TYPE, len(cur.builder), payload)
-        return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates)
+        return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates, cur.holes)

@@ -62,7 +62,11 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     detail TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS high_water(device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS high_water(
+    device TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    holes TEXT NOT NULL DEFAULT '[]'
+);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _TABLES = ("meta", "batches", "dead_letters", "high_water", "counters")
@@ -127,6 +131,17 @@ class CommitResult:
     dropped: Counter[str] = field(default_factory=Counter)  # readings, by reason
 
 
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """Everything one flush makes durable."""
+
+    batch: PendingBatch | None
+    batch_id: str
+    letters: list[DeadLetter]
+    seq_rows: list[tuple[str, int, list[int]]]  # key, high water, holes
+    intake: Intake
+
+
 def counter_name(kind: str, source: str, reason: str = "") -> str:
     return f"{kind}:{source}:{reason}" if reason else f"{kind}:{source}"
 
@@ -156,6 +171,7 @@ class SqliteBuffer:
         self.max_age_ns = int(max_age_s * 1e9)
         self.instance = ""
         self.high_water: dict[str, int] = {}
+        self.holes: dict[str, set[int]] = {}  # seqs skipped, still expected (edge/dedupe.py)
         self._db: sqlite3.Connection | None = None
         self._next_batch = 0
         self._bytes = 0
@@ -200,6 +216,8 @@ class SqliteBuffer:
             db.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
         if "attempted_ns" not in have:
             db.execute("ALTER TABLE batches ADD COLUMN attempted_ns INTEGER")
+        if "holes" not in {r[1] for r in db.execute("PRAGMA table_info(high_water)")}:
+            db.execute("ALTER TABLE high_water ADD COLUMN holes TEXT NOT NULL DEFAULT '[]'")
 
     def _load_state(self) -> None:
         db = self._conn
@@ -209,7 +227,11 @@ class SqliteBuffer:
             db.execute("INSERT INTO meta VALUES ('instance', ?)", (meta["instance"],))
         self.instance = meta["instance"]
         self._next_batch = int(meta.get("next_batch", "1"))
-        self.high_water = dict(db.execute("SELECT device, seq FROM high_water").fetchall())
+        rows = db.execute("SELECT device, seq, holes FROM high_water").fetchall()
+        self.high_water.clear()
+        self.high_water.update((key, seq) for key, seq, _ in rows)
+        self.holes.clear()
+        self.holes.update((key, set(orjson.loads(h))) for key, _, h in rows if h != "[]")
         self._bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM batches").fetchone()[0]
 
     def _move_aside(self) -> Path:
@@ -274,84 +296,83 @@ class SqliteBuffer:
         dead_letters: Iterable[DeadLetter],
         high_water: Mapping[str, int],
         intake: Intake | None = None,
+        holes: Mapping[str, set[int]] | None = None,
     ) -> CommitResult:
         """Make a flush durable in one transaction (step 1 of the guarantee chain).
 
         Raises `BufferFull` under the `block` policy when the batch does not fit, and
         `BufferError` when the disk refuses even the small bookkeeping write."""
-        letters = list(dead_letters)
         if intake is None:  # callers that do not track sources
             intake = Intake(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
+        holes = holes or {}
+        seq_rows = [
+            (key, high_water.get(key, self.high_water.get(key, -1)), sorted(holes.get(key, ())))
+            for key in high_water.keys() | holes.keys()
+        ]
+        flush = _Commit(batch, batch_id, list(dead_letters), seq_rows, intake)
         try:
-            return self._commit_once(batch, batch_id, letters, high_water, intake, None)
+            result = self._commit_once(flush, None)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
             log.error(
                 "disk full writing the buffer %s; applying the %s policy", self.path, self.overflow
             )
+            result = self._commit_disk_full(flush)
         except sqlite3.Error as exc:
             raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
-        return self._commit_disk_full(batch, batch_id, letters, high_water, intake)
+        self.high_water.update(high_water)
+        for key, new in holes.items():
+            if new:
+                self.holes[key] = set(new)
+            else:
+                self.holes.pop(key, None)
+        return result
 
-    def _commit_disk_full(
-        self,
-        batch: PendingBatch | None,
-        batch_id: str,
-        letters: list[DeadLetter],
-        high_water: Mapping[str, int],
-        intake: Intake,
-    ) -> CommitResult:
+    def _commit_disk_full(self, flush: _Commit) -> CommitResult:
         if self.overflow == "block":
             raise BufferFull(f"disk full at {self.path}")
         if self.overflow == "drop_oldest":
             while self._drop_oldest_batch_alone():
                 try:
-                    return self._commit_once(batch, batch_id, letters, high_water, intake, None)
+                    return self._commit_once(flush, None)
                 except sqlite3.OperationalError as exc:
                     if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                         raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
         try:  # nothing left to drop, or drop_newest: keep only the bookkeeping
-            return self._commit_once(batch, batch_id, letters, high_water, intake, "disk_full")
+            return self._commit_once(flush, "disk_full")
         except sqlite3.Error as exc:
             raise BufferError(f"disk full: cannot write even bookkeeping to {self.path}") from exc
 
-    def _commit_once(
-        self,
-        batch: PendingBatch | None,
-        batch_id: str,
-        letters: list[DeadLetter],
-        high_water: Mapping[str, int],
-        intake: Intake,
-        refuse: str | None,
-    ) -> CommitResult:
+    def _commit_once(self, flush: _Commit, refuse: str | None) -> CommitResult:
         """One transaction. `refuse` names the reason the batch is dropped instead of stored."""
         db = self._conn
         now = time.time_ns()
         result = CommitResult()
         counters: Counter[str] = Counter()
+        batch = flush.batch
         freed = 0
         db.execute("BEGIN IMMEDIATE")
         try:
             freed += self._expire(now, counters, result)
             if batch is not None and refuse is None:
-                size = len(batch.payload)
-                refuse, dropped_bytes = self._make_room(size, counters, result)
+                refuse, dropped_bytes = self._make_room(len(batch.payload), counters, result)
                 freed += dropped_bytes
             if batch is not None:
                 if refuse is None:
-                    self._insert_batch(batch, batch_id, now, intake)
+                    self._insert_batch(batch, flush.batch_id, now, flush.intake)
                     result.stored = True
                 else:
-                    self._count_dropped(intake.readings, refuse, counters, result)
+                    self._count_dropped(flush.intake.readings, refuse, counters, result)
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('next_batch', ?)",
                     (str(self._next_batch + 1),),
                 )
-            self._insert_letters(letters, now, counters)
-            self._count_intake(intake, counters)
+            self._insert_letters(flush.letters, now, counters)
+            self._count_intake(flush.intake, counters)
             db.executemany(
-                "INSERT OR REPLACE INTO high_water VALUES (?, ?)", list(high_water.items())
+                "INSERT OR REPLACE INTO high_water VALUES (?, ?, ?)",
+                [(k, hw, orjson.dumps(h).decode()) for k, hw, h in flush.seq_rows],
             )
             self._add_counters(counters)
             db.execute("COMMIT")
@@ -362,7 +383,6 @@ class SqliteBuffer:
         if batch is not None:
             self._next_batch += 1
             self._bytes += (len(batch.payload) if result.stored else 0) - freed
-        self.high_water.update(high_water)
         if result.dropped:
             log.warning("buffer dropped readings: %s", dict(result.dropped))
         return result
