@@ -305,8 +305,12 @@ class SqliteBuffer:
         if intake is None:  # callers that do not track sources
             intake = Intake(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
         holes = holes or {}
-        seq_rows = [
-            (key, high_water.get(key, self.high_water.get(key, -1)), sorted(holes.get(key, ())))
+        seq_rows = [  # a key whose holes this flush did not touch keeps its durable ones
+            (
+                key,
+                high_water.get(key, self.high_water.get(key, -1)),
+                sorted(holes[key] if key in holes else self.holes.get(key, ())),
+            )
             for key in high_water.keys() | holes.keys()
         ]
         flush = _Commit(batch, batch_id, list(dead_letters), seq_rows, intake)

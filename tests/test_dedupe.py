@@ -48,3 +48,15 @@ def test_holes_are_durable_with_the_batch(tmp_path: Path) -> None:
     assert (again.high_water, again.holes) == ({"d": 9}, {"d": {4}})
     f = SeqFilter(again.high_water, again.holes)
     assert _run(f, [4, 4, 9]) == [4]
+
+
+def test_a_flush_that_does_not_touch_holes_keeps_them_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buf = SqliteBuffer(path, max_bytes=1 << 20)
+    buf.open()
+    buf.commit(None, buf.next_batch_id("a"), [], {"d": 9}, None, {"d": {4}})
+    buf.commit(None, buf.next_batch_id("a"), [], {"d": 10}, None, {})
+    buf.close()
+    again = SqliteBuffer(path, max_bytes=1 << 20)
+    again.open()
+    assert (again.high_water, again.holes) == ({"d": 10}, {"d": {4}})

@@ -15,6 +15,7 @@ from typing import Any
 import nats
 from firmware_sim.fleet import Fleet, FleetSettings
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from cloud.streams import ensure_streams
@@ -74,6 +75,18 @@ class Rig:
     def start_agent(self) -> None:
         self.children.start("agent", "edge", "run", "--config", str(self.write_config()))
         self.agent_starts += 1
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        """Until the agent started last logs that it is ready (subscribed to its broker)."""
+        log = self.root / "agent.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if text.count(f"agent {SITE}/{AGENT} ready") >= self.agent_starts:
+                return
+            self.children.check_alive()
+            assert time.monotonic() < deadline, "agent not ready:\n" + text[-3000:]
+            await asyncio.sleep(0.1)
 
     async def kill_agent(self) -> None:
         """SIGKILL: no flush, no clean shutdown, as on a power cut."""
@@ -138,7 +151,7 @@ class Rig:
 
     async def reconnect_js(self) -> None:
         """After the cloud server restarted: a fresh client, so no state is carried over."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(NatsError, OSError, TimeoutError):
             await self.nc.close()
         self.nc = await nats.connect(self.cloud.url, max_reconnect_attempts=-1)
         self.js = self.nc.jetstream()
@@ -155,7 +168,9 @@ async def rig(
     tmp_path: Path, options: AgentOptions | None = None, duplicate_window_s: float = 120.0
 ) -> AsyncIterator[Rig]:
     cloud = NatsServer(tmp_path / "cloud", name="cloud")
-    edge = NatsServer(tmp_path / "edge", name="edge", mqtt=True)
+    # A short ack_wait: the broker redelivers what a killed agent never acknowledged after
+    # 3 s instead of 30 s, so the tests need not wait that long.
+    edge = NatsServer(tmp_path / "edge", name="edge", mqtt=True, mqtt_options='ack_wait: "3s"')
     children = Children(tmp_path)
     await cloud.start()
     await edge.start()
@@ -173,7 +188,7 @@ async def rig(
                 with contextlib.suppress(BaseException):
                     await r._fleet_task
             await children.stop_all()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(NatsError, OSError, TimeoutError):
                 await r.nc.close()
     finally:
         await edge.stop()

@@ -34,6 +34,7 @@ async def test_kill_agent_20_times_loses_and_duplicates_nothing(tmp_path: Path) 
     rng = random.Random(4)
     async with rig(tmp_path) as r:
         r.start_agent()
+        await r.wait_ready()
         r.start_fleet(devices=10, rate_hz=20)
         for _ in range(20):
             await asyncio.sleep(rng.uniform(0.2, 1.2))  # a random instant, not a sync point
