@@ -123,13 +123,16 @@ class Agent:
             tg.create_task(self._heartbeat(nc), name="heartbeat")
 
     async def _shutdown(self) -> None:
-        """Stop sources, make what is pending durable (and ack it), close the rest."""
-        for src in self.sources:
-            await src.stop()
+        """Make what is pending durable and ack it while the sources are still connected
+        (an ack sent after the disconnect is lost, and the broker would redeliver readings
+        that are already durable), then stop the sources and close the rest."""
         while not self._queue.empty():
             self._handle(self._queue.get_nowait())
         self._flush()
+        for src in self.sources:
+            await src.stop()
         if self._nc is not None:
+            await self.uplink.forward_remaining(self._nc, self.config.uplink.publish_timeout_s)
             with contextlib.suppress(NatsError, TimeoutError, OSError):
                 await self._nc.drain()
         self.buffer.close()

@@ -170,6 +170,20 @@ class Uplink:
                 self.buffer.expire()
                 await self._wait_for_work()
 
+    async def forward_remaining(self, nc: NatsClient, timeout: float) -> None:
+        """On an orderly stop: send what is buffered, within `timeout`; what is left stays
+        buffered for the next start."""
+        if not nc.is_connected:
+            return
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while time.monotonic() < deadline and await self._forward_round(js):
+                    pass
+        except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
+            log.info("stopping with batches still buffered (%s)", exc)
+
     async def _wait_for_work(self) -> None:
         try:
             await asyncio.wait_for(self.wake.wait(), timeout=1.0)
