@@ -265,8 +265,11 @@ async def _run(
             )
             if opts.chaos:
                 # Faults end 10 s before the fleet stops; all servers are up again by then.
-                until = started + (opts.duration - 10 if opts.duration else float("inf"))
-                chaos_task = tg.create_task(injector.run(stop, until, (4.0, 8.0)), name="chaos")
+                window = opts.duration - 10 if opts.duration else float("inf")
+                gap = min(8.0, window / 5)  # room for several faults in a short demo
+                chaos_task = tg.create_task(
+                    injector.run(stop, started + window, (gap / 2, gap)), name="chaos"
+                )
             while not stop.is_set():
                 elapsed = time.monotonic() - started
                 if opts.duration is not None and elapsed >= opts.duration:
