@@ -10,15 +10,20 @@ Order of durable steps (the guarantee chain, DESIGN.md):
   5. Only after JetStream's PubAck does `delete_batches()` remove it (and count it as
      published, in the same transaction).
 A crash between any two steps repeats the earlier step, and each repeat is recognised:
-the broker redelivers (2) and the high-water mark drops the copy; JetStream deduplicates
-(4) within its duplicate window, and beyond it the uplink asks the stream which attempted
-batches it already holds (edge/uplink.py).
+the broker redelivers (2) and the seqs already seen drop the copy (edge/dedupe.py);
+JetStream deduplicates (4) within its duplicate window, and beyond it the uplink asks the
+stream which attempted batches it already holds (edge/uplink.py).
 
-Bounds: `max_bytes` of payload and `max_age_s`. What does not fit follows `overflow`:
-`drop_oldest` deletes the oldest batches, `drop_newest` refuses the incoming one, `block`
-raises `BufferFull` so the agent holds the flush and stops acknowledging. A full disk
-(SQLITE_FULL) is handled by the same policy. Every dropped reading is counted by source
-and reason in the same transaction (edge/accounting.py).
+Disk writes (SD cards wear out): payloads are stored zlib-compressed (level 1, about
+2 x smaller for sensor columns), and freed pages are not zeroed (`secure_delete=OFF`,
+which some SQLite builds default to ON and which doubles the bytes written). WAL then
+writes each page twice (log, checkpoint): see bench/drain.py for the measured figure.
+
+Bounds: `max_bytes` of stored (compressed) payload and `max_age_s`. What does not fit
+follows `overflow`: `drop_oldest` deletes the oldest batches, `drop_newest` refuses the
+incoming one, `block` raises `BufferFull` so the agent holds the flush and stops
+acknowledging. A full disk (SQLITE_FULL) is handled by the same policy. Every dropped
+reading is counted by source and reason in the same transaction (edge/accounting.py).
 
 A file that SQLite reports as corrupt at start is moved aside, what can still be read from
 it is copied into a fresh buffer, and the agent carries on: it never refuses to start.
@@ -30,6 +35,7 @@ import logging
 import sqlite3
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,7 +58,8 @@ CREATE TABLE IF NOT EXISTS batches(
     bytes INTEGER NOT NULL,
     payload BLOB NOT NULL,
     sources TEXT NOT NULL DEFAULT '{}',
-    attempted_ns INTEGER
+    attempted_ns INTEGER,
+    compressed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dead_letters(
     id INTEGER PRIMARY KEY,
@@ -199,6 +206,7 @@ class SqliteBuffer:
                 raise sqlite3.DatabaseError("quick_check failed")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.durability.upper()}")
+            db.execute("PRAGMA secure_delete=OFF")
             db.executescript(_SCHEMA)
             self._migrate(db)
             self._db = db
@@ -216,6 +224,8 @@ class SqliteBuffer:
             db.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
         if "attempted_ns" not in have:
             db.execute("ALTER TABLE batches ADD COLUMN attempted_ns INTEGER")
+        if "compressed" not in have:
+            db.execute("ALTER TABLE batches ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0")
         if "holes" not in {r[1] for r in db.execute("PRAGMA table_info(high_water)")}:
             db.execute("ALTER TABLE high_water ADD COLUMN holes TEXT NOT NULL DEFAULT '[]'")
 
@@ -355,16 +365,17 @@ class SqliteBuffer:
         result = CommitResult()
         counters: Counter[str] = Counter()
         batch = flush.batch
+        stored = zlib.compress(batch.payload, 1) if batch is not None else b""
         freed = 0
         db.execute("BEGIN IMMEDIATE")
         try:
             freed += self._expire(now, counters, result)
             if batch is not None and refuse is None:
-                refuse, dropped_bytes = self._make_room(len(batch.payload), counters, result)
+                refuse, dropped_bytes = self._make_room(len(stored), counters, result)
                 freed += dropped_bytes
             if batch is not None:
                 if refuse is None:
-                    self._insert_batch(batch, flush.batch_id, now, flush.intake)
+                    self._insert_batch(batch, stored, flush.batch_id, now, flush.intake)
                     result.stored = True
                 else:
                     self._count_dropped(flush.intake.readings, refuse, counters, result)
@@ -386,7 +397,7 @@ class SqliteBuffer:
             raise
         if batch is not None:
             self._next_batch += 1
-            self._bytes += (len(batch.payload) if result.stored else 0) - freed
+            self._bytes += (len(stored) if result.stored else 0) - freed
         if result.dropped:
             log.warning("buffer dropped readings: %s", dict(result.dropped))
         return result
@@ -461,17 +472,19 @@ class SqliteBuffer:
         self._bytes -= freed
         return result.dropped.total()
 
-    def _insert_batch(self, batch: PendingBatch, batch_id: str, now: int, intake: Intake) -> None:
+    def _insert_batch(
+        self, batch: PendingBatch, stored: bytes, batch_id: str, now: int, intake: Intake
+    ) -> None:
         self._conn.execute(
             "INSERT INTO batches(batch_id, content_type, created_ns, readings, bytes, payload,"
-            " sources) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " sources, compressed) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
             (
                 batch_id,
                 batch.content_type,
                 now,
                 batch.readings,
-                len(batch.payload),
-                batch.payload,
+                len(stored),
+                stored,
                 orjson.dumps({k: v for k, v in intake.readings.items() if v}),
             ),
         )
@@ -512,11 +525,22 @@ class SqliteBuffer:
     # -- reading, publishing and deleting --------------------------------------------------
     def oldest_batches(self, limit: int, after_row: int = 0) -> list[StoredBatch]:
         rows = self._conn.execute(
-            "SELECT id, batch_id, content_type, created_ns, readings, payload, attempted_ns"
-            " FROM batches WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, batch_id, content_type, created_ns, readings, payload, attempted_ns,"
+            " compressed FROM batches WHERE id > ? ORDER BY id LIMIT ?",
             (after_row, limit),
         ).fetchall()
-        return [StoredBatch(*r) for r in rows]
+        return [
+            StoredBatch(
+                row=r[0],
+                batch_id=r[1],
+                content_type=r[2],
+                created_ns=r[3],
+                readings=r[4],
+                payload=zlib.decompress(r[5]) if r[7] else r[5],
+                attempted_ns=r[6],
+            )
+            for r in rows
+        ]
 
     def mark_attempted(self, rows: Iterable[int]) -> None:
         """Step 3: remember, durably, that these batches may reach the stream from now on."""

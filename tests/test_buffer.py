@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from collections import Counter
@@ -44,7 +45,7 @@ def test_batch_and_high_water_survive_reopen(tmp_path: Path) -> None:
 def test_drop_oldest_counts_what_it_dropped(tmp_path: Path) -> None:
     buf = _open(tmp_path / "b.sqlite3", max_bytes=1 << 16)
     for _ in range(10):
-        buf.commit(PendingBatch("ct", 5, b"y" * 10_000), buf.next_batch_id("a"), [], {})
+        buf.commit(PendingBatch("ct", 5, random.randbytes(10_000)), buf.next_batch_id("a"), [], {})
     assert buf.stats().bytes <= 1 << 16
     kept = buf.stats().readings
     assert buf.counters()["dropped:-:overflow"] == 50 - kept
@@ -72,7 +73,9 @@ def _policy(path: Path, overflow: str, max_bytes: int = 1 << 16, **kw: float) ->
 
 def _add(buf: SqliteBuffer, readings: int, size: int, source: str = "mqtt0") -> None:
     intake = Intake(Counter({source: readings}))
-    buf.commit(PendingBatch("ct", readings, b"p" * size), buf.next_batch_id("a"), [], {}, intake)
+    buf.commit(
+        PendingBatch("ct", readings, random.randbytes(size)), buf.next_batch_id("a"), [], {}, intake
+    )
 
 
 def _balanced(buf: SqliteBuffer) -> dict[str, accounting.SourceAccount]:
