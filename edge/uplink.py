@@ -23,11 +23,11 @@ live readings queue behind it: per device, the stream stays in seq order within 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,19 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_CONTENT_TYPE = "application/octet-stream"
 # Clock difference tolerated between the agent and the server when scanning by time.
 _SCAN_SLACK_S = 60.0
+
+
+_WINDOWS_PER_ROUND = 16  # then dead letters get their turn again
+
+
+@dataclass(slots=True)
+class _Window:
+    """Batches published together, and their PubAck futures."""
+
+    batches: list[StoredBatch]
+    futures: list[asyncio.Future[Any]]
+    started: float
+    send_error: Exception | None = None
 
 
 class PublishFailed(Exception):
@@ -191,16 +204,35 @@ class Uplink:
             pass
 
     async def _forward_round(self, js: JetStreamContext) -> int:
+        """Dead letters, then up to `_WINDOWS_PER_ROUND` windows of batches, two in flight:
+        window k+1 is read, marked and sent while window k's PubAcks come back."""
         limit = self.settings.max_batches_per_round
         letters = self.buffer.oldest_dead_letters(limit)
         for letter in letters:
             await self._publish_dead_letter(js, letter)
-        batches = self.buffer.oldest_batches(limit)
-        if batches:
-            batches = await self._skip_stored(js, batches)
-        if batches:
-            await self._publish_window(js, batches)
-        return len(letters) + len(batches)
+        sent, after = 0, 0
+        in_flight: _Window | None = None
+        for _ in range(_WINDOWS_PER_ROUND):
+            batches = self.buffer.oldest_batches(limit, after_row=after)
+            if batches:
+                after = batches[-1].row
+                batches = await self._skip_stored(js, batches)
+            window = await self._send(js, batches) if batches else None
+            if in_flight is not None:
+                try:
+                    await self._settle(in_flight)
+                except PublishFailed:
+                    if window is not None:  # settle what it can, the retry resends the rest
+                        with contextlib.suppress(PublishFailed):
+                            await self._settle(window)
+                    raise
+            in_flight = window
+            sent += len(batches)
+            if window is None:
+                break
+        if in_flight is not None:
+            await self._settle(in_flight)
+        return len(letters) + sent
 
     # -- duplicates beyond the dedupe window ------------------------------------------------
     async def _window_ns(self, js: JetStreamContext) -> int:
@@ -231,40 +263,36 @@ class Uplink:
         return [b for b in batches if b.row not in skip]
 
     # -- pipelined publishing ---------------------------------------------------------------
-    async def _publish_window(self, js: JetStreamContext, batches: list[StoredBatch]) -> None:
+    async def _send(self, js: JetStreamContext, batches: list[StoredBatch]) -> _Window:
+        """Mark the batches attempted (durably, first), then publish them without waiting."""
         self.buffer.mark_attempted(b.row for b in batches if b.attempted_ns is None)
-        timeout = self.settings.publish_timeout_s
-        started = time.monotonic()
-        futures: list[asyncio.Future[Any]] = []
-        send_error: Exception | None = None
+        window = _Window(batches, [], time.monotonic())
         try:
-            try:
-                for b in batches:
-                    fut = await js.publish_async(
-                        self.subject, b.payload, wait_stall=timeout, headers=self._headers(b)
-                    )
-                    fut.add_done_callback(self._record_latency(time.monotonic()))
-                    futures.append(fut)
-            except (NatsError, JetStreamError) as exc:
-                send_error = exc  # settle what was sent, then report
-            self.stats.in_flight = len(futures)
+            for b in batches:
+                # No wait_stall: two windows stay far below nats-py's pending limit (4000),
+                # and a stall timeout costs a task per publish.
+                fut = await js.publish_async(self.subject, b.payload, headers=self._headers(b))
+                fut.add_done_callback(self._record_latency(time.monotonic()))
+                window.futures.append(fut)
+        except (NatsError, JetStreamError) as exc:
+            window.send_error = exc  # settle what was sent, then report
+        self.stats.in_flight += len(window.futures)
+        return window
+
+    async def _settle(self, window: _Window) -> None:
+        """Wait for the window's PubAcks under our own deadline, delete what was acked."""
+        futures = window.futures
+        try:
             if futures:
-                await asyncio.wait(futures, timeout=timeout)
+                remaining = window.started + self.settings.publish_timeout_s - time.monotonic()
+                await asyncio.wait(futures, timeout=max(0.0, remaining))
         finally:
-            self.stats.in_flight = 0
+            self.stats.in_flight -= len(futures)
             for fut in futures:
                 fut.cancel()  # our deadline: no future outlives the window (nats.py#985)
-        self._settle(batches, futures, time.monotonic() - started, send_error)
-
-    def _settle(
-        self,
-        batches: list[StoredBatch],
-        futures: Sequence[asyncio.Future[Any]],
-        elapsed: float,
-        failure: BaseException | None,
-    ) -> None:
+        failure: BaseException | None = window.send_error
         acked: list[StoredBatch] = []
-        for b, fut in zip(batches, futures, strict=False):
+        for b, fut in zip(window.batches, futures, strict=False):
             if fut.cancelled():
                 self.stats.publish_timeouts += 1
                 failure = failure or TimeoutError("no PubAck before the deadline")
@@ -275,15 +303,20 @@ class Uplink:
                 self.stats.duplicate_acks += int(bool(fut.result().duplicate))
         readings = self.buffer.delete_batches(b.row for b in acked)
         self._account(acked, readings)
-        if len(acked) == len(batches) == self.settings.max_batches_per_round and elapsed > 0:
-            rate = readings / elapsed
-            self.stats.drain_rate = (
-                rate if not self.stats.drain_rate else (0.8 * self.stats.drain_rate + 0.2 * rate)
-            )
-        if failure is not None or len(futures) < len(batches):
+        self._record_rate(window, readings)
+        if failure is not None or len(futures) < len(window.batches):
             raise PublishFailed(
-                f"{len(batches) - len(acked)} of {len(batches)} batches unacknowledged: {failure}"
+                f"{len(window.batches) - len(acked)} of {len(window.batches)} batches"
+                f" unacknowledged: {failure}"
             )
+
+    def _record_rate(self, window: _Window, readings: int) -> None:
+        """Drain rate, from full windows only (a trickle of live readings says nothing)."""
+        elapsed = time.monotonic() - window.started
+        if len(window.batches) == self.settings.max_batches_per_round and elapsed > 0:
+            rate = readings / elapsed
+            avg = self.stats.drain_rate
+            self.stats.drain_rate = rate if not avg else 0.8 * avg + 0.2 * rate
 
     def _account(self, batches: list[StoredBatch], readings: int) -> None:
         self.stats.batches_published += len(batches)
