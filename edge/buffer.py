@@ -32,12 +32,13 @@ it is copied into a fresh buffer, and the agent carries on: it never refuses to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,6 +292,19 @@ class SqliteBuffer:
             self._db.close()
             self._db = None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (or cancellation)."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     @property
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -370,8 +384,7 @@ class SqliteBuffer:
         batch = flush.batch
         stored = lz4.block.compress(batch.payload) if batch is not None else b""
         freed = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             freed += self._expire(now, counters, result)
             if batch is not None and refuse is None:
                 refuse, dropped_bytes = self._make_room(len(stored), counters, result)
@@ -393,11 +406,6 @@ class SqliteBuffer:
                 [(k, hw, orjson.dumps(h).decode()) for k, hw, h in flush.seq_rows],
             )
             self._add_counters(counters)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         if batch is not None:
             self._next_batch += 1
             self._bytes += (len(stored) if result.stored else 0) - freed
@@ -436,16 +444,13 @@ class SqliteBuffer:
 
     def _drop_oldest_batch_alone(self) -> bool:
         """Disk full under drop_oldest: free the oldest batch in its own transaction."""
-        db = self._conn
         result = CommitResult()
         counters: Counter[str] = Counter()
-        db.execute("BEGIN IMMEDIATE")
-        freed = self._drop_oldest_row("disk_full", counters, result)
+        with self._transaction():
+            freed = self._drop_oldest_row("disk_full", counters, result)
+            self._add_counters(counters)
         if freed is None:
-            db.execute("ROLLBACK")
             return False
-        self._add_counters(counters)
-        db.execute("COMMIT")
         self._bytes -= freed
         log.warning("disk full: dropped the oldest batch (%d readings)", result.dropped.total())
         return True
@@ -465,13 +470,11 @@ class SqliteBuffer:
         """Drop batches older than `max_age_s` now; return how many readings went."""
         if not self.max_age_ns:
             return 0
-        db = self._conn
         result = CommitResult()
         counters: Counter[str] = Counter()
-        db.execute("BEGIN IMMEDIATE")
-        freed = self._expire(time.time_ns(), counters, result)
-        self._add_counters(counters)
-        db.execute("COMMIT")
+        with self._transaction():
+            freed = self._expire(time.time_ns(), counters, result)
+            self._add_counters(counters)
         self._bytes -= freed
         return result.dropped.total()
 
@@ -566,8 +569,7 @@ class SqliteBuffer:
         db = self._conn
         freed = readings = 0
         counters: Counter[str] = Counter()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for got in db.execute(
                 f"DELETE FROM batches WHERE id IN ({','.join('?' * len(ids))})"
                 " RETURNING bytes, readings, sources",
@@ -578,11 +580,6 @@ class SqliteBuffer:
                 for source, n in orjson.loads(got[2]).items():
                     counters[counter_name("published", source)] += n
             self._add_counters(counters)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         self._bytes -= freed
         return readings
 
