@@ -5,7 +5,9 @@ forwards them to a real JetStream server (`Uplink.forward_remaining`: read, deco
 mark attempted, pipelined `publish_async` under its own deadline, delete after PubAck).
 The baseline, in the same run against the same server, is a bare nats-py loop publishing
 the same batches with the same headers from memory with `publish_async` and waiting for
-every PubAck: the limit an uplink can approach. Rounds alternate; medians are reported.
+every PubAck: the limit an uplink can approach. Rounds alternate. A round lasts well
+under a second, so on a shared machine single rounds are noisy: the ratio is taken from
+each side's best round (what the code can do), and the medians are reported beside it.
 
 Disk: bytes the process caused to be written to storage (`write_bytes` in /proc/self/io,
 which excludes sockets) while buffering the N readings and draining them, per reading,
@@ -135,8 +137,10 @@ async def run(readings: int, per_batch: int, rounds: int, root: Path) -> dict[st
             disk.append(disk_written() - before)
             buf.close()
         await nc.close()
-    ours_rate = readings / statistics.median(ours)
-    bare_rate = readings / statistics.median(bare)
+    ours_rate = readings / min(ours)
+    bare_rate = readings / min(bare)
+    ours_median = readings / statistics.median(ours)
+    bare_median = readings / statistics.median(bare)
     return {
         "readings": readings,
         "batch": per_batch,
@@ -144,6 +148,9 @@ async def run(readings: int, per_batch: int, rounds: int, root: Path) -> dict[st
         "ours_readings_per_s": round(ours_rate),
         "bare_nats_py_readings_per_s": round(bare_rate),
         "ratio": round(ours_rate / bare_rate, 3),
+        "ours_median_readings_per_s": round(ours_median),
+        "bare_median_readings_per_s": round(bare_median),
+        "ratio_of_medians": round(ours_median / bare_median, 3),
         "encoded_bytes_per_reading": round(encoded / readings, 2),
         "disk_bytes_per_reading": round(statistics.median(disk) / readings, 2),
         "disk_vs_encoded": round(statistics.median(disk) / encoded, 3),
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__.split("\n")[0])
     p.add_argument("--readings", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=1000, help="readings per batch")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:

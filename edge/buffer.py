@@ -186,6 +186,7 @@ class SqliteBuffer:
         self.high_water: dict[str, int] = {}
         self.holes: dict[str, set[int]] = {}  # seqs skipped, still expected (edge/dedupe.py)
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # see read_ahead
         self._next_batch = 0
         self._bytes = 0
 
@@ -288,6 +289,9 @@ class SqliteBuffer:
         self._load_state()
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -530,7 +534,20 @@ class SqliteBuffer:
 
     # -- reading, publishing and deleting --------------------------------------------------
     def oldest_batches(self, limit: int, after_row: int = 0) -> list[StoredBatch]:
-        rows = self._conn.execute(
+        return self._select_batches(self._conn, limit, after_row)
+
+    def read_ahead(self, limit: int, after_row: int) -> list[StoredBatch]:
+        """`oldest_batches` on a second, read-only connection, for a worker thread: WAL lets
+        it read (and LZ4 decompress, without the GIL) while the loop thread writes."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+            )
+        return self._select_batches(self._reader, limit, after_row)
+
+    @staticmethod
+    def _select_batches(db: sqlite3.Connection, limit: int, after_row: int) -> list[StoredBatch]:
+        rows = db.execute(
             "SELECT b.id, batch_id, content_type, created_ns, readings, payload, a.at_ns,"
             " compressed FROM batches AS b LEFT JOIN attempted AS a ON a.id = b.id"
             " WHERE b.id > ? ORDER BY b.id LIMIT ?",

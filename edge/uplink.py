@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ _SCAN_SLACK_S = 60.0
 
 
 _WINDOWS_PER_ROUND = 16  # then dead letters get their turn again
+_DEPTH = 3  # publish windows in flight at once
 
 
 @dataclass(slots=True)
@@ -204,35 +206,52 @@ class Uplink:
             pass
 
     async def _forward_round(self, js: JetStreamContext) -> int:
-        """Dead letters, then up to `_WINDOWS_PER_ROUND` windows of batches, two in flight:
-        window k+1 is read, marked and sent while window k's PubAcks come back."""
+        """Dead letters, then up to `_WINDOWS_PER_ROUND` windows of batches, `_DEPTH` in
+        flight: while the oldest window's PubAcks come back, the next is sent and the one
+        after is read from disk in a worker thread."""
         limit = self.settings.max_batches_per_round
         letters = self.buffer.oldest_dead_letters(limit)
         for letter in letters:
             await self._publish_dead_letter(js, letter)
-        sent, after = 0, 0
-        in_flight: _Window | None = None
-        for _ in range(_WINDOWS_PER_ROUND):
-            batches = self.buffer.oldest_batches(limit, after_row=after)
-            if batches:
-                after = batches[-1].row
-                batches = await self._skip_stored(js, batches)
-            window = await self._send(js, batches) if batches else None
-            if in_flight is not None:
-                try:
-                    await self._settle(in_flight)
-                except PublishFailed:
-                    if window is not None:  # settle what it can, the retry resends the rest
-                        with contextlib.suppress(PublishFailed):
-                            await self._settle(window)
-                    raise
-            in_flight = window
-            sent += len(batches)
-            if window is None:
-                break
-        if in_flight is not None:
-            await self._settle(in_flight)
+        sent = 0
+        pending: deque[_Window] = deque()
+        batches = self.buffer.oldest_batches(limit)
+        ahead: asyncio.Future[list[StoredBatch]] | None = None
+        try:
+            for _ in range(_WINDOWS_PER_ROUND):
+                if batches:
+                    batches = self._cap_bytes(await self._skip_stored(js, batches))
+                if batches:
+                    pending.append(await self._send(js, batches))
+                    ahead = asyncio.ensure_future(
+                        asyncio.to_thread(self.buffer.read_ahead, limit, batches[-1].row)
+                    )
+                sent += len(batches)
+                while pending and (len(pending) >= _DEPTH or ahead is None):
+                    await self._settle(pending.popleft())
+                if ahead is None:
+                    break
+                batches, ahead = await ahead, None
+            while pending:
+                await self._settle(pending.popleft())
+        finally:
+            for window in pending:  # after a failure: keep what was acked, resend the rest
+                with contextlib.suppress(PublishFailed):
+                    await self._settle(window)
+            if ahead is not None:  # never leave the worker thread's result behind
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()  # retrieved: a read error here is retried, not logged
         return len(letters) + sent
+
+    def _cap_bytes(self, batches: list[StoredBatch]) -> list[StoredBatch]:
+        """At most `max_window_bytes` of payload per window (but always one batch)."""
+        total = 0
+        for i, b in enumerate(batches):
+            total += len(b.payload)
+            if total > self.settings.max_window_bytes and i > 0:
+                return batches[:i]
+        return batches
 
     # -- duplicates beyond the dedupe window ------------------------------------------------
     async def _window_ns(self, js: JetStreamContext) -> int:
