@@ -34,7 +34,7 @@ import orjson
 from nats.js.client import JetStreamContext
 
 from cloud.streams import ensure_streams
-from edge.buffer import Intake, PendingBatch, SqliteBuffer
+from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
 from edge.uplink import Uplink
 from gateway import codec, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
@@ -79,7 +79,7 @@ def fill(buf: SqliteBuffer, batches: list[tuple[bytes, int]]) -> None:
             buf.next_batch_id(AGENT),
             [],
             {},
-            Intake(Counter({"bench": n})),
+            SourceCounts(Counter({"bench": n})),
         )
 
 

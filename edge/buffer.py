@@ -131,7 +131,7 @@ class PendingBatch:
 
 
 @dataclass(slots=True)
-class Intake:
+class SourceCounts:
     """Per source: readings in the flushed batch and redelivered readings dropped."""
 
     readings: Counter[str] = field(default_factory=Counter)
@@ -152,7 +152,7 @@ class _Commit:
     batch_id: str
     letters: list[DeadLetter]
     seq_rows: list[tuple[str, int, list[int]]]  # key, high water, holes
-    intake: Intake
+    intake: SourceCounts
 
 
 def counter_name(kind: str, source: str, reason: str = "") -> str:
@@ -326,7 +326,7 @@ class SqliteBuffer:
         batch_id: str,
         dead_letters: Iterable[DeadLetter],
         high_water: Mapping[str, int],
-        intake: Intake | None = None,
+        intake: SourceCounts | None = None,
         holes: Mapping[str, set[int]] | None = None,
     ) -> CommitResult:
         """Make a flush durable in one transaction (step 1 of the guarantee chain).
@@ -334,7 +334,7 @@ class SqliteBuffer:
         Raises `BufferFull` under the `block` policy when the batch does not fit, and
         `BufferError` when the disk refuses even the small bookkeeping write."""
         if intake is None:  # callers that do not track sources
-            intake = Intake(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
+            intake = SourceCounts(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
         holes = holes or {}
         seq_rows = [  # a key whose holes this flush did not touch keeps its durable ones
             (
@@ -483,7 +483,7 @@ class SqliteBuffer:
         return result.dropped.total()
 
     def _insert_batch(
-        self, batch: PendingBatch, stored: bytes, batch_id: str, now: int, intake: Intake
+        self, batch: PendingBatch, stored: bytes, batch_id: str, now: int, intake: SourceCounts
     ) -> None:
         self._conn.execute(
             "INSERT INTO batches(batch_id, content_type, created_ns, readings, bytes, payload,"
@@ -510,7 +510,7 @@ class SqliteBuffer:
             counters[counter_name("dead_lettered", d.source)] += 1
 
     @staticmethod
-    def _count_intake(intake: Intake, counters: Counter[str]) -> None:
+    def _count_intake(intake: SourceCounts, counters: Counter[str]) -> None:
         for source, n in intake.readings.items():
             counters[counter_name("received", source)] += n
         for source, n in intake.duplicates.items():

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from edge import accounting
-from edge.buffer import DeadLetter, Intake, PendingBatch, SqliteBuffer
+from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
 from edge.errors import BufferFull
 from gateway.cli import main
 
@@ -72,7 +72,7 @@ def _policy(path: Path, overflow: str, max_bytes: int = 1 << 16, **kw: float) ->
 
 
 def _add(buf: SqliteBuffer, readings: int, size: int, source: str = "mqtt0") -> None:
-    intake = Intake(Counter({source: readings}))
+    intake = SourceCounts(Counter({source: readings}))
     buf.commit(
         PendingBatch("ct", readings, random.randbytes(size)), buf.next_batch_id("a"), [], {}, intake
     )
@@ -154,7 +154,7 @@ def test_accounting_reconciles_across_reopen_with_dead_letters_and_duplicates(
 ) -> None:
     path = tmp_path / "b.sqlite3"
     buf = _policy(path, "drop_oldest", max_bytes=1 << 20)
-    intake = Intake(Counter({"mqtt0": 4, "mqtt1": 2}), Counter({"mqtt0": 3}))
+    intake = SourceCounts(Counter({"mqtt0": 4, "mqtt1": 2}), Counter({"mqtt0": 3}))
     letter = DeadLetter("mqtt1", "invalid_json", "", b"{")
     buf.commit(PendingBatch("ct", 6, b"x" * 10), buf.next_batch_id("a"), [letter], {}, intake)
     [b] = buf.oldest_batches(1)

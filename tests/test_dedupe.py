@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edge.buffer import PendingBatch, SqliteBuffer
 from edge.dedupe import MAX_GAP, WINDOW, SeqFilter
 
@@ -33,9 +35,31 @@ def test_unseen_device_may_start_out_of_order() -> None:
 
 def test_big_jumps_and_old_holes_are_not_waited_for() -> None:
     f = SeqFilter({}, {})
-    assert _run(f, [1, 3, 3 + MAX_GAP + 2]) == [1, 3, 3 + MAX_GAP + 2]
-    assert f.holes["d"] == {2}  # the big jump left no holes
-    assert _run(f, [WINDOW + 10, 2]) == [WINDOW + 10]  # hole 2 is too old by now
+    assert _run(f, [1, 2, 4, 4 + MAX_GAP + 2]) == [1, 2, 4, 4 + MAX_GAP + 2]
+    assert f.holes["d"] == {3}  # the big jump left no holes
+    assert _run(f, [WINDOW + 10, 3]) == [WINDOW + 10]  # hole 3 is too old by now
+
+
+def test_regular_gaps_of_a_strided_series_are_not_holes() -> None:
+    # A device numbering readings across two metrics: each series steps by 2.
+    f = SeqFilter({}, {})
+    assert _run(f, [1, 3, 5, 7, 13, 15]) == [1, 3, 5, 7, 13, 15]
+    # Before the stride is learnt the first gap counts (2, never filled, forgotten after
+    # WINDOW seqs); after it, only the unusual jump leaves holes, on the stride.
+    assert f.holes["d"] == {2, 9, 11}
+    assert _run(f, [11, 9, 10, 17]) == [11, 9, 17]
+
+
+def test_a_column_is_vectorised_when_usual_and_exact_when_not() -> None:
+    f = SeqFilter({}, {})
+    hw: dict[str, int] = {}
+    holes: dict[str, set[int]] = {}
+    first = f.accept_run("d", np.array([1, 2, 3], dtype=np.int64), hw, holes)
+    usual = f.accept_run("d", np.array([4, 5, 6], dtype=np.int64), hw, holes)
+    odd = f.accept_run("d", np.array([9, 5, 7, 8, 7], dtype=np.int64), hw, holes)
+    assert first.all() and usual.all()
+    assert odd.tolist() == [True, False, True, True, False]
+    assert hw == {"d": 9} and holes == {"d": set()}
 
 
 def test_holes_are_durable_with_the_batch(tmp_path: Path) -> None:

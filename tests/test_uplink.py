@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.buffer import Intake, PendingBatch, SqliteBuffer
+from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
 from edge.uplink import Backoff, PublishFailed, Uplink, _Window
 from gateway import config
 from gateway.config import AgentConfig
@@ -28,7 +28,7 @@ def _uplink(tmp_path: Path) -> Uplink:
             buf.next_batch_id("a"),
             [],
             {},
-            Intake(Counter({"mqtt0": 10})),
+            SourceCounts(Counter({"mqtt0": 10})),
         )
     return Uplink(cfg, buf, asyncio.Event())
 
