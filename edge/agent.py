@@ -53,6 +53,7 @@ class Agent:
         )
         self._counts = SourceCounts()  # per source, for the open batch
         self._held: tuple[Flush, str, SourceCounts] | None = None  # block policy: not durable
+        self._blocked = False
         self.metrics = AgentMetrics()
         self.intake: Intake | None = None
         self.metrics_server: MetricsServer | None = None
@@ -204,14 +205,21 @@ class Agent:
                 flush.batch, batch_id, flush.dead_letters, flush.high_water, counts, flush.holes
             )
         except BufferFull as exc:
-            log.warning(
-                "%s: holding %d readings unacknowledged until the uplink drains",
-                exc,
-                flush.batch.readings if flush.batch else 0,
-            )
+            if not self._blocked:
+                self._blocked = True
+                log.warning(
+                    "%s: holding %d readings unacknowledged until the uplink drains",
+                    exc,
+                    flush.batch.readings if flush.batch else 0,
+                )
+            self._pause_serial(True)
             self._wake_uplink.set()
             return
         self._held = None
+        if self._blocked:
+            self._blocked = False
+            self._pause_serial(False)
+            log.info("buffer has room again; intake resumed")
         if flush.batch is not None:
             self.metrics.batches.inc()
             self.metrics.batched.inc(flush.batch.readings)
@@ -220,6 +228,16 @@ class Agent:
             ack()
         if flush.batch is not None or flush.dead_letters:
             self._wake_uplink.set()
+
+    def _pause_serial(self, pause: bool) -> None:
+        """Block policy: serial has no acks to withhold, so its reads stop instead."""
+        for src in self.sources:
+            if not isinstance(src, SerialSource) or src.paused == pause:
+                continue
+            if pause:
+                src.pause()
+            else:
+                src.resume()
 
     async def _wait_for_room(self) -> None:
         """Block policy: retry the held flush whenever the uplink has deleted something."""
