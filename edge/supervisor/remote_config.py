@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PUSHABLE = ("sources", "validation", "filters", "batch", "buffer", "uplink")
 STATE_FILE = "remote-config.json"
+_RETRY_S = 10.0
 _RESTART_ONLY = {"buffer": ("durability",)}
 
 
@@ -96,8 +97,26 @@ class RemoteConfig:
         self.error = ""
 
     async def follow(self, nc: NatsClient, apply: Callable[[AgentConfig], Awaitable[None]]) -> None:
-        """Apply each newer pushed revision, forever (returns only by cancellation)."""
-        kv = await _bucket(nc)
+        """Apply each newer pushed revision, forever (returns only by cancellation). The
+        cloud may be away for hours: that is retried here, never an error of the agent."""
+        while True:
+            try:
+                await self._follow(nc, apply)
+            except (NatsError, TimeoutError) as exc:
+                log.warning(
+                    "remote config: %s: %s; retrying in %.0fs", type(exc).__name__, exc, _RETRY_S
+                )
+            await asyncio.sleep(_RETRY_S)
+
+    async def _follow(
+        self, nc: NatsClient, apply: Callable[[AgentConfig], Awaitable[None]]
+    ) -> None:
+        js = nc.jetstream()
+        try:
+            kv = await js.key_value(CONFIG_BUCKET)
+        except BucketNotFoundError:
+            log.info("no %s bucket yet (gateway deploy init)", CONFIG_BUCKET)
+            return
         watcher = await open_watch(kv, device_key(self.base.site, self.base.agent))
         try:
             async for entry in watcher:
@@ -112,17 +131,8 @@ class RemoteConfig:
                     self.accepted(entry.revision, text)
                     log.info("applied config revision %d", entry.revision)
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-
-
-async def _bucket(nc: NatsClient) -> KeyValue:
-    js = nc.jetstream()
-    while True:
-        try:
-            return await js.key_value(CONFIG_BUCKET)
-        except BucketNotFoundError:
-            log.info("no %s bucket yet (gateway deploy init); checking again in 10s", CONFIG_BUCKET)
-        await asyncio.sleep(10.0)
+            with contextlib.suppress(NatsError, TimeoutError):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 async def open_watch(kv: KeyValue, key: str) -> KeyValue.KeyWatcher:

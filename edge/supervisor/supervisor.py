@@ -27,7 +27,12 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    DigestMismatchError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
 from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
 
@@ -169,6 +174,9 @@ class Supervisor:
         except (ObjectNotFoundError, NotFoundError):
             await self._report(state=records.FAILED, error=f"bundle {version} is not published")
             return
+        except (NatsError, TimeoutError) as exc:  # transient: tried again on the next change
+            await self._report(state=records.FAILED, error=f"download of {version}: {exc!r}")
+            return
         why = await self._switch_to(nc, version)
         if why is None:
             self.memory.previous = running
@@ -191,10 +199,8 @@ class Supervisor:
                 await store.get(version, writeinto=f)
             finally:
                 f.close()
-        except JetStreamError as exc:
-            if isinstance(exc, ObjectNotFoundError):
-                raise
-            raise BundleError("download_failed", f"{type(exc).__name__}: {exc}") from None
+        except DigestMismatchError:
+            raise BundleError("digest_mismatch", "object store chunks do not match") from None
         partial.replace(target)
         return target
 
