@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "gateway.demo_cli",
     "edge.cli",
     "cloud.cli",
+    "firmware_sim.cli",
+    "gateway.verify_cli",
 )
 
 

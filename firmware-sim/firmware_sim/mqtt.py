@@ -155,6 +155,7 @@ class MqttLink:
         """Fault injection: cut the TCP connection without DISCONNECT, as a broker restart
         or a NAT timeout does."""
         if self._conn is not None and self._conn.transport is not None:
+            self.connected = False  # abort() reports the loss only on the next loop turn
             self._conn.transport.abort()
 
     def lost(self, conn: _Connection) -> None:
@@ -194,7 +195,9 @@ class MqttLink:
         lost = asyncio.ensure_future(self._lost.wait())
         try:
             while not (closed.done() or lost.done()):
-                await asyncio.wait({closed, lost}, timeout=self.keepalive / 2)
+                await asyncio.wait(
+                    {closed, lost}, timeout=self.keepalive / 2, return_when=asyncio.FIRST_COMPLETED
+                )
                 if self.connected and self._conn and self._conn.transport:
                     self._conn.transport.write(bytes([PINGREQ << 4, 0]))
         finally:

@@ -100,9 +100,18 @@ def garbage(rng: np.random.Generator, protocol: Protocol) -> bytes:
 
 
 def truncate(payload: bytes, rng: np.random.Generator, protocol: Protocol) -> bytes:
-    """A frame cut short: the first part of `payload` (a serial line keeps its CRLF)."""
+    """A frame cut short: it loses its end (the seq, the timestamp or the checksum), so no
+    decoder can take it for a reading, but keeps its time, so no two are the same bytes.
+    A serial line keeps its CRLF."""
     body = payload.rstrip(b"\r\n")
-    cut = int(rng.integers(1, max(2, len(body) // 2)))
+    if protocol == "line":  # a partial timestamp would still parse: drop all of it
+        return body[: body.rfind(b" ")]
+    if protocol == "frame":
+        lo, hi = body.rfind(b",") + 1, body.rfind(b"*")
+    else:  # JSON readings and SenML: cut after the time ("time", or "bt" of the first record)
+        lo = body.find(b'"seq"') if protocol == "json" else body.find(b'"n"')
+        hi = len(body) - 1
+    cut = int(rng.integers(lo, max(lo + 1, hi)))
     return body[:cut] + (b"\r\n" if protocol == "frame" else b"")
 
 

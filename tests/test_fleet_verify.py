@@ -1,0 +1,108 @@
+"""With faults on, the whole path: fleet -> MQTT -> the real agent -> JetStream, then
+`gateway verify` finds every valid reading stored once and exactly the deliberately
+invalid ones as dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from firmware_sim.fleet import Fleet, FleetSettings
+from firmware_sim.profiles import Profile
+from nats.js.client import JetStreamContext
+
+from devices.catalog import load_catalog
+from edge.agent import Agent
+from gateway.ground_truth import GroundTruth
+from gateway.servers import NatsServer
+from gateway.verify import Report, compare, read_dead_letters, read_telemetry
+from tests.helpers import eventually
+from tests.test_agent_integration import agent_config, running
+
+# Every fault the JSON path can show. Out-of-range values are left out until the agent
+# validates catalog ranges (issue 3); see docs/wire-format.md, "Device payloads".
+_FAULTS = {"link_drop": 0.03, "link_drop_s": 1.0, "broker_disconnect": 0.02, "garbage": 0.03}
+_FAULTS |= {"truncated": 0.03, "nan": 0.03, "duplicate": 0.05, "clock_jump": 0.01, "reboot": 0.02}
+JSON_CHAOS = Profile.model_validate({"fleet_percent": 60, "queue_max": 64, "faults": _FAULTS})
+
+
+async def _run_fleet(
+    tmp_path: Path,
+    cloud_server: NatsServer,
+    edge_broker: NatsServer,
+    js: JetStreamContext,
+    done: Callable[[Report], bool],
+) -> Fleet:
+    """Run a faulty JSON fleet through the agent; wait until `done` holds for the streams."""
+    settings = FleetSettings(
+        port=edge_broker.mqtt_port, devices=20, site="s1", rate_hz=5.0, seed=11, grace_s=15
+    )
+    fleet = Fleet(settings, load_catalog(), JSON_CHAOS)
+    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    async with running(Agent(cfg)):
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(8.0, stop.set)
+        await fleet.run(stop)
+        await eventually(lambda: _report(js, fleet.truth), done, timeout=45, interval=0.5)
+    return fleet
+
+
+async def _report(js: JetStreamContext, truth: GroundTruth) -> Report:
+    return compare(truth, await read_telemetry(js), await read_dead_letters(js))
+
+
+def _telemetry_ok(r: Report) -> bool:
+    """Everything but the exact dead-letter count (see the xfail below)."""
+    return r.missing == r.duplicates == r.altered == r.unexpected == r.invalid_stored == 0
+
+
+async def test_faulty_fleet_telemetry_exact_through_agent(
+    tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
+) -> None:
+    fleet = await _run_fleet(tmp_path, cloud_server, edge_broker, js, _telemetry_ok)
+    report = await _report(js, fleet.truth)
+    assert report.emitted > 500 and report.dead_unexpected == 0
+    assert report.dead_found > 0 and report.noise_found > 0
+
+
+# The agent names a dead letter `<agent>:<instance>:dl:<SQLite rowid>`. The rowid is
+# reused once the dead_letters table empties (no AUTOINCREMENT in edge/buffer.py), so
+# JetStream drops later dead letters as duplicates of earlier ones within its window.
+# With AUTOINCREMENT this test passes; remove the marker when the agent is fixed.
+@pytest.mark.xfail(strict=True, reason="agent reuses dead-letter Nats-Msg-Ids (edge/buffer.py)")
+async def test_faulty_fleet_verifies_through_agent_and_jetstream(
+    tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
+) -> None:
+    fleet = await _run_fleet(tmp_path, cloud_server, edge_broker, js, lambda r: r.ok)
+    truth = fleet.truth
+    report = await _report(js, truth)
+
+    faults = fleet.engine.stats.faults
+    for kind in ("garbage", "truncated", "nan", "duplicate", "broker_disconnect", "reboot"):
+        assert faults[kind] > 0, f"no {kind} injected: {faults}"
+    assert truth.invalid > 0 and truth.garbage > 0
+    assert report.emitted > 500 and report.missing == 0 and report.duplicates == 0
+    assert report.dead_expected > 0 and report.dead_missing == 0
+    assert report.noise_found == report.noise_expected > 0
+
+    # The command line says the same, and says so when the truth disagrees.
+    path = tmp_path / "truth.json"
+    truth.save(path)
+    cmd = [sys.executable, "-m", "gateway", "verify", "--truth", str(path)]
+    cmd += ["--nats", cloud_server.url, "--json"]
+    ok = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert orjson.loads(ok.stdout.splitlines()[-1])["ok"] is True
+
+    dev = next(d for d in truth.devices.values() if d.count)
+    dev.record_invalid(dev.last_seq, "nan")  # claim a stored reading should be dead
+    truth.save(path)
+    bad = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, timeout=60)
+    assert bad.returncode == 1
+    summary = orjson.loads(bad.stdout.splitlines()[-1])
+    assert summary["invalid_stored"] == 1 and summary["dead_missing"] == 1
