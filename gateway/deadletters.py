@@ -14,15 +14,17 @@ from typing import Any
 
 Attribution = tuple[str, str, int]  # site, device, seq
 
+# $GWR,<device>,<seq>,<time_ms>,<metric>,<value>[,<unit>]*hh, checksum right or wrong
 _FRAME = re.compile(
-    rb"\$GWR,([A-Za-z0-9_\-]+),[^,*]*,[^,*]*,[^,*]*,\d+,(\d+)\*[0-9A-Fa-f]{2}\r?\n?"
+    rb"\$GWR,([A-Za-z0-9_\-]+),(\d+),\d*,[^,*]+,[^,*]*(,[^,*]*)?\*[0-9A-Fa-f]{2}\r?\n?"
 )
-_LINE = re.compile(r"(\S+) (\S+) (\d+)")
+_URN_DEV = re.compile(r"urn:dev:[a-z]+:")
+_LINE = re.compile(r"(\S+) (\S+)( \d+)?")
 
 
 def attribute(payload: bytes, site: str) -> list[Attribution]:
     """Every (site, device, seq) `payload` carries completely; [] if none. `site` is the
-    dead letter's own site, used when the format carries none (serial frames)."""
+    dead letter's own site, used when the format carries none (SenML, serial frames)."""
     frame = _FRAME.fullmatch(payload)
     if frame:
         return [(site, frame[1].decode(), int(frame[2]))]
@@ -31,11 +33,11 @@ def attribute(payload: bytes, site: str) -> list[Attribution]:
     except UnicodeDecodeError:
         return []
     if text.lstrip().startswith(("[", "{")):
-        return _json(text)
+        return _json(text, site)
     return _line_protocol(text)
 
 
-def _json(text: str) -> list[Attribution]:
+def _json(text: str, site: str) -> list[Attribution]:
     try:
         doc = json.loads(text)  # the stdlib parser accepts the NaN firmware writes
     except ValueError:
@@ -48,24 +50,25 @@ def _json(text: str) -> list[Attribution]:
             return []
         if isinstance(item.get("bn"), str):
             base = item["bn"]
-        found = _json_reading(item, base)
+        found = _json_reading(item, base, site)
         if found is None:
             return []
         out.append(found)
     return out
 
 
-def _json_reading(item: dict[str, Any], base: str) -> Attribution | None:
+def _json_reading(item: dict[str, Any], base: str, site: str) -> Attribution | None:
     seq = item.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    if "device" in item and "site" in item:  # JSON readings
-        site, device = item["site"], item["device"]
-    else:  # SenML: the resolved name is <site>/<device>/<metric>
-        parts = (base + str(item.get("n", ""))).split("/")
-        if len(parts) != 3:
+    if "device" in item:  # JSON readings
+        site, device = item.get("site", site), item["device"]
+    else:  # SenML: the resolved name is <device>:<metric> (or /), as the agent splits it
+        name = base + str(item.get("n", ""))
+        cut = max(name.rfind(":"), name.rfind("/"))
+        if cut <= 0:
             return None
-        site, device = parts[0], parts[1]
+        device = _URN_DEV.sub("", name[:cut], count=1)
     if not isinstance(site, str) or not isinstance(device, str):
         return None
     return (site, device, seq)

@@ -3,23 +3,26 @@
 Per device: the count, first and last seq, and an order-independent digest of the
 (seq, value) pairs of every valid reading the device delivered (to the broker's PUBACK, or
 onto the serial line), so altered values are caught without keeping every reading; plus
-the readings it made invalid on purpose (seq and kind) and the number of garbage messages
-it sent, which carry no reading at all.
+the readings it made invalid on purpose (seq and kind), and a digest of every message it
+sent that names no reading a dead letter could be matched by (garbage, frames cut short).
 
 File format (JSON), version 2:
 
     {"version": 2, "devices": [
       {"site": "s1", "device": "th-00001", "count": 118, "first_seq": 1, "last_seq": 120,
-       "digest": 1234567890123, "invalid": [[7, "nan"], [55, "truncated"]], "garbage": 1}]}
+       "digest": 1234567890123, "invalid": [[7, "nan"], [55, "truncated"]],
+       "noise": ["9f2c61d04ab7e311", "03be44a1c2d9f870"]}]}
 
 `digest` is the sum mod 2^64 of splitmix64(seq * 0x9E3779B97F4A7C15 ^ bits(value)) over the
 valid readings. Invalid kinds: `nan`, `out_of_range`, `bad_checksum` (the dead letter still
-names the device and seq), `truncated` (it may not). Version 1 files (no `invalid`,
-`garbage`) load too.
+names the device and seq), `truncated` (it does not: its payload is in `noise`). `noise`
+holds `payload_digest()` of each such message: BLAKE2b, 8 bytes, hex. Version 1 files (no
+`invalid`, `noise`) load too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +61,11 @@ def one_digest(seq: int, value: float) -> int:
     return x ^ (x >> 31)
 
 
+def payload_digest(payload: bytes) -> str:
+    """How the ground truth names a message that carries no reading (garbage, truncated)."""
+    return hashlib.blake2b(payload, digest_size=8).hexdigest()
+
+
 @dataclass(slots=True)
 class DeviceTruth:
     site: str
@@ -67,7 +75,7 @@ class DeviceTruth:
     last_seq: int = 0
     digest: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
-    garbage: int = 0
+    noise: list[str] = field(default_factory=list)
 
     def record(self, seq: int, value: float) -> None:
         """A valid reading delivered."""
@@ -83,9 +91,10 @@ class DeviceTruth:
             raise ValueError(f"unknown invalid kind {kind!r}; expected one of {INVALID_KINDS}")
         self.invalid.append((seq, kind))
 
-    def record_garbage(self) -> None:
-        """A message of noise, with no reading in it."""
-        self.garbage += 1
+    def record_noise(self, payload: bytes) -> None:
+        """A message no decoder can take a reading from, and no dead letter can be matched
+        to a reading by: it is matched by its bytes."""
+        self.noise.append(payload_digest(payload))
 
 
 @dataclass(slots=True)
@@ -112,9 +121,9 @@ class GroundTruth:
     def invalid(self) -> int:
         return sum(len(d.invalid) for d in self.devices.values())
 
-    @property
-    def garbage(self) -> int:
-        return sum(d.garbage for d in self.devices.values())
+    def noise(self) -> set[str]:
+        """Digests of every noise message, all devices together."""
+        return {n for d in self.devices.values() for n in d.noise}
 
     def save(self, path: Path) -> None:
         rows = [asdict(d) for d in self.devices.values()]

@@ -4,12 +4,11 @@ The counts come from reading the streams themselves, batch by batch and dead let
 dead letter, never from counters kept by the agent. Per device: valid readings missing,
 duplicated or altered; readings that should have been dead letters but were stored; and
 deliberately invalid readings missing from the dead letters (or dead letters nobody
-expected). Noise that names no device is compared as a count of distinct payloads.
+expected). Noise that names no reading (garbage, frames cut short) is matched by its bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from nats.js.client import JetStreamContext
 from gateway import codec, subjects
 from gateway.deadletters import attribute
 from gateway.errors import CodecError
-from gateway.ground_truth import ATTRIBUTABLE, GroundTruth, reading_digest
+from gateway.ground_truth import ATTRIBUTABLE, GroundTruth, payload_digest, reading_digest
 
 Key = tuple[str, str]
 
@@ -49,7 +48,7 @@ class DeadLetterContents:
     """Per (site, device): the distinct seqs dead-lettered; other dead letters by payload."""
 
     seqs: dict[Key, set[int]] = field(default_factory=lambda: defaultdict(set))
-    unattributed: set[bytes] = field(default_factory=set)  # digests of distinct payloads
+    unattributed: set[str] = field(default_factory=set)  # payload digests
     reasons: Counter[str] = field(default_factory=Counter)
     messages: int = 0
 
@@ -60,7 +59,7 @@ class DeadLetterContents:
         site = parts[1] if len(parts) > 1 else ""
         found = attribute(payload, site)
         if not found:
-            self.unattributed.add(hashlib.blake2b(payload, digest_size=16).digest())
+            self.unattributed.add(payload_digest(payload))
         for s, device, seq in found:
             self.seqs[(s, device)].add(seq)
 
@@ -159,8 +158,10 @@ class Report:
     dead_found: int = 0
     dead_missing: int = 0
     dead_unexpected: int = 0
-    noise_expected: int = 0  # garbage and truncated messages (no device or seq to match)
+    noise_expected: int = 0  # garbage and truncated messages, matched by their bytes
     noise_found: int = 0
+    noise_missing: int = 0
+    noise_unexpected: int = 0
     checked_dead_letters: bool = False
 
     @property
@@ -169,7 +170,7 @@ class Report:
         if self.checked_dead_letters:
             ok = ok and self.unexpected == 0 and self.invalid_stored == 0
             ok = ok and self.dead_missing == 0 and self.dead_unexpected == 0
-            ok = ok and self.noise_expected == self.noise_found
+            ok = ok and self.noise_missing == 0 and self.noise_unexpected == 0
         return ok
 
     def summary(self) -> dict[str, int]:
@@ -190,6 +191,8 @@ class Report:
                 "dead_unexpected": self.dead_unexpected,
                 "noise_expected": self.noise_expected,
                 "noise_found": self.noise_found,
+                "noise_missing": self.noise_missing,
+                "noise_unexpected": self.noise_unexpected,
             }
         return out
 
@@ -201,10 +204,8 @@ def compare(
     empty = DeadLetterContents()
     keys = set(truth.devices) | set(contents.seqs) | (set(dead.seqs) if dead else set())
     reports = [_compare_device(key, truth, contents, dead or empty) for key in sorted(keys)]
-    noise = sum(
-        d.garbage + sum(1 for _, kind in d.invalid if kind not in ATTRIBUTABLE)
-        for d in truth.devices.values()
-    )
+    noise = truth.noise()
+    found = dead.unattributed if dead else set()
     return Report(
         emitted=sum(r.emitted for r in reports),
         stored=sum(r.stored for r in reports),
@@ -218,8 +219,10 @@ def compare(
         dead_found=sum(len(s) for s in dead.seqs.values()) if dead else 0,
         dead_missing=sum(r.dead_missing for r in reports),
         dead_unexpected=sum(r.dead_unexpected for r in reports),
-        noise_expected=noise,
-        noise_found=len(dead.unattributed) if dead else 0,
+        noise_expected=len(noise),
+        noise_found=len(found),
+        noise_missing=len(noise - found),
+        noise_unexpected=len(found - noise),
         checked_dead_letters=dead is not None,
     )
 

@@ -19,7 +19,8 @@ from serial import Serial
 from devices.catalog import load_catalog
 
 START_NS = 1_800_000_000_000_000_000
-_FRAME = re.compile(rb"\$(GWR,([^,]+),[^*]*,(\d+))\*([0-9A-F]{2})\r\n")
+# $GWR,<device>,<seq>,<time_ms>,<metric>,<value>,<unit>*hh (docs/wire-format.md)
+_FRAME = re.compile(rb"\$(GWR,([^,]+),(\d+),[^*]*)\*([0-9A-F]{2})\r\n")
 
 
 @asynccontextmanager

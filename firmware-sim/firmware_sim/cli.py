@@ -147,7 +147,7 @@ def _summary(fleet: Any, elapsed: float) -> dict[str, Any]:
         "readings": e.readings,
         "readings_per_s": round(e.readings / elapsed, 1) if elapsed else 0.0,
         "invalid": truth.invalid,
-        "garbage": truth.garbage,
+        "noise": len(truth.noise()),
         "queue_dropped": e.queue_dropped,
         "reboot_lost": e.reboot_lost,
         "reconnects": fleet.stats.retries,

@@ -94,8 +94,8 @@ class Engine:
             truth.record(seq, value)
         for seq, kind in msg.invalid:
             truth.record_invalid(seq, kind)
-        if msg.garbage:
-            truth.record_garbage()
+        if msg.noise:
+            truth.record_noise(msg.payload)
         self.stats.messages += 1
         self.stats.readings += len(msg.seqs)
         self.stats.invalid += len(msg.invalid)

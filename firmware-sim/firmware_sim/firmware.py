@@ -39,7 +39,7 @@ class Message:
     seqs: list[int] = field(default_factory=list)  # valid readings
     values: list[float] = field(default_factory=list)
     invalid: list[tuple[int, str]] = field(default_factory=list)
-    garbage: bool = False
+    noise: bool = False  # garbage, or cut short: no reading a dead letter can be matched by
     send_twice: bool = False  # the duplicated-send fault
     delivered: bool = False
 
@@ -157,7 +157,7 @@ class DeviceGroup:
         name = self.names[i]
         out: list[Message] = []
         if "garbage" in faults:
-            out.append(Message(dev, payloads.garbage(self._bytes_rng, self.protocol), garbage=True))
+            out.append(Message(dev, payloads.garbage(self._bytes_rng, self.protocol), noise=True))
         for kind in _INVALID:
             if kind in faults and samples and (kind != "bad_checksum" or self.protocol == "frame"):
                 s = samples.pop(self._pick[i] % len(samples))
@@ -199,4 +199,4 @@ class DeviceGroup:
             payload = payloads.encode(self.protocol, self.site, name, [s])
         if kind == "truncated":
             payload = payloads.truncate(payload, self._bytes_rng, self.protocol)
-        return Message(dev, payload, invalid=[(s.seq, kind)])
+        return Message(dev, payload, invalid=[(s.seq, kind)], noise=kind == "truncated")

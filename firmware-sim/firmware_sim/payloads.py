@@ -52,6 +52,7 @@ def json_message(site: str, device: str, samples: Sequence[Sample]) -> bytes:
 
 
 def senml_message(site: str, device: str, samples: Sequence[Sample]) -> bytes:
+    """A pack named `<device>:<metric>`; SenML carries no site (the agent's applies)."""
     base_us = samples[0].time_ns // 1000
     units = {s.unit for s in samples}
     pack: list[dict[str, object]] = []
@@ -63,7 +64,7 @@ def senml_message(site: str, device: str, samples: Sequence[Sample]) -> bytes:
         if len(units) > 1:
             rec["u"] = s.unit
         if i == 0:
-            rec = {"bn": f"{site}/{device}/", "bt": base_us / 1e6, **rec}
+            rec = {"bn": f"{device}:", "bt": base_us / 1e6, **rec}
             if len(units) == 1:
                 rec["bu"] = s.unit
         pack.append(rec)
@@ -80,7 +81,8 @@ def line_message(site: str, device: str, samples: Sequence[Sample]) -> bytes:
 
 
 def frame_line(device: str, s: Sample, *, bad_checksum: bool = False) -> bytes:
-    body = f"GWR,{device},{s.metric},{_float(s.value)},{s.unit},{s.time_ns},{s.seq}".encode()
+    time_ms = s.time_ns // 1_000_000
+    body = f"GWR,{device},{s.seq},{time_ms},{s.metric},{_float(s.value)},{s.unit}".encode()
     cs = frame_checksum(body) ^ (0x5A if bad_checksum else 0)
     return b"$" + body + b"*%02X\r\n" % cs
 
@@ -100,17 +102,16 @@ def garbage(rng: np.random.Generator, protocol: Protocol) -> bytes:
 
 
 def truncate(payload: bytes, rng: np.random.Generator, protocol: Protocol) -> bytes:
-    """A frame cut short: it loses its end (the seq, the timestamp or the checksum), so no
-    decoder can take it for a reading, but keeps its time, so no two are the same bytes.
-    A serial line keeps its CRLF."""
+    """A frame cut short, such that no decoder can take it for a reading: a JSON document
+    without its end, a serial frame without its checksum (it keeps its CRLF), a line
+    without its fields (any longer prefix of a line may still parse)."""
     body = payload.rstrip(b"\r\n")
-    if protocol == "line":  # a partial timestamp would still parse: drop all of it
-        return body[: body.rfind(b" ")]
-    if protocol == "frame":
-        lo, hi = body.rfind(b",") + 1, body.rfind(b"*")
-    else:  # JSON readings and SenML: cut after the time ("time", or "bt" of the first record)
-        lo = body.find(b'"seq"') if protocol == "json" else body.find(b'"n"')
-        hi = len(body) - 1
+    if protocol == "line":
+        lo, hi = 1, body.find(b" ")
+    elif protocol == "frame":
+        lo, hi = 1, body.rfind(b"*")
+    else:
+        lo, hi = 1, len(body) - 1
     cut = int(rng.integers(lo, max(lo + 1, hi)))
     return body[:cut] + (b"\r\n" if protocol == "frame" else b"")
 
