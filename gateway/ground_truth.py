@@ -16,7 +16,8 @@ File format (JSON), version 2:
 `digest` is the sum mod 2^64 of splitmix64(seq * 0x9E3779B97F4A7C15 ^ bits(value)) over the
 valid readings. Invalid kinds: `nan`, `out_of_range`, `bad_checksum` (the dead letter still
 names the device and seq), `truncated` (it does not: its payload is in `noise`). `noise`
-holds `payload_digest()` of each such message: BLAKE2b, 8 bytes, hex. Version 1 files (no
+holds `payload_digest()` of each such message: BLAKE2b (8 bytes, hex) of its bytes
+without trailing CR/LF. Version 1 files (no
 `invalid`, `noise`) load too.
 """
 
@@ -62,8 +63,9 @@ def one_digest(seq: int, value: float) -> int:
 
 
 def payload_digest(payload: bytes) -> str:
-    """How the ground truth names a message that carries no reading (garbage, truncated)."""
-    return hashlib.blake2b(payload, digest_size=8).hexdigest()
+    """How the ground truth names a message that carries no reading (garbage, truncated).
+    Line endings don't count: a serial source may keep them in its dead letter or not."""
+    return hashlib.blake2b(payload.rstrip(b"\r\n"), digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)

@@ -5,25 +5,32 @@ invalid ones as dead letters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import pytest
 from firmware_sim.fleet import Fleet, FleetSettings
-from firmware_sim.profiles import Profile
+from firmware_sim.profiles import Profile, get_profile
 from firmware_sim.transports import TransportName
 from nats.js.client import JetStreamContext
+from pydantic import ValidationError
 
 from devices.catalog import load_catalog
 from edge.agent import Agent
+from gateway.config import AgentConfig
 from gateway.ground_truth import GroundTruth
 from gateway.servers import NatsServer
 from gateway.verify import Report, compare, read_dead_letters, read_telemetry
 from tests.helpers import eventually
 from tests.test_agent_integration import agent_config, running
+
+T = TypeVar("T")
 
 # Every fault the JSON path can show. Out-of-range values are left out until the agent
 # validates catalog ranges (issue 3); see docs/wire-format.md, "Device payloads".
@@ -120,3 +127,80 @@ async def test_faulty_fleet_verifies_through_agent_and_jetstream(
     assert bad.returncode == 1
     summary = orjson.loads(bad.stdout.splitlines()[-1])
     assert summary["invalid_stored"] == 1 and summary["dead_missing"] == 1
+
+
+def _agent_takes_every_format() -> bool:
+    """Whether the agent on this branch has SenML/line decoders and serial sources (issue 3)."""
+    try:
+        AgentConfig.model_validate(
+            {"site": "s", "agent": "a", "sources": [{"type": "serial", "port": "/dev/null"}]}
+        )
+        AgentConfig.model_validate({"site": "s", "agent": "a", "sources": [{"format": "line"}]})
+    except ValidationError:
+        return False
+    return True
+
+
+def _open_count(path: str) -> int:
+    """How many file descriptors of this process are open on `path`."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/self/fd/{fd}") == path
+    return n
+
+
+@pytest.mark.skipif(not _agent_takes_every_format(), reason="needs the agent of issue 3")
+async def test_every_format_and_32_serial_devices_through_the_agent(
+    tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
+) -> None:
+    """JSON, SenML and line protocol over MQTT, and 32 GPS trackers on their own ptys read
+    by the agent at the same time, all with faults including out-of-range values."""
+    chaos = get_profile("chaos").model_copy(update={"fleet_percent": 50.0})
+    mqtt = Fleet(
+        FleetSettings(
+            port=edge_broker.mqtt_port, devices=16, site="s1", seed=21, rate_hz=2.0,
+            types=("env_th", "power_meter", "air_quality", "vibration"), grace_s=15,
+        ),
+        load_catalog(),
+        chaos,
+    )  # fmt: skip
+    gps = FleetSettings(
+        devices=32, site="s1", seed=22, rate_hz=2.0, transport="serial", types=("gps_tracker",)
+    )
+    serial_fleet = Fleet(gps, load_catalog(), chaos)
+    ports = serial_fleet.serial_ports()
+    sources: list[dict[str, object]] = [
+        {"url": f"mqtt://127.0.0.1:{edge_broker.mqtt_port}", "topics": [f"sensors/{f}/#"],
+         "format": f, "client_id": f"agent-{f}"}
+        for f in ("json", "senml", "line")
+    ]  # fmt: skip
+    sources += [{"type": "serial", "port": p, "format": "frame", "baudrate": 9600} for p in ports]
+    cfg = AgentConfig.model_validate(
+        {"site": "s1", "agent": "a1", "data_dir": str(tmp_path / "agent"),
+         "nats": {"url": cloud_server.url}, "sources": sources,
+         "batch": {"max_readings": 500, "linger_ms": 50}}
+    )  # fmt: skip
+    async with running(Agent(cfg)):
+        # Opening a serial port flushes what came before: start once the agent has them all.
+        await eventually(
+            lambda: _async([_open_count(p) for p in ports]), lambda c: min(c) >= 2, timeout=30
+        )
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(8.0, stop.set)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(mqtt.run(stop))
+            tg.create_task(serial_fleet.run(stop))
+        truth = mqtt.truth
+        truth.devices.update(serial_fleet.truth.devices)
+        report = await eventually(lambda: _report(js, truth), _telemetry_ok, 60, 0.5)
+
+    gps_truth = [d for (_, name), d in truth.devices.items() if name.startswith("gps-")]
+    assert len(gps_truth) == 32 and all(d.count > 0 for d in gps_truth)
+    faults = mqtt.engine.stats.faults + serial_fleet.engine.stats.faults
+    assert faults["out_of_range"] > 0 and faults["bad_checksum"] > 0
+    assert report.emitted > 1000 and report.dead_unexpected == 0 and report.noise_unexpected == 0
+
+
+async def _async(value: T) -> T:
+    return value
