@@ -1,6 +1,6 @@
 """The edge agent: wires sources, decoders, batcher, buffer and uplink under one TaskGroup.
 
-intake:    SourceMessage -> decoder -> batcher (readings or a dead letter)
+intake:    SourceMessage -> decode -> validate -> filter -> batcher (or a dead letter)
 flusher:   batcher -> buffer.commit (one transaction) -> ack to the source
 uplink:    buffer -> JetStream (PubAck) -> buffer.delete
 heartbeat: status.<site>.<agent>, with counts and buffer depth
@@ -12,33 +12,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
+from devices.catalog import load_catalog
 from edge.batcher import Batcher
-from edge.buffer import DeadLetter, SqliteBuffer
-from edge.decoders import DECODERS
-from edge.errors import DecodeError
-from edge.sources import SourceMessage
+from edge.buffer import SqliteBuffer
+from edge.intake import Intake, IntakeStats, source_names
+from edge.metrics import AgentMetrics, MetricsServer
+from edge.sources import Source, SourceMessage
 from edge.sources.mqtt import MqttSource
+from edge.sources.serial import SerialSource
 from edge.uplink import Uplink, connect
 from gateway import __version__, subjects
-from gateway.config import AgentConfig
+from gateway.config import AgentConfig, MqttSourceSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class IntakeStats:
-    messages: int = 0
-    readings: int = 0
-    duplicates_dropped: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
 
 
 class Agent:
@@ -51,14 +44,16 @@ class Agent:
             max_bytes=config.buffer.max_bytes,
             durability=config.buffer.durability,
         )
-        self.stats = IntakeStats()
+        self.metrics = AgentMetrics()
+        self.intake: Intake | None = None
+        self.metrics_server: MetricsServer | None = None
         self._queue: asyncio.Queue[SourceMessage] = asyncio.Queue()
         self._wake_uplink = asyncio.Event()
         self._wake_flusher = asyncio.Event()
         self._beat_now = asyncio.Event()
         self.uplink = Uplink(config, self.buffer, self._wake_uplink)
         self.batcher: Batcher | None = None
-        self.sources: list[MqttSource] = []
+        self.sources: list[Source] = []
         self.ready = asyncio.Event()
         self._nc: NatsClient | None = None
 
@@ -67,6 +62,7 @@ class Agent:
         self.batcher = Batcher(
             self.config.site, self.config.agent, self.config.batch, self.buffer.high_water
         )
+        self.intake = Intake(self.config, load_catalog(self.config.catalog), self.metrics)
         try:
             await self._run_tasks(stop)
         finally:
@@ -79,6 +75,7 @@ class Agent:
                 tg.create_task(self._flusher(), name="flusher"),
                 tg.create_task(self._cloud_link(), name="cloud-link"),
             ]
+            await self._start_metrics()
             await self._start_sources()
             self.ready.set()
             self._beat_now.set()
@@ -89,16 +86,32 @@ class Agent:
 
     async def _start_sources(self) -> None:
         client_id_base = f"gw-{self.config.site}-{self.config.agent}"
-        for i, settings in enumerate(self.config.sources):
-            name = f"mqtt{i}"
-            client_id = settings.client_id or (
-                client_id_base if i == 0 else f"{client_id_base}-{i}"
-            )
-            src = MqttSource(name, settings, client_id, self._queue.put_nowait)
+        names = source_names(self.config)
+        for i, (name, settings) in enumerate(zip(names, self.config.sources, strict=True)):
+            src: Source
+            if isinstance(settings, MqttSourceSettings):
+                client_id = settings.client_id or (
+                    client_id_base if i == 0 else f"{client_id_base}-{i}"
+                )
+                src = MqttSource(name, settings, client_id, self._queue.put_nowait)
+            else:
+                src = SerialSource(name, settings, self._queue.put_nowait)
             await src.start()
             self.sources.append(src)
         for src in self.sources:
-            await src.subscribed.wait()
+            await src.ready.wait()
+
+    async def _start_metrics(self) -> None:
+        m = self.config.metrics
+        if m.port is not None:
+            self.metrics_server = MetricsServer(self.metrics, self.snapshot, m.host, m.port)
+            await self.metrics_server.start()
+            buffered = self.buffer.stats
+            self.metrics.gauge(
+                "gateway_agent_buffer_readings",
+                "Readings in the buffer",
+                lambda: buffered().readings,
+            )
 
     async def _cloud_link(self) -> None:
         """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat."""
@@ -117,6 +130,8 @@ class Agent:
         while not self._queue.empty():
             self._handle(self._queue.get_nowait())
         self._flush()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self._nc is not None:
             with contextlib.suppress(NatsError, TimeoutError, OSError):
                 await self._nc.drain()
@@ -133,20 +148,8 @@ class Agent:
                 self._wake_flusher.set()
 
     def _handle(self, msg: SourceMessage) -> None:
-        self.stats.messages += 1
-        decode = DECODERS[self._source_format(msg.source)]
-        try:
-            readings = decode(msg.payload, msg.topic)
-        except DecodeError as exc:
-            self.stats.dead_letters[exc.reason] += 1
-            letter = DeadLetter(msg.source, exc.reason, exc.detail, msg.payload)
-            self._batcher.add_dead_letter(letter, msg.ack)
-            return
-        self.stats.readings += len(readings)
-        self.stats.duplicates_dropped += self._batcher.add(readings, msg.ack)
-
-    def _source_format(self, source: str) -> str:
-        return self.config.sources[int(source.removeprefix("mqtt"))].format
+        assert self.intake is not None, "agent is not running"
+        self.intake.handle(msg, self._batcher)
 
     async def _flusher(self) -> None:
         while True:
@@ -167,6 +170,10 @@ class Agent:
         if flush is None:
             return
         self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.high_water)
+        if flush.batch is not None:
+            self.metrics.batches.inc()
+            self.metrics.batched.inc(flush.batch.readings)
+            self.metrics.batch_bytes.inc(len(flush.batch.payload))
         for ack in flush.acks:  # only now is every reading of these messages durable
             ack()
         if flush.batch is not None or flush.dead_letters:
@@ -178,6 +185,11 @@ class Agent:
         return self.batcher
 
     # -- status ----------------------------------------------------------------------------
+    @property
+    def stats(self) -> IntakeStats:
+        assert self.intake is not None, "agent is not running"
+        return self.intake.stats
+
     def snapshot(self) -> dict[str, Any]:
         buf = self.buffer.stats()
         return {
@@ -191,6 +203,7 @@ class Agent:
                 "readings": self.stats.readings,
                 "duplicates_dropped": self.stats.duplicates_dropped,
                 "dead_letters": dict(self.stats.dead_letters),
+                "filtered": dict(self.stats.filtered),
             },
             "buffer": asdict(buf),
             "uplink": asdict(self.uplink.stats),

@@ -1,6 +1,11 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
 max bytes or linger time (monotonic clock). Also drops redelivered readings by the
-per-device high-water sequence number, which is made durable together with the batch."""
+high-water sequence number of each series (site, device, metric), which is made durable
+together with the batch. Readings without a sequence number (`NO_SEQ`) are never dropped.
+
+Keyed per series, not per device: a device may number its readings across metrics (the
+simulator does) or give every metric of one sample the same number (line protocol with
+a `seq` field); either way each series' numbers increase."""
 
 from __future__ import annotations
 
@@ -8,7 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from edge.buffer import DeadLetter, PendingBatch
+from edge.decoders.context import NO_SEQ, SeriesColumns
+from edge.validation import SeriesCheck
 from gateway import codec
 from gateway.config import BatchSettings
 from gateway.reading import Reading
@@ -59,22 +69,67 @@ class Batcher:
             hw = self._durable_hw.get(key, -1)
         return seq <= hw
 
-    def add(self, readings: list[Reading], ack: Any = None) -> int:
-        """Add one source message's readings; return how many were dropped as redelivered."""
+    def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
+        """Add one reading; False if it was dropped as already seen (redelivered)."""
         cur = self._current()
-        dups = 0
-        for r in readings:
-            key = f"{r.site}/{r.device}"
+        if r.seq != NO_SEQ:
+            key = f"{r.site}/{r.device}/{r.metric}"
             if self._seen(key, r.seq, cur.high_water):
-                dups += 1
-                continue
+                cur.duplicates += 1
+                return False
             cur.high_water[key] = r.seq
-            cur.builder.add_reading(r)
-            cur.approx_bytes += _BYTES_PER_READING
+        cur.builder.add(
+            r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, r.flags, original_time_ns
+        )
+        cur.approx_bytes += _BYTES_PER_READING
+        return True
+
+    def add_series(
+        self,
+        cols: SeriesColumns,
+        check: SeriesCheck,
+    ) -> int:
+        """Add a validated column of one series; return how many were redelivered copies.
+
+        The same rule as `add_one`, vectorised: a reading is new if its seq exceeds the
+        high-water mark and every seq before it in the column (a running maximum)."""
+        cur = self._current()
+        seq = cols.seq[check.accepted]
+        keep: slice | npt.NDArray[np.bool_] = slice(None)
+        dups = 0
+        numbered = seq != NO_SEQ
+        if numbered.any():
+            key = f"{cols.site}/{cols.device}/{cols.metric}"
+            hw = cur.high_water.get(key, self._durable_hw.get(key, -1))
+            before = np.maximum.accumulate(np.concatenate(([hw], seq)))[:-1]
+            fresh = (seq > before) | ~numbered
+            dups = int(fresh.size - np.count_nonzero(fresh))
+            if dups:
+                keep = fresh
+            top = int(seq.max())
+            if top > hw:
+                cur.high_water[key] = top
+        original = check.original_time_ns
+        if dups and original:
+            kept_row = np.cumsum(fresh) - 1
+            original = {int(kept_row[r]): t for r, t in original.items() if fresh[r]}
+        cur.builder.extend(
+            (cols.device, cols.metric, check.unit),
+            check.time_ns[keep],
+            cols.value[check.accepted][keep],
+            seq[keep],
+            check.flags[keep],
+            original,
+        )
+        added = int(seq.size) - dups
+        cur.approx_bytes += _BYTES_PER_READING * added
         cur.duplicates += dups
-        if ack is not None:
-            cur.acks.append(ack)
         return dups
+
+    def add_ack(self, ack: Any) -> None:
+        """Acknowledge this source message once the current batch is durable."""
+        if ack is not None:
+            self._current().acks.append(ack)
 
     def add_dead_letter(self, letter: DeadLetter, ack: Any = None) -> None:
         cur = self._current()
@@ -106,6 +161,11 @@ class Batcher:
         batch = None
         if len(cur.builder):
             cur.builder.batch_id = batch_id
-            payload = codec.encode(cur.builder.build())
-            batch = PendingBatch(codec.CONTENT_TYPE, len(cur.builder), payload)
+            built = cur.builder.build()
+            if self.settings.encoding == "senml":
+                batch = PendingBatch(
+                    codec.SENML_CONTENT_TYPE, len(built), codec.encode_senml(built)
+                )
+            else:
+                batch = PendingBatch(codec.CONTENT_TYPE, len(built), codec.encode(built))
         return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates)

@@ -20,6 +20,7 @@ from gateway.runtime import setup_logging
 COMMAND_MODULES = (
     "gateway.demo_cli",
     "edge.cli",
+    "edge.decode_cli",
     "cloud.cli",
     "firmware_sim.cli",
     "gateway.verify_cli",

@@ -13,9 +13,10 @@ A batch is columnar: one array per field, plus a small table of series
 
 from __future__ import annotations
 
+import math
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ class Batch:
     seq: npt.NDArray[np.int64]
     series_index: npt.NDArray[np.uint32]
     flags: npt.NDArray[np.uint16]
+    # row -> the event time a device sent, where validation replaced it (CLOCK_CORRECTED)
+    original_time_ns: Mapping[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.time_ns.shape[0])
@@ -86,6 +89,7 @@ class ColumnBuilder:
         self._n = 0
         self._series: dict[SeriesKey, int] = {}
         self._cols = {name: np.empty(capacity, dtype=dt) for name, dt in COLUMNS}
+        self._original_time: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self._n
@@ -99,6 +103,7 @@ class ColumnBuilder:
         time_ns: int,
         seq: int,
         flags: int = 0,
+        original_time_ns: int | None = None,
     ) -> None:
         if self._n == self._cols["time_ns"].shape[0]:
             self._grow()
@@ -113,7 +118,36 @@ class ColumnBuilder:
         cols["seq"][n] = seq
         cols["series"][n] = idx
         cols["flags"][n] = flags
+        if original_time_ns is not None:
+            self._original_time[n] = original_time_ns
         self._n = n + 1
+
+    def extend(
+        self,
+        series: SeriesKey,
+        time_ns: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        seq: npt.NDArray[np.int64],
+        flags: npt.NDArray[np.uint16],
+        original_time_ns: Mapping[int, int] | None = None,
+    ) -> None:
+        """Add many readings of one series at once (rows of `original_time_ns` count from 0
+        in these arrays)."""
+        k = int(time_ns.shape[0])
+        while self._n + k > self._cols["time_ns"].shape[0]:
+            self._grow()
+        idx = self._series.get(series)
+        if idx is None:
+            idx = self._series[series] = len(self._series)
+        n, cols = self._n, self._cols
+        cols["time_ns"][n : n + k] = time_ns
+        cols["value"][n : n + k] = value
+        cols["seq"][n : n + k] = seq
+        cols["series"][n : n + k] = idx
+        cols["flags"][n : n + k] = flags
+        for row, original in (original_time_ns or {}).items():
+            self._original_time[n + row] = original
+        self._n = n + k
 
     def add_reading(self, r: Reading) -> None:
         self.add(r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, int(r.flags))
@@ -137,20 +171,22 @@ class ColumnBuilder:
             seq=c["seq"][:n].copy(),
             series_index=c["series"][:n].copy(),
             flags=c["flags"][:n].copy(),
+            original_time_ns=dict(self._original_time),
         )
 
 
 def encode(batch: Batch) -> bytes:
     """Encode a batch in the columnar wire format, version 1."""
-    header = orjson.dumps(
-        {
-            "site": batch.site,
-            "agent": batch.agent,
-            "batch": batch.batch_id,
-            "n": len(batch),
-            "series": [list(s) for s in batch.series],
-        }
-    )
+    head: dict[str, Any] = {
+        "site": batch.site,
+        "agent": batch.agent,
+        "batch": batch.batch_id,
+        "n": len(batch),
+        "series": [list(s) for s in batch.series],
+    }
+    if batch.original_time_ns:  # optional: absent in most batches
+        head["original_time_ns"] = sorted([k, v] for k, v in batch.original_time_ns.items())
+    header = orjson.dumps(head)
     pad = (-(_PREFIX.size + len(header))) % 8
     parts = [_PREFIX.pack(MAGIC, VERSION, len(header)), header, b"\0" * pad]
     for name, dtype in COLUMNS:
@@ -169,10 +205,14 @@ class _Header:
     batch_id: str
     n: int
     series: tuple[SeriesKey, ...]
+    original_time_ns: dict[int, int]
 
 
 def decode(payload: bytes) -> Batch:
-    """Decode a columnar batch; raise `CodecError` saying what is wrong with it."""
+    """Decode a batch, columnar or SenML (told apart by the first byte); raise
+    `CodecError` saying what is wrong with it."""
+    if payload[:1] == b"[":
+        return decode_senml(payload)
     if len(payload) < _PREFIX.size:
         raise CodecError(f"batch too short ({len(payload)} bytes)")
     magic, version, hlen = _PREFIX.unpack_from(payload)
@@ -202,6 +242,7 @@ def decode(payload: bytes) -> Batch:
         seq=cols["seq"],
         series_index=cols["series"],
         flags=cols["flags"],
+        original_time_ns=header.original_time_ns,
     )
 
 
@@ -231,4 +272,124 @@ def _decode_header(raw: bytes, hlen: int) -> _Header:
         batch_id=header["batch"],
         n=n,
         series=tuple((s[0], s[1], s[2]) for s in series),
+        original_time_ns=_original_times(header.get("original_time_ns", []), n),
     )
+
+
+def _original_times(pairs: Any, n: int) -> dict[int, int]:
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list)
+        and len(p) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+        and 0 <= p[0] < n
+        for p in pairs
+    ):
+        raise CodecError("batch header field 'original_time_ns' must be [[row, ns], ...]")
+    return {p[0]: p[1] for p in pairs}
+
+
+# -- SenML (RFC 8428) form -----------------------------------------------------------------
+SENML_CONTENT_TYPE = "application/senml+json"
+_NS = 1_000_000_000
+
+
+def encode_senml(batch: Batch) -> bytes:
+    """The batch as a SenML JSON pack: readable, and decodable by any SenML library.
+
+    The first record carries `bn` = `<site>/`, `bt` = the batch's first whole second, and
+    our extension fields `agent` and `batch`; each record has `n` = `<device>/<metric>`,
+    `u`, `v`, `t` (seconds after `bt`, exact to the nanosecond), and the extensions `seq`,
+    `flags` (when not 0) and `orig_t` (the replaced event time, absolute seconds).
+    """
+    n = len(batch)
+    bt = int(batch.time_ns.min()) // _NS if n else 0
+    names = [(f"{d}/{m}", u) for d, m, u in batch.series]
+    records: list[dict[str, Any]] = []
+    rel = (batch.time_ns - bt * _NS).tolist()
+    values, seqs, flags = batch.value.tolist(), batch.seq.tolist(), batch.flags.tolist()
+    idx = batch.series_index.tolist()
+    for i in range(n):
+        name, unit = names[idx[i]]
+        rec: dict[str, Any] = {"n": name, "u": unit, "v": values[i], "t": rel[i] / _NS}
+        rec["seq"] = seqs[i]
+        if flags[i]:
+            rec["flags"] = flags[i]
+        if i in batch.original_time_ns:
+            rec["orig_t"] = batch.original_time_ns[i] / _NS
+        records.append(rec)
+    head = {"bn": f"{batch.site}/", "bt": bt, "agent": batch.agent, "batch": batch.batch_id}
+    if records:
+        records[0] = {**head, **records[0]}
+    else:
+        records.append({**head, "n": "", "s": 0})  # an empty batch: one sum-only record
+    return orjson.dumps(records)
+
+
+def decode_senml(payload: bytes) -> Batch:
+    """Decode a SenML batch as written by `encode_senml` (base fields may change midway)."""
+    try:
+        pack = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"SenML batch is not JSON: {exc}") from None
+    if not isinstance(pack, list) or not pack or not isinstance(pack[0], dict):
+        raise CodecError("SenML batch must be a non-empty JSON array of objects")
+    first = pack[0]
+    bn = _senml_str(first, "bn")
+    if not bn.endswith("/"):
+        raise CodecError("SenML batch: bn must be '<site>/'")
+    builder = ColumnBuilder(
+        bn[:-1], _senml_str(first, "agent"), _senml_str(first, "batch"), len(pack)
+    )
+    bt = 0
+    for rec in pack:
+        if not isinstance(rec, dict):
+            raise CodecError("SenML batch: every record must be an object")
+        if "bn" in rec and _senml_str(rec, "bn") != bn:
+            raise CodecError("SenML batch: one site per batch")
+        if "bt" in rec:
+            bt = _senml_int(rec, "bt")
+        if "v" not in rec:
+            continue  # the sum-only record of an empty batch
+        _senml_record(builder, rec, bt)
+    return builder.build()
+
+
+def _senml_record(builder: ColumnBuilder, rec: dict[str, Any], bt: int) -> None:
+    device, sep, metric = _senml_str(rec, "n").partition("/")
+    if not sep:
+        raise CodecError(f"SenML batch: name {rec['n']!r} is not <device>/<metric>")
+    value: Any = rec.get("v")
+    t: Any = rec.get("t", 0)
+    if not _is_number(value) or not _is_number(t):
+        raise CodecError("SenML batch: v and t must be numbers")
+    orig = rec.get("orig_t")
+    if orig is not None and not _is_number(orig):
+        raise CodecError("SenML batch: orig_t must be a number")
+    builder.add(
+        device,
+        metric,
+        _senml_str(rec, "u"),
+        float(value),
+        bt * _NS + round(t * _NS),
+        _senml_int(rec, "seq"),
+        _senml_int(rec, "flags", 0),
+        None if orig is None else round(orig * _NS),
+    )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _senml_str(rec: dict[str, Any], key: str) -> str:
+    v = rec.get(key)
+    if not isinstance(v, str):
+        raise CodecError(f"SenML batch: {key!r} missing or not a string")
+    return v
+
+
+def _senml_int(rec: dict[str, Any], key: str, default: int | None = None) -> int:
+    v = rec.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise CodecError(f"SenML batch: {key!r} missing or not an integer")
+    return v

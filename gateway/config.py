@@ -6,11 +6,21 @@ Every model forbids unknown keys, so a typo is reported with its path
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway import subjects
 from gateway.errors import ConfigError
@@ -25,21 +35,119 @@ class NatsSettings(_Model):
     connect_timeout_s: float = 5.0
 
 
+PayloadFormat = Literal["json", "senml", "line", "frame"]
+
+
 class MqttSourceSettings(_Model):
     type: Literal["mqtt"] = "mqtt"
     url: str = "mqtt://127.0.0.1:1883"
     topics: list[str] = Field(default_factory=lambda: ["sensors/#"], min_length=1)
-    format: Literal["json"] = "json"
+    format: PayloadFormat = "json"
     client_id: str | None = None  # default: gw-<site>-<agent>
     username: str | None = None
     password: str | None = None
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = 1000
 
 
+class SerialSourceSettings(_Model):
+    """A serial port (pyserial), one frame per line."""
+
+    type: Literal["serial"]
+    port: str  # e.g. /dev/ttyUSB0, or a stable symlink such as /dev/serial/by-id/...
+    device: str | None = None  # the device name for frames that carry none
+    format: PayloadFormat = "frame"
+    baudrate: Annotated[int, Field(ge=50, le=4_000_000)] = 9600
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = 1.0
+    max_line: Annotated[int, Field(ge=16, le=65536)] = 1024
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, v: float) -> float:
+        if v not in (1, 1.5, 2):
+            raise ValueError("stopbits must be 1, 1.5 or 2")
+        return v
+
+
+def _source_type(v: Any) -> str:
+    return str(v.get("type", "mqtt") if isinstance(v, dict) else getattr(v, "type", "mqtt"))
+
+
+SourceSettings = Annotated[
+    Annotated[MqttSourceSettings, Tag("mqtt")] | Annotated[SerialSourceSettings, Tag("serial")],
+    Discriminator(_source_type),
+]
+
+
+def _default_sources() -> list[SourceSettings]:
+    return [MqttSourceSettings()]
+
+
+class ValidationSettings(_Model):
+    out_of_range: Literal["reject", "flag"] = "reject"
+    unknown_metrics: Literal["accept", "reject"] = "accept"
+    max_future_s: Annotated[float, Field(gt=0)] = 300.0
+    max_past_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    # Before this date the agent's own clock is taken as never synchronised (no RTC).
+    clock_floor: dt.date = dt.date(2025, 1, 1)
+    clock_sync_file: Path | None = None  # e.g. /run/systemd/timesync/synchronized
+
+
+class _FilterBase(_Model):
+    metrics: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+
+class DeadbandSettings(_FilterBase):
+    type: Literal["deadband"]
+    absolute: Annotated[float, Field(ge=0)] | None = None
+    percent: Annotated[float, Field(ge=0)] | None = None
+    heartbeat_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> DeadbandSettings:
+        if (self.absolute is None) == (self.percent is None):
+            raise ValueError("set exactly one of 'absolute' and 'percent'")
+        return self
+
+
+class DownsampleSettings(_FilterBase):
+    type: Literal["downsample"]
+    max_rate_hz: Annotated[float, Field(gt=0)]
+
+
+class DedupeSettings(_FilterBase):
+    type: Literal["dedupe"]
+    window: Annotated[int, Field(ge=1, le=1_000_000)] = 1024  # seqs remembered per series
+
+
+class OutlierSettings(_FilterBase):
+    type: Literal["outlier"]
+    window: Annotated[int, Field(ge=5, le=10_000)] = 60
+    threshold: Annotated[float, Field(gt=0)] = 3.5  # robust z-score (median/MAD)
+    min_samples: Annotated[int, Field(ge=3)] = 10
+    drop: bool = False  # flag only, by default
+
+
+FilterSettings = Annotated[
+    DeadbandSettings | DownsampleSettings | DedupeSettings | OutlierSettings,
+    Field(discriminator="type"),
+]
+
+
+class MetricsSettings(_Model):
+    """Prometheus /metrics and /healthz, on loopback. port 0 picks a free port."""
+
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: no endpoint
+    host: Literal["127.0.0.1", "::1"] = "127.0.0.1"
+
+
 class BatchSettings(_Model):
     max_readings: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     max_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     linger_ms: Annotated[int, Field(ge=1, le=60_000)] = 250
+    encoding: Literal["columns", "senml"] = "columns"
 
 
 class BufferSettings(_Model):
@@ -58,8 +166,12 @@ class AgentConfig(_Model):
     site: str
     agent: str
     data_dir: Path = Path("var/agent")
+    catalog: Path | None = None  # device catalog for validation; default: the shipped one
     nats: NatsSettings = NatsSettings()
-    sources: list[MqttSourceSettings] = Field(default_factory=lambda: [MqttSourceSettings()])
+    sources: list[SourceSettings] = Field(default_factory=_default_sources)
+    validation: ValidationSettings = ValidationSettings()
+    filters: list[FilterSettings] = Field(default_factory=list)
+    metrics: MetricsSettings = MetricsSettings()
     batch: BatchSettings = BatchSettings()
     buffer: BufferSettings = BufferSettings()
     uplink: UplinkSettings = UplinkSettings()
@@ -107,12 +219,23 @@ def load(model: type[M], path: Path) -> M:
     return parse(model, data, str(path))
 
 
+# Tags of the `type`-discriminated unions: pydantic puts the tag in an error's location
+# (`sources.0.mqtt.topcis`); the user wrote `sources.0.topcis`.
+_UNION_TAGS = {"mqtt", "serial", "deadband", "downsample", "dedupe", "outlier"}
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    keep = [
+        p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i and isinstance(loc[i - 1], int))
+    ]
+    return ".".join(str(p) for p in keep)
+
+
 def parse(model: type[M], data: object, origin: str = "config") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
+            f"{_key_path(err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{origin}: {problems}") from None

@@ -1,17 +1,42 @@
 """Payload decoders: bytes from a source -> readings, or a `DecodeError` with a reason.
 
-Every decoder is a pure function `(payload, topic) -> list[Reading]`.
+Every decoder is a pure function `(payload, context) -> list[Reading]`; the context says
+what the payload itself may not: the site, a default device (the last MQTT topic level or
+the serial port's configured device) and the receive time for readings without one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from edge.decoders.context import Context, SeriesColumns
+from edge.decoders.frame import decode_frame
 from edge.decoders.json_readings import decode_json
+from edge.decoders.line_protocol import decode_line
+from edge.decoders.senml import decode_senml, decode_senml_columns
 from gateway.reading import Reading
 
-Decoder = Callable[[bytes, str], list[Reading]]
+Decoder = Callable[[bytes, Context], list[Reading]]
+ColumnDecoder = Callable[[bytes, Context], list[SeriesColumns] | None]
 
-DECODERS: dict[str, Decoder] = {"json": decode_json}
+DECODERS: dict[str, Decoder] = {
+    "json": decode_json,
+    "senml": decode_senml,
+    "line": decode_line,
+    "frame": decode_frame,
+}
+# Formats that carry many readings per message also decode straight into columns.
+COLUMN_DECODERS: dict[str, ColumnDecoder] = {"senml": decode_senml_columns}
 
-__all__ = ["DECODERS", "Decoder", "decode_json"]
+__all__ = [
+    "COLUMN_DECODERS",
+    "DECODERS",
+    "ColumnDecoder",
+    "Context",
+    "Decoder",
+    "SeriesColumns",
+    "decode_frame",
+    "decode_json",
+    "decode_line",
+    "decode_senml",
+]

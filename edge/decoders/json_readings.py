@@ -8,20 +8,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
 
+from edge.decoders.context import MAX_READINGS_PER_MESSAGE, Context, make_reading
 from edge.errors import DecodeError
-from gateway.errors import InvalidTokenError
 from gateway.reading import Reading
-from gateway.subjects import check_token
-
-MAX_READINGS_PER_MESSAGE = 10_000
 
 
-def decode_json(payload: bytes, topic: str = "") -> list[Reading]:
+def decode_json(payload: bytes, ctx: Context | None = None) -> list[Reading]:
+    """Every field is required: a plain JSON reading names its own site and device."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -35,15 +32,10 @@ def decode_json(payload: bytes, topic: str = "") -> list[Reading]:
 def _reading(obj: Any) -> Reading:
     if not isinstance(obj, dict):
         raise DecodeError("not_an_object", type(obj).__name__)
-    try:
-        site = check_token("site", _field(obj, "site", str))
-        device = check_token("device", _field(obj, "device", str))
-        metric = check_token("metric", _field(obj, "metric", str))
-    except InvalidTokenError as exc:
-        raise DecodeError(f"invalid_{exc.kind}", str(exc)) from None
+    site = _field(obj, "site", str)
+    device = _field(obj, "device", str)
+    metric = _field(obj, "metric", str)
     value = _field(obj, "value", (int, float))
-    if not math.isfinite(value):
-        raise DecodeError("non_finite_value", repr(value))
     flags = obj.get("flags", 0)
     if not isinstance(flags, int) or isinstance(flags, bool) or not 0 <= flags < 1 << 16:
         raise DecodeError("invalid_flags", repr(flags))
@@ -53,16 +45,8 @@ def _reading(obj: Any) -> Reading:
     time_ns = _field(obj, "time", int)
     if not 0 <= time_ns < 1 << 63:
         raise DecodeError("invalid_time", repr(time_ns))
-    return Reading(
-        site=site,
-        device=device,
-        metric=metric,
-        value=float(value),
-        unit=_field(obj, "unit", str),
-        time_ns=time_ns,
-        seq=seq,
-        flags=flags,
-    )
+    unit = _field(obj, "unit", str)
+    return make_reading(site, device, metric, float(value), unit, time_ns, seq, flags)
 
 
 def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

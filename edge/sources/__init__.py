@@ -1,26 +1,45 @@
 """Sources: where raw payloads enter the agent.
 
-A source puts `SourceMessage`s on the agent's queue. Each carries an `ack` callable that
-the agent calls only once the message's readings (or its dead letter) are durable.
+A source hands `SourceMessage`s to the agent's `deliver` callback, on the event loop. Each
+carries an `ack` callable that the agent calls only once the message's readings (or its
+dead letter) are durable, in the order the messages arrived; sources that cannot
+acknowledge (serial) leave it None.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class SourceMessage:
     source: str
-    topic: str
+    topic: str  # MQTT topic, or the serial port
     payload: bytes
     ack: Callable[[], None] | None = None
+    received_ns: int = field(default_factory=time.time_ns)  # wall clock, for event times
+    problem: str = ""  # set by the source for bytes it knows are bad: a dead-letter reason
+
+
+Deliver = Callable[[SourceMessage], None]
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Stop a source's own task and wait until it has finished unwinding."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Source(Protocol):
     name: str
+    ready: asyncio.Event  # set once the source is listening (subscribed, or port watched)
 
     async def start(self) -> None: ...
 

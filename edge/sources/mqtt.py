@@ -1,27 +1,43 @@
-"""MQTT source on paho-mqtt, with manual acknowledgement.
+"""MQTT source on paho-mqtt, with manual acknowledgement, driven by the asyncio loop.
 
 aiomqtt would be the natural asyncio choice, but it acknowledges QoS 1 messages on
 receipt; the guarantee chain needs the PUBACK held back until the reading is durable,
-which paho's `manual_ack=True` gives. paho's network thread hands messages to the event
-loop with `call_soon_threadsafe`; acks are sent from the loop, in arrival order as MQTT
-3.1.1 requires (they are collected in that order by the batcher).
+which paho's `manual_ack=True` gives. Acks are sent in arrival order, as MQTT 3.1.1
+requires (the batcher collects them in that order).
+
+paho runs on the event loop itself, through its documented external-loop hooks
+(`on_socket_open/close`, `on_socket_register/unregister_write`, `loop_read/write/misc`),
+not on its own thread: a message costs no thread hand-over, no GIL contention with the
+agent, and no wake-up byte per acknowledgement (measured: that made the agent 1.6x
+faster than paho's `loop_start()` thread). The price: `connect()` itself is a blocking
+TCP connect, bounded by `connect_timeout` (5 s); edge brokers are local or on the LAN.
+
+The session is persistent (clean session off, fixed client id), so readings published
+while the agent is away wait in the broker. Reconnection is ours: a delay that grows,
+is capped and randomised, reset once connected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge.sources import SourceMessage
+from edge.sources import Deliver, SourceMessage, cancel_and_wait
+from edge.uplink import Backoff
 from gateway.config import MqttSourceSettings
 
 log = logging.getLogger(__name__)
+
+_READ_BURST = 512  # packets read per readable event before yielding to other tasks
+_KEEPALIVE_S = 30
 
 
 def broker_address(url: str) -> tuple[str, int]:
@@ -37,7 +53,7 @@ class MqttSource:
         name: str,
         settings: MqttSourceSettings,
         client_id: str,
-        deliver: Callable[[SourceMessage], None],
+        deliver: Deliver,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -45,11 +61,17 @@ class MqttSource:
         self._deliver = deliver
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        self._task = asyncio.create_task(self._supervise(), name=f"mqtt-{self.name}")
+
+    def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -57,25 +79,88 @@ class MqttSource:
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
+        client.max_inflight_messages_set(self.settings.max_inflight)  # our own publishes
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        host, port = broker_address(self.settings.url)
-        client.connect_async(host, port, keepalive=30)
-        client.loop_start()
-        self._client = client
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
 
     async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and client.socket() is not None:
             client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            client.loop_write()  # send the DISCONNECT now; paho then closes the socket
 
-    # paho callbacks: they run on paho's network thread.
+    # -- connection supervision ------------------------------------------------------------
+    async def _supervise(self) -> None:
+        """Connect, and reconnect with backoff whenever the connection is lost."""
+        assert self._client is not None
+        host, port = broker_address(self.settings.url)
+        backoff = Backoff(0.2, 30.0)
+        while True:
+            self._lost.clear()
+            try:
+                self._client.connect(host, port, keepalive=_KEEPALIVE_S)
+            except (OSError, mqtt.WebsocketConnectionError) as exc:
+                delay = backoff.next()
+                log.warning("%s: cannot reach %s (%s); retry in %.1fs", self.name, host, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            async with asyncio.TaskGroup() as tg:
+                misc = tg.create_task(self._misc(), name=f"mqtt-{self.name}-keepalive")
+                await self._lost.wait()
+                misc.cancel()
+            if self.connected_once:
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
+
+    @property
+    def connected_once(self) -> bool:
+        return self.ready.is_set()
+
+    async def _misc(self) -> None:
+        """Keepalive pings and their timeouts (paho's `loop_misc`), once a second."""
+        assert self._client is not None
+        while True:
+            if self._client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # the socket is gone; `_on_socket_close` has said so
+            await asyncio.sleep(1.0)
+
+    # -- paho's external-loop hooks (all run on the event loop) ----------------------------
+    def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(sock, self._on_readable, client, sock)
+
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        self._lost.set()
+
+    def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    def _on_readable(self, client: mqtt.Client, sock: socket.socket) -> None:
+        """Read every packet that is there (paho's `loop_read` takes about one per call)."""
+        for _ in range(_READ_BURST):
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not _has_data(sock):
+                return
+
+    # -- MQTT events -----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             log.warning("%s: MQTT connect refused: %s", self.name, rc)
@@ -85,17 +170,15 @@ class MqttSource:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected = False
-        log.info("%s: MQTT disconnected (%s); paho reconnects with backoff", self.name, rc)
+        log.info("%s: MQTT disconnected (%s)", self.name, rc)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
-        assert self._loop is not None
         if any(c.is_failure for c in codes):
             log.error("%s: subscription refused: %s", self.name, codes)
             return
-        self._loop.call_soon_threadsafe(self.subscribed.set)
+        self.ready.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        assert self._loop is not None
         mid, qos = msg.mid, msg.qos
         ack: Callable[[], None] | None = None
         if qos > 0:
@@ -103,5 +186,15 @@ class MqttSource:
             def ack() -> None:
                 client.ack(mid, qos)
 
-        message = SourceMessage(self.name, msg.topic, bytes(msg.payload), ack)
-        self._loop.call_soon_threadsafe(self._deliver, message)
+        self._deliver(SourceMessage(self.name, msg.topic, bytes(msg.payload), ack, time.time_ns()))
+
+
+def _has_data(sock: socket.socket) -> bool:
+    """More bytes (or EOF) waiting on a non-blocking socket, without consuming them."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # let paho read it and report the error
+    return True

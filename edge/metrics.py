@@ -1,0 +1,110 @@
+"""The agent's Prometheus metrics and its /metrics and /healthz endpoint.
+
+Each agent has its own registry (several agents can run in one test process). The HTTP
+endpoint is a few lines on asyncio's own server, bound to loopback only, so it lives and
+dies inside the agent's TaskGroup like everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "gateway_agent_messages", "Messages received, by source", ["source"], registry=r
+        )
+        self.decoded = Counter(
+            "gateway_agent_readings_decoded", "Readings decoded, by source", ["source"], registry=r
+        )
+        self.rejected = Counter(
+            "gateway_agent_dead_letters", "Dead letters, by reason", ["reason"], registry=r
+        )
+        self.filtered = Counter(
+            "gateway_agent_readings_filtered", "Readings dropped, by filter", ["filter"], registry=r
+        )
+        self.redelivered = Counter(
+            "gateway_agent_readings_redelivered",
+            "Readings dropped as already seen (high-water sequence number)",
+            registry=r,
+        )
+        self.batched = Counter("gateway_agent_readings_batched", "Readings in batches", registry=r)
+        self.batches = Counter("gateway_agent_batches", "Batches formed", registry=r)
+        self.batch_bytes = Counter("gateway_agent_batch_bytes", "Bytes of batches", registry=r)
+
+    def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        Gauge(name, doc, registry=self.registry).set_function(fn)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A current sample value (for tests and status): `gateway_agent_messages_total`."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class MetricsServer:
+    """GET /metrics (Prometheus text format) and GET /healthz (JSON status)."""
+
+    def __init__(
+        self, metrics: AgentMetrics, health: Callable[[], dict[str, Any]], host: str, port: int
+    ) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.host = host
+        self.port = port  # 0 until started with port 0, then the port chosen
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            status, ctype, body = self._route(request[:4], path)
+            writer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close"
+                b"\r\n\r\n" % (status, ctype.encode(), len(body)) + body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            pass  # a client that went away or sent junk: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _route(self, method: bytes, path: bytes) -> tuple[bytes, str, bytes]:
+        if method != b"GET ":
+            return b"405 Method Not Allowed", "text/plain", b"GET only\n"
+        path = path.split(b"?", 1)[0]
+        if path == b"/metrics":
+            return b"200 OK", CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        if path == b"/healthz":
+            status = self.health()
+            code = b"200 OK" if status.get("ready") else b"503 Service Unavailable"
+            return code, "application/json", orjson.dumps(status)
+        return b"404 Not Found", "text/plain", b"try /metrics or /healthz\n"

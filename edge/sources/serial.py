@@ -1,0 +1,129 @@
+"""Serial source on pyserial: one frame per line, reopened when the port comes back.
+
+The port's file descriptor is watched by the event loop (`add_reader`), so no thread is
+needed. When the port disappears (a USB adapter unplugged, a pty's other end closed)
+the read fails; the source closes it, hands any unterminated line over as a truncated
+frame (it becomes a dead letter), and retries opening it with a growing, capped, jittered
+delay until it is back. Serial has no acknowledgement: a line is the agent's once read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import serial
+
+from edge.sources import Deliver, SourceMessage, cancel_and_wait
+from gateway.config import SerialSourceSettings
+
+log = logging.getLogger(__name__)
+
+
+class SerialSource:
+    def __init__(self, name: str, settings: SerialSourceSettings, deliver: Deliver) -> None:
+        self.name = name
+        self.settings = settings
+        self._deliver = deliver
+        self.ready = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.opens = 0  # how many times the port was opened (1 + reconnects)
+        self._task: asyncio.Task[None] | None = None
+        self._partial = bytearray()
+
+    @property
+    def partial_bytes(self) -> int:
+        """Bytes of a line read but not yet terminated."""
+        return len(self._partial)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"serial-{self.name}")
+        self.ready.set()  # watching the port, whether or not it exists yet
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                port = self._open()
+            except serial.SerialException as exc:
+                log.debug("%s: cannot open %s (%s)", self.name, self.settings.port, exc)
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(self.settings.reconnect_max_s, delay * 2)
+                continue
+            delay = 0.05
+            try:
+                await self._read_until_gone(port)
+            finally:
+                port.close()
+                self.connected.clear()
+            self._flush_partial()
+
+    def _open(self) -> serial.Serial:
+        s = self.settings
+        port = serial.Serial(
+            port=s.port,
+            baudrate=s.baudrate,
+            bytesize=s.bytesize,
+            parity=s.parity,
+            stopbits=s.stopbits,
+            timeout=0,  # non-blocking: reads return what is there
+        )
+        self.opens += 1
+        log.info("%s: opened %s", self.name, s.port)
+        return port
+
+    async def _read_until_gone(self, port: serial.Serial) -> None:
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+
+        def readable() -> None:
+            try:
+                data = port.read(max(1, port.in_waiting))
+            except (serial.SerialException, OSError) as exc:
+                log.warning("%s: %s went away (%s); reopening", self.name, self.settings.port, exc)
+                gone.set()
+                return
+            self._feed(data)
+
+        fd = port.fileno()
+        loop.add_reader(fd, readable)
+        self.connected.set()
+        try:
+            await gone.wait()
+        finally:
+            loop.remove_reader(fd)
+
+    def _feed(self, data: bytes) -> None:
+        """Split into lines; hand over each complete one, keep the rest for the next read."""
+        buf = self._partial
+        buf += data
+        max_line = self.settings.max_line
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line = bytes(buf[:nl]).rstrip(b"\r")
+            del buf[: nl + 1]
+            if len(line) > max_line:
+                self._emit(line, "line_too_long")
+            elif line:
+                self._emit(line)
+        if len(buf) > max_line:  # no newline in sight: a dead letter, not unbounded memory
+            self._emit(bytes(buf), "line_too_long")
+            buf.clear()
+
+    def _flush_partial(self) -> None:
+        """The port went away mid-line: the partial line becomes a dead letter."""
+        if self._partial.strip():
+            self._emit(bytes(self._partial), "truncated_frame")
+        self._partial.clear()
+
+    def _emit(self, line: bytes, problem: str = "") -> None:
+        msg = SourceMessage(self.name, self.settings.port, line, None, time.time_ns(), problem)
+        self._deliver(msg)
