@@ -19,7 +19,6 @@ from firmware_sim.fleet import Fleet, FleetSettings
 from firmware_sim.profiles import Profile, get_profile
 from firmware_sim.transports import TransportName
 from nats.js.client import JetStreamContext
-from pydantic import ValidationError
 
 from devices.catalog import load_catalog
 from edge.agent import Agent
@@ -32,10 +31,10 @@ from tests.test_agent_integration import agent_config, running
 
 T = TypeVar("T")
 
-# Every fault the JSON path can show. Out-of-range values are left out until the agent
-# validates catalog ranges (issue 3); see docs/wire-format.md, "Device payloads".
+# Every fault the JSON path can show (docs/wire-format.md, "Device payloads").
 _FAULTS = {"link_drop": 0.03, "link_drop_s": 1.0, "broker_disconnect": 0.02, "garbage": 0.03}
 _FAULTS |= {"truncated": 0.03, "nan": 0.03, "duplicate": 0.05, "clock_jump": 0.01, "reboot": 0.02}
+_FAULTS |= {"out_of_range": 0.03}
 JSON_CHAOS = Profile.model_validate({"fleet_percent": 60, "queue_max": 64, "faults": _FAULTS})
 
 
@@ -129,18 +128,6 @@ async def test_faulty_fleet_verifies_through_agent_and_jetstream(
     assert summary["invalid_stored"] == 1 and summary["dead_missing"] == 1
 
 
-def _agent_takes_every_format() -> bool:
-    """Whether the agent on this branch has SenML/line decoders and serial sources (issue 3)."""
-    try:
-        AgentConfig.model_validate(
-            {"site": "s", "agent": "a", "sources": [{"type": "serial", "port": "/dev/null"}]}
-        )
-        AgentConfig.model_validate({"site": "s", "agent": "a", "sources": [{"format": "line"}]})
-    except ValidationError:
-        return False
-    return True
-
-
 def _open_count(path: str) -> int:
     """How many file descriptors of this process are open on `path`."""
     n = 0
@@ -150,7 +137,6 @@ def _open_count(path: str) -> int:
     return n
 
 
-@pytest.mark.skipif(not _agent_takes_every_format(), reason="needs the agent of issue 3")
 async def test_every_format_and_32_serial_devices_through_the_agent(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
 ) -> None:
