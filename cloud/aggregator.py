@@ -1,13 +1,24 @@
-"""The aggregator: a durable pull consumer on TELEMETRY computing tumbling windows.
+"""The aggregator worker: TELEMETRY (durable pull consumer) -> windows -> AGG, KV, DLQ.
 
-Windows close on event time, tracked per agent (each agent's stream of batches is
-roughly in event-time order, even while it drains a backlog): a window closes when the
-agent's newest reading is `lateness` past its end, or when the agent has been idle for
-`idle_close_s`. A TELEMETRY message is acknowledged only once every window it touched is
-closed and published, so after a crash the open windows are rebuilt from the
-redelivered messages. Results go to `agg.<window>.<site>.<device>.<metric>` with the
-stable id `<subject>@<window start>`, and the latest state of each series to a KV bucket
-for the live views.
+The stream is the source of truth; the worker's only durable state is a checkpoint in the
+`AGG_STATE` bucket (`cloud/tracker.py` says what it holds). Order of durable steps:
+
+1. Fetch a batch of messages in stream order; decode each and feed it to the tracker.
+   Rejected readings (late, not finite, undecodable) go to the DLQ, awaiting the PubAck.
+2. Once the replay (below) is done, publish every window result that is due to AGG,
+   awaiting each PubAck (retried with the same `Nats-Msg-Id`), then the latest values to KV.
+3. Only then write the checkpoint: "everything up to stream sequence S is reflected in
+   AGG and the DLQ, and here is where to replay from".
+
+On start the worker loads the checkpoint and (re)creates its consumer at the replay point,
+so a kill -9 at any moment costs only a replay: the windows are rebuilt from the stream,
+not from acks, and republished with the same ids and the same content. Window results are
+idempotent (`Nats-Msg-Id` = `<subject>@<start>:<count>`, and a window's count grows with
+each change), so the latest record of each window in AGG is always the exact one.
+
+Scale-out: worker `p` of `n` aggregates the agents (TELEMETRY subjects) whose CRC-32 is `p`
+mod `n`, each on its own durable consumer and checkpoint. An agent's readings are thus
+always aggregated by one worker, in stream order.
 """
 
 from __future__ import annotations
@@ -16,7 +27,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,49 +38,26 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from cloud.streams import ensure_streams
-from cloud.windows import WindowKey, WindowState, merge_into, partials
-from gateway import codec, subjects
+from cloud.httpd import serve_app
+from cloud.metrics import AggregatorMetrics, metrics_app
+from cloud.streams import STATE_BUCKET, ensure_streams
+from cloud.tracker import Tracker
+from gateway import codec, envelope, subjects
 from gateway.config import CloudConfig
-from gateway.errors import CodecError
+from gateway.errors import CodecError, InvalidTokenError
 
 log = logging.getLogger(__name__)
-DURABLE = "aggregator"
+SOURCE = "/iot-gateway/cloud/aggregator"
+RETRY_S = 0.5
+GIVE_UP_S = 3.0
+RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
 
 
-def window_label(width_s: int) -> str:
-    return f"{width_s // 60}m" if width_s % 60 == 0 else f"{width_s}s"
-
-
-def window_record(
-    key: WindowKey, st: WindowState, label: str, width_ns: int, closed: bool
-) -> dict[str, Any]:
-    return {
-        "site": key.site,
-        "device": key.device,
-        "metric": key.metric,
-        "unit": st.unit,
-        "window": label,
-        "start_ns": key.start_ns,
-        "end_ns": key.start_ns + width_ns,
-        "count": st.count,
-        "min": st.min,
-        "max": st.max,
-        "mean": st.mean,
-        "sum": st.sum,
-        "last": st.last,
-        "closed": closed,
-    }
-
-
-@dataclass(slots=True)
-class _AgentState:
-    watermark_ns: int = 0
-    last_seen: float = 0.0  # monotonic
-    windows: dict[WindowKey, WindowState] = field(default_factory=dict)
-    unacked: list[tuple[Msg, int]] = field(default_factory=list)  # (msg, latest window end)
+class Abandoned(Exception):
+    """A publish given up on while stopping; nothing after it may be checkpointed."""
 
 
 @dataclass(slots=True)
@@ -76,135 +66,356 @@ class AggregatorStats:
     readings: int = 0
     windows_published: int = 0
     late_readings: int = 0
+    bad_readings: int = 0
     bad_messages: int = 0
+    replayed_messages: int = 0
+    resyncs: int = 0
+
+
+def partition_of(subject: str, partitions: int) -> int:
+    return zlib.crc32(subject.encode()) % partitions
+
+
+def agg_msg_id(record: dict[str, Any]) -> str:
+    subject = subjects.agg(record["window"], record["site"], record["device"], record["metric"])
+    return f"{subject}@{record['start_ns']}:{record['count']}"
 
 
 class Aggregator:
-    def __init__(self, config: CloudConfig) -> None:
+    def __init__(self, config: CloudConfig, partition: int = 0, partitions: int = 1) -> None:
+        if not 0 <= partition < partitions:
+            raise ValueError(f"partition {partition} is not in 0..{partitions - 1}")
         self.config = config
+        self.partition = partition
+        self.partitions = partitions
+        self.name = f"aggregator-{partition}of{partitions}"
         s = config.aggregator
-        self.width_ns = s.window_s * 1_000_000_000
-        self.lateness_ns = int(s.lateness_s * 1e9)
-        self.label = window_label(s.window_s)
+        self.tracker = Tracker(list(s.windows_s), s.lateness_s)
         self.stats = AggregatorStats()
-        self._agents: dict[str, _AgentState] = {}
-        self._closed_until: dict[WindowKey, int] = {}
-        self._dirty: set[WindowKey] = set()
-        self._closed_records: list[tuple[WindowKey, dict[str, Any]]] = []
+        self.metrics = AggregatorMetrics(f"{partition}/{partitions}")
+        self.metrics_port: int | None = None
+        self.last_seq = 0  # every message up to here is processed
+        self._last_cseq = 0
+        self._last_seen: dict[str, float] = {}
+        self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
+        self._nc: NatsClient | None = None
+        self._stop = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, nc: NatsClient, stop: asyncio.Event) -> None:
+        self._stop = stop
+        try:
+            await self._run(nc, stop)
+        except* Abandoned as group:  # raised inside the TaskGroup, so in a group
+            log.warning(
+                "%s: stopped with %s unpublished; the next start replays it",
+                self.name,
+                group.exceptions[0],
+            )
+
+    async def _run(self, nc: NatsClient, stop: asyncio.Event) -> None:
         js = nc.jetstream()
-        await ensure_streams(js, self.config.streams)
-        kv = await js.key_value(subjects.LATEST_BUCKET)
-        sub = await js.pull_subscribe(
-            "telemetry.>",
-            durable=DURABLE,
-            stream=subjects.TELEMETRY_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=max(
-                    60.0,
-                    4
-                    * (
-                        self.config.aggregator.window_s
-                        + self.config.aggregator.lateness_s
-                        + self.config.aggregator.idle_close_s
-                    ),
-                ),
-                max_ack_pending=100_000,
-            ),
+        await ensure_streams(js, self.config.streams, update=False)
+        self._nc = nc
+        state = await js.key_value(STATE_BUCKET)
+        start = await self._restore(js, state)
+        port = self.config.aggregator.metrics_port
+        async with contextlib.AsyncExitStack() as stack:
+            if port is not None:
+                self.metrics_port = await stack.enter_async_context(
+                    serve_app(metrics_app(self.metrics), port)
+                )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch_lag(js, stop), name="lag")
+                await self._consume(js, state, start, stop)
+
+    async def _restore(self, js: JetStreamContext, state: KeyValue) -> int:
+        try:
+            entry = await state.get(self.name)
+        except KeyNotFoundError:
+            return 1
+        if entry.value is None:
+            return 1
+        stream_last = (await js.stream_info(subjects.TELEMETRY_STREAM)).state.last_seq
+        try:
+            start = self.tracker.restore(orjson.loads(zlib.decompress(entry.value)))
+            if self.tracker.replay_until > stream_last:
+                raise ValueError(f"it is past the end of TELEMETRY ({stream_last}): new stream?")
+        except (zlib.error, orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            # E.g. the window widths changed: rebuild everything from the stream instead.
+            log.warning(
+                "%s: checkpoint unusable (%s); starting from the stream's start", self.name, exc
+            )
+            s = self.config.aggregator
+            self.tracker = Tracker(list(s.windows_s), s.lateness_s)
+            return 1
+        log.info("%s: resuming; replaying from stream sequence %d", self.name, start)
+        return start
+
+    async def _open(self, js: JetStreamContext, start: int) -> JetStreamContext.PullSubscription:
+        """(Re)create this worker's durable consumer to deliver from stream seq `start`."""
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(subjects.TELEMETRY_STREAM, self.name)
+        cfg = ConsumerConfig(
+            durable_name=self.name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=60.0,
+            max_ack_pending=-1,
+            filter_subject="telemetry.>",
         )
-        next_live = 0.0
+        await js.add_consumer(subjects.TELEMETRY_STREAM, cfg)
+        self._last_cseq = 0
+        return await js.pull_subscribe_bind(self.name, stream=subjects.TELEMETRY_STREAM)
+
+    async def _reopen(
+        self,
+        js: JetStreamContext,
+        stop: asyncio.Event,
+        old: JetStreamContext.PullSubscription | None = None,
+    ) -> JetStreamContext.PullSubscription | None:
+        if old is not None:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await old.unsubscribe()
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.config.aggregator.fetch_batch, timeout=0.5)
+                return await self._open(js, self.last_seq + 1)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s: cannot (re)create consumer: %s", self.name, exc)
+                await asyncio.sleep(RETRY_S)
+        return None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _consume(
+        self,
+        js: JetStreamContext,
+        state: KeyValue,
+        start: int,
+        stop: asyncio.Event,
+    ) -> None:
+        s = self.config.aggregator
+        self.last_seq = start - 1
+        sub = await self._reopen(js, stop)
+        next_live = next_ckpt = 0.0
+        ckpt_seq = self.last_seq
+        while sub is not None and not stop.is_set():
+            try:
+                msgs = await sub.fetch(s.fetch_batch, timeout=0.5)
             except TimeoutError:
                 msgs = []
             except NatsError as exc:
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
+                log.warning("%s: fetch failed (%s); re-creating the consumer", self.name, exc)
+                await asyncio.sleep(RETRY_S)
+                sub = await self._reopen(js, stop, sub)
                 continue
-            for msg in msgs:
-                await self._ingest(msg)
-            await self._close_due(js)
-            if time.monotonic() >= next_live:
-                await self._publish_live(kv)
-                next_live = time.monotonic() + self.config.aggregator.live_update_s
+            if msgs and not await self._process(js, msgs):
+                self.stats.resyncs += 1
+                sub = await self._reopen(js, stop, sub)
+                continue
+            if self.last_seq < self.tracker.replay_until and msgs:
+                continue  # still replaying: results are due once the state is whole again
+            published = await self._publish_due(js)
+            now = time.monotonic()
+            if now >= next_live:
+                await self._publish_live()
+                next_live = now + s.live_update_s
+            if (published or self.last_seq != ckpt_seq) and now >= next_ckpt:
+                # Every window due up to `last_seq` is in AGG now: safe to move on.
+                await self._checkpoint(state)
+                ckpt_seq = self.last_seq
+                next_ckpt = now + s.checkpoint_interval_s
+        if sub is not None:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await sub.unsubscribe()
+        if self.last_seq >= self.tracker.replay_until:
+            await self._publish_due(js)
+            await self._checkpoint(state)
 
-    async def _ingest(self, msg: Msg) -> None:
+    async def _process(self, js: JetStreamContext, msgs: list[Msg]) -> bool:
+        """Ingest fetched messages in order; False if a delivery was missed (resync)."""
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.sequence.stream <= self.last_seq:
+                continue  # a redelivery of something already processed
+            if meta.sequence.consumer != self._last_cseq + 1:
+                log.warning("%s: delivery gap at stream seq %d", self.name, meta.sequence.stream)
+                return False
+            self._last_cseq = meta.sequence.consumer
+            if partition_of(msg.subject, self.partitions) == self.partition:
+                await self._ingest(js, msg, meta.sequence.stream)
+            self.last_seq = meta.sequence.stream
+        with contextlib.suppress(NatsError, TimeoutError):
+            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        return True
+
+    async def _ingest(self, js: JetStreamContext, msg: Msg, sseq: int) -> None:
+        replaying = sseq <= self.tracker.replay_until
         self.stats.messages += 1
+        self.metrics.messages.inc()
+        if replaying:
+            self.stats.replayed_messages += 1
+            self.metrics.replayed.inc()
+            if self.tracker.skips(msg.subject, sseq):
+                return
         try:
             batch = codec.decode(msg.data)
         except CodecError as exc:
-            self.stats.bad_messages += 1
-            log.error("TELEMETRY message %s is not a batch: %s", msg.metadata.sequence, exc)
-            await msg.term()
-            return
-        agent = self._agents.setdefault(msg.subject, _AgentState())
-        agent.last_seen = time.monotonic()
-        if len(batch) == 0:
-            await msg.ack()
-            return
-        self.stats.readings += len(batch)
-        parts = partials(batch, self.width_ns)
-        fresh = {
-            k: v
-            for k, v in parts.items()
-            if k.start_ns >= self._closed_until.get(WindowKey(k.site, k.device, k.metric, 0), -1)
-        }
-        self.stats.late_readings += sum(v.count for k, v in parts.items() if k not in fresh)
-        merge_into(agent.windows, fresh)
-        self._dirty.update(fresh)
-        agent.watermark_ns = max(agent.watermark_ns, int(batch.time_ns.max()))
-        latest_end = max(k.start_ns for k in parts) + self.width_ns
-        agent.unacked.append((msg, latest_end))
-
-    async def _close_due(self, js: JetStreamContext) -> None:
-        idle_s = self.config.aggregator.idle_close_s
-        now = time.monotonic()
-        for agent in self._agents.values():
-            idle = now - agent.last_seen >= idle_s
-            horizon = agent.watermark_ns - self.lateness_ns
-            due = [k for k in agent.windows if idle or k.start_ns + self.width_ns <= horizon]
-            for key in sorted(due, key=lambda k: k.start_ns):
-                await self._publish_window(js, key, agent.windows[key])
-                del agent.windows[key]
-                series = WindowKey(key.site, key.device, key.metric, 0)
-                self._closed_until[series] = max(
-                    self._closed_until.get(series, -1), key.start_ns + self.width_ns
+            if not replaying:
+                self.stats.bad_messages += 1
+                self.metrics.bad.inc()
+                await self._dead_letter(
+                    js, msg.subject, sseq, "not_a_batch", msg.data, str(exc), RAW_CONTENT_TYPE
                 )
-            open_ends = [k.start_ns + self.width_ns for k in agent.windows]
-            oldest_open = min(open_ends) if open_ends else None
-            keep = []
-            for msg, end in agent.unacked:
-                if oldest_open is None or end < oldest_open:
-                    await msg.ack()
-                else:
-                    keep.append((msg, end))
-            agent.unacked = keep
+            return
+        self._last_seen[msg.subject] = time.monotonic()
+        result = self.tracker.ingest(msg.subject, sseq, batch)
+        if not replaying:
+            self.stats.readings += result.accepted
+            self.metrics.readings.inc(result.accepted)
+        for rejected in result.rejected:
+            n = int(rejected.rows.sum())
+            if rejected.reason.startswith("late"):
+                self.stats.late_readings += n
+                self.metrics.late.inc(n)
+            else:
+                self.stats.bad_readings += n
+                self.metrics.bad.inc(n)
+            payload = codec.encode(_subset(batch, rejected.rows, rejected.reason))
+            await self._dead_letter(
+                js, msg.subject, sseq, rejected.reason, payload, f"{n} readings"
+            )
 
-    async def _publish_window(self, js: JetStreamContext, key: WindowKey, st: WindowState) -> None:
-        subject = subjects.agg(self.label, key.site, key.device, key.metric)
-        record = window_record(key, st, self.label, self.width_ns, closed=True)
-        await js.publish(
-            subject, orjson.dumps(record), headers={"Nats-Msg-Id": f"{subject}@{key.start_ns}"}
+    async def _dead_letter(
+        self,
+        js: JetStreamContext,
+        subject: str,
+        sseq: int,
+        reason: str,
+        data: bytes,
+        detail: str,
+        content_type: str = codec.CONTENT_TYPE,
+    ) -> None:
+        tokens = subject.split(".")
+        try:
+            dlq = subjects.dlq(tokens[1], tokens[2])
+        except (IndexError, InvalidTokenError):
+            dlq = subjects.dlq("unknown", "unknown")
+        headers = envelope.headers(
+            event_id=f"aggregator:{sseq}:{reason}",
+            source=SOURCE,
+            event_type=envelope.DEAD_LETTER_TYPE,
+            content_type=content_type,
         )
-        self.stats.windows_published += 1
-        self._dirty.discard(key)
-        self._closed_records.append((key, record))
+        headers.update(
+            {
+                "Gateway-Dead-Letter-Reason": reason,
+                "Gateway-Dead-Letter-Detail": detail,
+                "Gateway-Dead-Letter-Source": subject,
+                "Gateway-Source-Seq": str(sseq),
+            }
+        )
+        await self._publish(js, dlq, data, headers)
 
-    async def _publish_live(self, kv: KeyValue) -> None:
-        updates: dict[str, dict[str, Any]] = {}
-        for key, record in self._closed_records:
-            updates[f"{self.label}.{key.site}.{key.device}.{key.metric}"] = record
-        self._closed_records.clear()
-        for agent in self._agents.values():
-            for key in self._dirty & agent.windows.keys():
-                updates[f"{self.label}.{key.site}.{key.device}.{key.metric}"] = window_record(
-                    key, agent.windows[key], self.label, self.width_ns, closed=False
-                )
-        self._dirty.clear()
-        for k, rec in updates.items():
+    async def _publish(
+        self, js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]
+    ) -> None:
+        """Publish until JetStream acknowledges (same `Nats-Msg-Id` on every try).
+
+        Once asked to stop, give up after `GIVE_UP_S`: `Abandoned` unwinds without a new
+        checkpoint, so the next start replays and publishes what this one could not."""
+        deadline: float | None = None
+        while True:
+            try:
+                timeout = 1.0 if self._stop.is_set() else 5.0
+                await js.publish(subject, data, headers=headers, timeout=timeout)
+                return
+            except (NatsError, TimeoutError) as exc:
+                if self._stop.is_set():
+                    deadline = deadline or time.monotonic() + GIVE_UP_S
+                    if time.monotonic() > deadline:
+                        raise Abandoned(subject) from exc
+                log.warning("%s: publish to %s failed (%s); retrying", self.name, subject, exc)
+                await asyncio.sleep(RETRY_S)
+
+    async def _publish_due(self, js: JetStreamContext) -> int:
+        now = time.monotonic()
+        s = self.config.aggregator
+        idle = {a for a, t in self._last_seen.items() if now - t >= s.idle_close_s}
+        gone = frozenset(a for a in idle if now - self._last_seen[a] >= s.idle_final_s)
+        records = self.tracker.due(idle, gone)
+        for chunk in range(0, len(records), 256):
+            part = records[chunk : chunk + 256]
+            await asyncio.gather(*(self._publish_record(js, r) for r in part))
+        self.stats.windows_published += len(records)
+        self.metrics.windows.inc(len(records))
+        await self._put_latest(records)
+        return len(records)
+
+    async def _publish_record(self, js: JetStreamContext, record: dict[str, Any]) -> None:
+        subject = subjects.agg(record["window"], record["site"], record["device"], record["metric"])
+        await self._publish(js, subject, orjson.dumps(record), {"Nats-Msg-Id": agg_msg_id(record)})
+
+    async def _publish_live(self) -> None:
+        await self._put_latest(self.tracker.live())
+
+    async def _put_latest(self, records: list[dict[str, Any]]) -> None:
+        """Best effort: the KV bucket is a convenience for live views, AGG is the record."""
+        newest: dict[str, dict[str, Any]] = {}
+        for r in records:
+            key = f"{r['window']}.{r['site']}.{r['device']}.{r['metric']}"
+            if key not in newest or newest[key]["start_ns"] <= r["start_ns"]:
+                newest[key] = r
+        # Never replace a newer window on display by an older one closing late.
+        items = [(k, r) for k, r in newest.items() if r["start_ns"] >= self._shown.get(k, 0)]
+        self._shown.update((k, r["start_ns"]) for k, r in items)
+        # A KV put is a publish to the bucket's subject; without awaiting each PubAck, the
+        # live view costs one buffered write per series instead of one round trip.
+        nc = self._nc
+        assert nc is not None, "run() sets the connection"
+        with contextlib.suppress(NatsError):
+            for key, r in items:
+                await nc.publish(f"$KV.{subjects.LATEST_BUCKET}.{key}", orjson.dumps(r))
+
+    async def _checkpoint(self, state: KeyValue) -> None:
+        if self.last_seq < self.tracker.replay_until:
+            return  # mid-replay the old checkpoint is still the right one
+        doc = self.tracker.checkpoint(self.last_seq)
+        doc["written"] = datetime.now(UTC).isoformat()
+        try:
+            # Compressed: one entry per agent, thousands of agents, under the 1 MB limit.
+            await state.put(self.name, zlib.compress(orjson.dumps(doc)))
+        except (NatsError, TimeoutError) as exc:
+            log.warning("%s: checkpoint not written (%s); next time", self.name, exc)
+
+    async def _watch_lag(self, js: JetStreamContext, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.metrics.sample_rates(self.stats.readings, self.stats.windows_published)
             with contextlib.suppress(NatsError, TimeoutError):
-                await kv.put(k, orjson.dumps(rec))
+                info = await js.consumer_info(subjects.TELEMETRY_STREAM, self.name)
+                pending = int(info.num_pending or 0)
+                self.metrics.pending.set(pending)
+                age = 0.0
+                if pending:
+                    nxt = await js.get_msg(subjects.TELEMETRY_STREAM, self.last_seq + 1)
+                    if nxt.time is not None:
+                        age = max(0.0, (datetime.now(UTC) - nxt.time).total_seconds())
+                self.metrics.lag_age.set(age)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+
+
+def _subset(batch: codec.Batch, rows: Any, reason: str) -> codec.Batch:
+    return codec.Batch(
+        site=batch.site,
+        agent=batch.agent,
+        batch_id=f"{batch.batch_id}:{reason}",
+        series=batch.series,
+        time_ns=batch.time_ns[rows],
+        value=batch.value[rows],
+        seq=batch.seq[rows],
+        series_index=batch.series_index[rows],
+        flags=batch.flags[rows],
+    )

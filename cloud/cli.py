@@ -1,50 +1,103 @@
-"""`gateway cloud ...` and `gateway watch` commands."""
+"""`gateway cloud ...`, `gateway watch` and `gateway query` commands."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
 from gateway import config
 from gateway.cli import group
 from gateway.connect import nats_connection
+from gateway.errors import ConfigError
 from gateway.runtime import run_until_signalled
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
 def register(sub: Any) -> None:
     watch = sub.add_parser("watch", help="live table of the latest aggregates")
-    watch.add_argument("--nats", default="nats://127.0.0.1:4222")
+    watch.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated")
+    _selector_args(watch)
     watch.add_argument("--duration", type=float, default=None)
     watch.set_defaults(func=_watch)
+
+    query = sub.add_parser("query", help="window history from the AGG stream")
+    query.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated")
+    _selector_args(query)
+    query.add_argument("--from", dest="start", default=None, help="ISO time or ns since epoch")
+    query.add_argument("--to", dest="end", default=None, help="ISO time or ns (exclusive)")
+    query.add_argument("--format", choices=("json", "csv"), default="json")
+    query.set_defaults(func=_query)
 
     cloud = group(sub, "cloud", "cloud tier")
     for name, func, text in (
         ("aggregate", _cloud_aggregate, "run an aggregator worker"),
-        ("init", _cloud_init, "create streams and buckets"),
+        ("init", _cloud_init, "create streams and buckets (idempotent)"),
+        ("up", _cloud_up, "embedded nats-server + streams + aggregator workers + HTTP API"),
+        ("serve", _cloud_serve, "HTTP JSON API (query + live server-sent events)"),
     ):
         c = cloud.add_parser(name, help=text)
         c.add_argument("--config", type=Path, default=None)
-        c.add_argument("--nats", default=None, help="NATS URL (overrides the config)")
+        c.add_argument("--nats", default=None, help="NATS URL(s), comma-separated")
         c.set_defaults(func=func)
+        if name in ("aggregate", "up"):
+            c.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics")
+        if name == "aggregate":
+            c.add_argument("--partition", default="0/1", help="this worker's share: I/N")
+        if name == "up":
+            c.add_argument("--workers", type=int, default=1)
+            c.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
+            c.add_argument("--port", type=int, default=4222, help="NATS client port")
+        if name in ("up", "serve"):
+            c.add_argument("--http-port", type=int, default=8080, help="0 = no HTTP API")
+
+    cluster = cloud.add_parser("cluster", help="local 3-node JetStream cluster")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = cluster_sub.add_parser("up", help="start 3 nats-server nodes, R3 streams; until Ctrl-C")
+    up.add_argument("--data-dir", type=Path, default=Path("var/cluster"))
+    up.add_argument("--config", type=Path, default=None)
+    up.add_argument("--nats", default=None, help=argparse.SUPPRESS)
+    up.set_defaults(func=_cluster_up)
+
+
+def _selector_args(p: argparse.ArgumentParser) -> None:
+    for name in ("site", "device", "metric", "window"):
+        p.add_argument(f"--{name}", default=None, help=f"only this {name}")
 
 
 def _cloud_config(args: argparse.Namespace) -> config.CloudConfig:
     cfg = config.load(config.CloudConfig, args.config) if args.config else config.CloudConfig()
     if args.nats:
         cfg = cfg.model_copy(update={"nats": config.NatsSettings(url=args.nats)})
+    port = getattr(args, "metrics_port", None)
+    if port is not None:
+        agg = cfg.aggregator.model_copy(update={"metrics_port": port})
+        cfg = cfg.model_copy(update={"aggregator": agg})
     return cfg
+
+
+def _partition(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--partition {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--partition {text!r}: I must be in 0..N-1")
+    return i, n
 
 
 def _cloud_aggregate(args: argparse.Namespace) -> int:
     from cloud.aggregator import Aggregator
 
     cfg = _cloud_config(args)
+    partition, partitions = _partition(args.partition)
 
     async def service(stop: asyncio.Event) -> None:
-        async with nats_connection(cfg.nats.url, "aggregator") as nc:
-            await Aggregator(cfg).run(nc, stop)
+        async with nats_connection(cfg.nats.url, f"aggregator-{partition}of{partitions}") as nc:
+            await Aggregator(cfg, partition, partitions).run(nc, stop)
 
     run_until_signalled(service)
     return 0
@@ -55,27 +108,83 @@ def _cloud_init(args: argparse.Namespace) -> int:
 
     cfg = _cloud_config(args)
 
-    async def go() -> None:
+    async def go() -> dict[str, str]:
         async with nats_connection(cfg.nats.url, "cloud-init") as nc:
-            await ensure_streams(nc.jetstream(), cfg.streams)
+            return await ensure_streams(nc.jetstream(), cfg.streams)
 
-    asyncio.run(go())
-    print("streams and buckets are in place")
+    for name, what in asyncio.run(go()).items():
+        print(f"{name}: {what}")
+    return 0
+
+
+def _cloud_up(args: argparse.Namespace) -> int:
+    from cloud.up import run_cloud
+
+    cfg = _cloud_config(args)
+    run_until_signalled(
+        lambda stop: run_cloud(cfg, stop, args.data_dir, args.port, args.workers, args.http_port)
+    )
+    return 0
+
+
+def _cloud_serve(args: argparse.Namespace) -> int:
+    from cloud.views.http import serve
+
+    cfg = _cloud_config(args)
+
+    async def service(stop: asyncio.Event) -> None:
+        async with nats_connection(cfg.nats.url, "cloud-http") as nc:
+            await serve(nc, args.http_port, stop)
+
+    run_until_signalled(service)
+    return 0
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from cloud.up import run_cluster
+
+    cfg = _cloud_config(args)
+    run_until_signalled(lambda stop: run_cluster(cfg, stop, args.data_dir))
     return 0
 
 
 def _watch(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from cloud.views.query import Selector
     from cloud.views.watch import watch
+
+    sel = Selector(args.site, args.device, args.metric, args.window)
+    key_filter = sel.kv_key()
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(args.nats, "watch") as nc:
-            task = asyncio.create_task(watch(nc, Console(), args.duration))
+            task = asyncio.create_task(watch(nc, Console(), args.duration, key_filter))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             task.cancel()
             stopper.cancel()
 
     run_until_signalled(service)
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from cloud.views.query import Selector, parse_time, query, to_csv, to_json
+
+    sel = Selector(
+        args.site,
+        args.device,
+        args.metric,
+        args.window,
+        parse_time(args.start) if args.start else None,
+        parse_time(args.end) if args.end else None,
+    )
+
+    async def go() -> list[dict[str, Any]]:
+        async with nats_connection(args.nats, "query") as nc:
+            return await query(nc.jetstream(), sel)
+
+    records = asyncio.run(go())
+    sys.stdout.write(to_csv(records) if args.format == "csv" else to_json(records) + "\n")
     return 0

@@ -1,4 +1,9 @@
-"""Streams and buckets of the cloud tier, created idempotently."""
+"""Streams and buckets of the cloud tier, created idempotently from `StreamSettings`.
+
+`ensure_streams` creates what is missing and applies changed limits to what exists (a
+stream update that changes nothing is a no-op on the server); it never deletes data. It
+returns what it did per stream/bucket, for `gateway cloud init` to report.
+"""
 
 from __future__ import annotations
 
@@ -9,55 +14,69 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from gateway import subjects
 from gateway.config import StreamSettings
 
+STATE_BUCKET = "AGG_STATE"  # aggregator checkpoints, one key per worker
+
 
 def stream_configs(s: StreamSettings) -> list[StreamConfig]:
+    def stream(name: str, subject: str, age: float, size: int) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[subject],
+            storage=StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window_s,
+            max_age=age,
+            max_bytes=size,
+        )
+
     return [
-        StreamConfig(
-            name=subjects.TELEMETRY_STREAM,
-            subjects=["telemetry.>"],
-            storage=StorageType.FILE,
-            num_replicas=s.replicas,
-            duplicate_window=s.duplicate_window_s,
-            max_age=s.telemetry_max_age_s,
-            max_bytes=s.telemetry_max_bytes,
+        stream(
+            subjects.TELEMETRY_STREAM, "telemetry.>", s.telemetry_max_age_s, s.telemetry_max_bytes
         ),
-        StreamConfig(
-            name=subjects.DLQ_STREAM,
-            subjects=["dlq.>"],
-            storage=StorageType.FILE,
-            num_replicas=s.replicas,
-            duplicate_window=s.duplicate_window_s,
-            max_age=s.telemetry_max_age_s,
-        ),
-        StreamConfig(
-            name=subjects.AGG_STREAM,
-            subjects=["agg.>"],
-            storage=StorageType.FILE,
-            num_replicas=s.replicas,
-            duplicate_window=s.duplicate_window_s,
-            max_age=s.agg_max_age_s,
-        ),
+        stream(subjects.DLQ_STREAM, "dlq.>", s.dlq_max_age_s, s.dlq_max_bytes),
+        stream(subjects.AGG_STREAM, "agg.>", s.agg_max_age_s, s.agg_max_bytes),
     ]
 
 
-async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None:
-    """Create the streams and the latest-values bucket, or apply changed settings."""
+def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(bucket=name, history=1, replicas=s.replicas, storage=StorageType.FILE)
+        for name in (subjects.LATEST_BUCKET, STATE_BUCKET)
+    ]
+
+
+def _differs(want: StreamConfig, have: StreamConfig) -> bool:
+    fields = ("subjects", "num_replicas", "duplicate_window", "max_age", "max_bytes")
+    return any(getattr(want, f) != getattr(have, f) for f in fields)
+
+
+async def ensure_streams(
+    js: JetStreamContext, settings: StreamSettings, *, update: bool = True
+) -> dict[str, str]:
+    """Create the streams and buckets, or apply changed settings; say what was done.
+
+    Workers pass `update=False`: they create what is missing but leave the limits and
+    replicas of existing streams to `gateway cloud init` (a worker started with a default
+    config must not turn R3 streams into R1)."""
+    done: dict[str, str] = {}
     for cfg in stream_configs(settings):
         assert cfg.name is not None
         try:
-            await js.stream_info(cfg.name)
+            info = await js.stream_info(cfg.name)
         except NotFoundError:
             await js.add_stream(cfg)
+            done[cfg.name] = "created"
         else:
-            await js.update_stream(cfg)
-    try:
-        await js.key_value(subjects.LATEST_BUCKET)
-    except BucketNotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.LATEST_BUCKET,
-                history=1,
-                replicas=settings.replicas,
-                storage=StorageType.FILE,
-            )
-        )
+            if update and _differs(cfg, info.config):
+                await js.update_stream(cfg)
+                done[cfg.name] = "updated"
+            else:
+                done[cfg.name] = "unchanged" if update else "exists"
+    for kv in bucket_configs(settings):
+        try:
+            await js.key_value(kv.bucket)
+            done[kv.bucket] = "unchanged"
+        except BucketNotFoundError:
+            await js.create_key_value(kv)
+            done[kv.bucket] = "created"
+    return done

@@ -1,8 +1,20 @@
-"""Tumbling-window aggregation: pure functions over decoded batch columns (no I/O).
+"""Tumbling-window statistics: a vectorised group-by over reading columns (pure, no I/O).
 
-A batch is grouped by (series, window start) in one vectorised pass; the per-group partial
-results are merged into `WindowState`s. "last" is the value with the greatest
-(event time, seq), so the result does not depend on the order batches arrive in.
+`group_stats` computes, for every (series, window) group at once: count, min, max, sum,
+mean, stddev, exact p50/p95, first and last, without a two-key `lexsort`:
+1. readings are grouped by a *stable* radix argsort of small dense group ids (numpy sorts
+   uint16 keys by radix in O(n); two passes when there are more than 65,536 groups);
+2. first and last (the values with the smallest and greatest (event time, seq)) come from
+   masked `reduceat`s over the grouped columns;
+3. the values are sorted within their groups by ONE `np.sort` of complex numbers
+   `group + 1j * value` (numpy orders complex numbers by real part, then imaginary part,
+   exactly), so min, max and the percentiles are index lookups and sum and variance
+   `reduceat`s over the sorted values.
+
+Every statistic depends only on the multiset of readings in a group, not on the order they
+arrived in: the sums run over value-sorted data, so even their rounding is the same.
+Percentiles use numpy's default ("linear") definition, computed the way `np.percentile`
+does, so a plain-numpy recomputation gives the same numbers.
 """
 
 from __future__ import annotations
@@ -12,93 +24,142 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from gateway.codec import Batch
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+U32 = npt.NDArray[np.uint32]
+
+_RADIX = 1 << 16
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
 
 
 @dataclass(frozen=True, slots=True)
-class WindowKey:
-    site: str
-    device: str
-    metric: str
-    start_ns: int
+class GroupStats:
+    """One entry per (series, window) group, in (series, window) order."""
+
+    series: I64
+    window: I64  # window index: start_ns // width_ns
+    count: I64
+    min: F64
+    max: F64
+    sum: F64
+    mean: F64
+    std: F64  # population standard deviation (ddof=0), like np.std
+    p50: F64
+    p95: F64
+    first: F64
+    last: F64
+
+    def __len__(self) -> int:
+        return int(self.count.shape[0])
 
 
-@dataclass(slots=True)
-class WindowState:
-    unit: str
-    count: int
-    min: float
-    max: float
-    sum: float
-    last_time_ns: int
-    last_seq: int
-    last: float
-
-    def merge(self, other: WindowState) -> None:
-        self.count += other.count
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-        self.sum += other.sum
-        if (other.last_time_ns, other.last_seq) > (self.last_time_ns, self.last_seq):
-            self.last_time_ns, self.last_seq, self.last = (
-                other.last_time_ns,
-                other.last_seq,
-                other.last,
-            )
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.count
-
-
-def window_start(time_ns: npt.NDArray[np.int64], width_ns: int) -> npt.NDArray[np.int64]:
-    starts: npt.NDArray[np.int64] = time_ns - np.mod(time_ns, width_ns)
-    return starts
-
-
-def partials(batch: Batch, width_ns: int) -> dict[WindowKey, WindowState]:
-    """Aggregate one batch into per-(series, window) partial states."""
-    n = len(batch)
-    if n == 0:
-        return {}
-    starts = window_start(batch.time_ns, width_ns)
-    # Sort by (window, series, time, seq): each group is contiguous, its last row is "last".
-    order = np.lexsort((batch.seq, batch.time_ns, batch.series_index, starts))
-    s_starts = starts[order]
-    s_series = batch.series_index[order]
-    boundary = np.empty(n, dtype=bool)
-    boundary[0] = True
-    boundary[1:] = (s_starts[1:] != s_starts[:-1]) | (s_series[1:] != s_series[:-1])
-    first = np.flatnonzero(boundary)
-    last = np.append(first[1:], n) - 1
-    values = batch.value[order]
-    counts = np.diff(np.append(first, n))
-    mins = np.minimum.reduceat(values, first)
-    maxs = np.maximum.reduceat(values, first)
-    sums = np.add.reduceat(values, first)
-    times = batch.time_ns[order]
-    seqs = batch.seq[order]
-    out: dict[WindowKey, WindowState] = {}
-    for g in range(first.shape[0]):
-        device, metric, unit = batch.series[int(s_series[first[g]])]
-        key = WindowKey(batch.site, device, metric, int(s_starts[first[g]]))
-        out[key] = WindowState(
-            unit=unit,
-            count=int(counts[g]),
-            min=float(mins[g]),
-            max=float(maxs[g]),
-            sum=float(sums[g]),
-            last_time_ns=int(times[last[g]]),
-            last_seq=int(seqs[last[g]]),
-            last=float(values[last[g]]),
-        )
+def window_index(time_ns: I64, width_ns: int) -> I64:
+    """Index of the tumbling window (half-open, `[k*width, (k+1)*width)`) of each time."""
+    out: I64 = np.floor_divide(time_ns, width_ns)
     return out
 
 
-def merge_into(state: dict[WindowKey, WindowState], parts: dict[WindowKey, WindowState]) -> None:
-    for key, part in parts.items():
-        cur = state.get(key)
-        if cur is None:
-            state[key] = part
-        else:
-            cur.merge(part)
+def dense_groups(series: I64 | U32, window: I64) -> tuple[I64, I64]:
+    """(group id per reading, composite key per group): ids are dense and follow key order.
+
+    The composite key is `series * n_windows + (window - min window)`; a `bincount` over it
+    finds the groups in O(n) when the key range is small (the usual case), else `unique`.
+    """
+    w0 = int(window.min())
+    n_windows = int(window.max()) - w0 + 1
+    key = series.astype(np.int64) * n_windows + (window - w0)
+    span = (int(series.max()) + 1) * n_windows
+    if span <= 4 * key.shape[0] + _RADIX:
+        present = np.flatnonzero(np.bincount(key, minlength=span))
+        dense = np.zeros(span, dtype=np.int64)
+        dense[present] = np.arange(present.shape[0], dtype=np.int64)
+        gid: I64 = dense[key]
+        keys: I64 = present.astype(np.int64)
+    else:
+        keys, inverse = np.unique(key, return_inverse=True)
+        gid = inverse.astype(np.int64)
+    return gid, keys
+
+
+def stable_small_argsort(ids: I64, n_groups: int) -> I64:
+    """Stable argsort of ids in `[0, n_groups)`: numpy's radix sort on uint16 keys."""
+    if n_groups <= _RADIX:
+        out: I64 = np.argsort(ids.astype(np.uint16), kind="stable")
+        return out
+    low = np.argsort((ids & 0xFFFF).astype(np.uint16), kind="stable")
+    high = np.argsort((ids[low] >> 16).astype(np.uint16), kind="stable")
+    result: I64 = low[high]
+    return result
+
+
+def _lerp(a: F64, b: F64, t: F64) -> F64:
+    """numpy's own linear interpolation (numpy/lib/_function_base_impl.py `_lerp`)."""
+    diff = b - a
+    out: F64 = a + diff * t
+    np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)
+    return out
+
+
+def _percentile(v: F64, starts: I64, counts: I64, q: float) -> F64:
+    h = (counts - 1) * (q / 100)
+    lo = np.floor(h)
+    below = starts + lo.astype(np.int64)
+    above = np.minimum(below + 1, starts + counts - 1)
+    return _lerp(v[below], v[above], h - lo)
+
+
+def _pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> F64:
+    """Value of the reading with the smallest (or greatest) (time, seq) in each group.
+
+    Among exact duplicates of (time, seq) the smallest value wins, whatever the order.
+    """
+    if latest:
+        t_best = np.maximum.reduceat(t, starts)
+        on_time = t == np.repeat(t_best, counts)
+        s_best = np.maximum.reduceat(np.where(on_time, s, _I64_MIN), starts)
+    else:
+        t_best = np.minimum.reduceat(t, starts)
+        on_time = t == np.repeat(t_best, counts)
+        s_best = np.minimum.reduceat(np.where(on_time, s, _I64_MAX), starts)
+    chosen = on_time & (s == np.repeat(s_best, counts))
+    out: F64 = np.fmin.reduceat(np.where(chosen, v, np.nan), starts)
+    return out
+
+
+def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F64) -> GroupStats:
+    """All window statistics for every (series, window) group of these readings."""
+    if value.shape[0] == 0:
+        e_i: I64 = np.empty(0, dtype=np.int64)
+        e_f: F64 = np.empty(0, dtype=np.float64)
+        return GroupStats(e_i, e_i, e_i, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_f)
+    gid, keys = dense_groups(series, window)
+    order = stable_small_argsort(gid, keys.shape[0])
+    counts: I64 = np.bincount(gid, minlength=keys.shape[0]).astype(np.int64)
+    starts: I64 = np.zeros_like(counts)
+    np.cumsum(counts[:-1], out=starts[1:])
+    grouped_value = value[order]
+    grouped_time, grouped_seq = time_ns[order], seq[order]
+    first = _pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=False)
+    last = _pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=True)
+    v: F64 = np.sort(gid[order] + 1j * grouped_value).imag
+    total = np.add.reduceat(v, starts)
+    mean = total / counts
+    dev = v - np.repeat(mean, counts)
+    std = np.sqrt(np.add.reduceat(dev * dev, starts) / counts)
+    w0 = int(window.min())
+    n_windows = int(window.max()) - w0 + 1
+    return GroupStats(
+        series=keys // n_windows,
+        window=keys % n_windows + w0,
+        count=counts,
+        min=v[starts],
+        max=v[starts + counts - 1],
+        sum=total,
+        mean=mean,
+        std=std,
+        p50=_percentile(v, starts, counts, 50),
+        p95=_percentile(v, starts, counts, 95),
+        first=first,
+        last=last,
+    )

@@ -188,15 +188,35 @@ class StreamSettings(_Model):
     telemetry_max_age_s: Annotated[float, Field(ge=0)] = 7 * 86400.0
     telemetry_max_bytes: int = -1
     agg_max_age_s: Annotated[float, Field(ge=0)] = 30 * 86400.0
+    agg_max_bytes: int = -1
+    dlq_max_age_s: Annotated[float, Field(ge=0)] = 30 * 86400.0
+    dlq_max_bytes: int = -1
 
 
 class AggregatorSettings(_Model):
-    window_s: Annotated[int, Field(ge=1)] = 10
+    # Tumbling window widths; each must divide a day so windows align across series.
+    windows_s: list[Annotated[int, Field(ge=1, le=86400)]] = Field(
+        default_factory=lambda: [10, 60], min_length=1
+    )
     lateness_s: Annotated[float, Field(ge=0)] = 2.0
-    # Close a window by wall clock too, once no newer reading has come for this long.
+    # Also emit an agent's open windows once it has sent nothing for this long (wall clock);
+    # they stay revisable until final, so this only makes results visible sooner.
     idle_close_s: Annotated[float, Field(ge=0)] = 3.0
+    # An agent silent this long has its windows made final (so it stops pinning restarts).
+    idle_final_s: Annotated[float, Field(ge=0)] = 600.0
     fetch_batch: Annotated[int, Field(ge=1)] = 256
     live_update_s: Annotated[float, Field(gt=0)] = 1.0
+    checkpoint_interval_s: Annotated[float, Field(ge=0)] = 1.0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # 0: any free port
+
+    @field_validator("windows_s")
+    @classmethod
+    def _distinct_divisors(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("window widths must be distinct")
+        if any(86400 % w for w in v):
+            raise ValueError("each window width must divide 86400 s (one day)")
+        return v
 
 
 class CloudConfig(_Model):

@@ -12,8 +12,13 @@ from nats.errors import Error as NatsError
 
 @contextlib.asynccontextmanager
 async def nats_connection(url: str, name: str) -> AsyncIterator[NatsClient]:
+    # `url` may list several servers (a cluster), comma-separated.
     nc = await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5
+        url.split(","),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
     )
     try:
         yield nc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +157,95 @@ class NatsServer:
         await self.start(timeout)
 
     async def __aenter__(self) -> NatsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for cluster routes, which must be known in advance)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsCluster:
+    """`size` nats-server nodes with JetStream, clustered over loopback routes.
+
+    Streams created with `num_replicas=3` survive the loss of any one node. Node `i` keeps
+    its client and route ports across `kill(i)` / `start_node(i)`, so clients given every
+    node's URL (`urls`) fail over and come back.
+    """
+
+    def __init__(self, data_dir: Path, *, size: int = 3, name: str = "cloud") -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.data_dir = Path(data_dir)
+        self.name = name
+        self.nodes = [
+            NatsServer(self.data_dir / f"{name}-{i}", name=f"{name}-{i}") for i in range(size)
+        ]
+        self.route_ports: list[int] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated (what `--nats` takes)."""
+        return ",".join(self.urls)
+
+    def _configure(self) -> None:
+        if not self.route_ports:
+            self.route_ports = [free_port() for _ in self.nodes]
+        for i, node in enumerate(self.nodes):
+            routes = ", ".join(
+                f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i
+            )
+            node.extra_config = (
+                f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, "
+                f"routes: [{routes}] }}"
+            )
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start every node and return once JetStream has a meta leader."""
+        self._configure()
+        await asyncio.gather(*(n.start(timeout) for n in self.nodes))
+        await self.wait_jetstream(timeout)
+
+    async def start_node(self, i: int, timeout: float = 30.0) -> None:
+        await self.nodes[i].start(timeout)
+
+    async def kill(self, i: int) -> None:
+        """SIGKILL node `i` (chaos tests)."""
+        await self.nodes[i].kill()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(n.stop() for n in self.nodes))
+
+    async def wait_jetstream(self, timeout: float = 30.0) -> None:
+        """Poll the JetStream API until the cluster answers (a meta leader is elected)."""
+        import nats
+        from nats.errors import Error as NatsError
+
+        deadline = time.monotonic() + timeout
+        nc = await nats.connect(self.urls, connect_timeout=2)
+        try:
+            while True:
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                except (NatsError, TimeoutError) as exc:
+                    if time.monotonic() > deadline:
+                        raise ServerStartError(self.name, f"JetStream not ready: {exc}") from None
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    async def __aenter__(self) -> NatsCluster:
         await self.start()
         return self
 

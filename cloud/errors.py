@@ -1,0 +1,13 @@
+"""Errors of the cloud tier."""
+
+from __future__ import annotations
+
+from gateway.errors import GatewayError
+
+
+class QueryError(GatewayError):
+    """A history query that could not be answered (NATS unreachable, no JetStream leader)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"query failed: {reason}")
+        self.reason = reason

@@ -1,0 +1,392 @@
+"""Which readings count, which windows to emit, what to checkpoint: pure, no I/O.
+
+Every decision here is a function of the TELEMETRY stream read in sequence order, never of
+wall-clock time or of how messages were fetched, so replaying the stream from a checkpoint
+makes the same decisions (see `cloud/aggregator.py` for the order of durable steps):
+
+- An agent's watermark W is the greatest event time among its readings so far.
+- A reading of window [start, end) is accepted iff `end + lateness > W` (W as it was before
+  the reading's message); otherwise it is late: counted and sent to the DLQ.
+- A window is *closed* once `W >= end` and *final* once `W >= end + lateness`. A closed
+  window is emitted whenever its content changed since it was last emitted, so a late
+  reading within the lateness re-emits it; a final window's readings are dropped.
+- An agent that has gone quiet (by wall clock, decided by the caller) has its open windows
+  emitted as well; they stay revisable until final, so this changes no final result.
+
+The state keeps every accepted reading until its window is final (exact percentiles need
+all values). A checkpoint taken after message H records, per agent, its watermark W_H and
+the first stream sequence still holding one of its non-final readings. A restart replays
+from there up to H, dropping readings of windows final at H (already published, never to
+change) and keeping the rest. No kept reading can have been late (its window was not final
+even at H), so replaying with the watermark at W_H decides exactly as the first run did,
+and the rebuilt windows hold exactly the readings they held before, whatever parts of
+them had been published or acknowledged. Nothing relies on JetStream's dedupe window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud.windows import I64, U32, GroupStats, group_stats, window_index
+from gateway.codec import Batch, SeriesKey
+
+F64 = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+NO_TIME = -(1 << 63)
+CHECKPOINT_VERSION = 1
+
+
+def window_label(width_s: int) -> str:
+    return f"{width_s // 60}m" if width_s % 60 == 0 else f"{width_s}s"
+
+
+@dataclass(slots=True)
+class Rows:
+    """Accepted readings of one agent that belong to windows not yet final."""
+
+    sid: U32
+    time: I64
+    seq: I64
+    value: F64
+    sseq: I64  # the TELEMETRY stream sequence each reading came in
+
+    @classmethod
+    def empty(cls) -> Rows:
+        i: I64 = np.empty(0, np.int64)
+        return cls(np.empty(0, np.uint32), i, i, np.empty(0, np.float64), i)
+
+    def __len__(self) -> int:
+        return int(self.time.shape[0])
+
+    def take(self, keep: Mask) -> Rows:
+        return Rows(
+            self.sid[keep], self.time[keep], self.seq[keep], self.value[keep], self.sseq[keep]
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Rows]) -> Rows:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate(cols) for cols in zip(*(p.cols() for p in parts), strict=True)))
+
+    def cols(self) -> tuple[Any, ...]:
+        return (self.sid, self.time, self.seq, self.value, self.sseq)
+
+
+@dataclass(slots=True)
+class WidthState:
+    width_s: int
+    _parts: list[Rows] = field(default_factory=list)
+    emitted: dict[tuple[int, int], int] = field(default_factory=dict)  # (sid, window) -> count
+    live_dirty: bool = False
+
+    @property
+    def width_ns(self) -> int:
+        return self.width_s * 1_000_000_000
+
+    def add(self, rows: Rows) -> None:
+        self._parts.append(rows)  # concatenated once per `due`, not once per message
+
+    @property
+    def rows(self) -> Rows:
+        if not self._parts:
+            return Rows.empty()
+        if len(self._parts) > 1:
+            self._parts = [Rows.concat(self._parts)]
+        return self._parts[0]
+
+    @rows.setter
+    def rows(self, rows: Rows) -> None:
+        self._parts = [rows] if len(rows) else []
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+
+@dataclass(slots=True)
+class Replay:
+    """What a checkpoint says about one agent: replay from `from_seq` up to `until`."""
+
+    from_seq: int | None
+    final_wm: int  # the agent's watermark at the checkpoint
+
+
+@dataclass(slots=True)
+class AgentState:
+    site: str
+    watermark: int = NO_TIME
+    series: list[SeriesKey] = field(default_factory=list)
+    series_ids: dict[SeriesKey, int] = field(default_factory=dict)
+    widths: list[WidthState] = field(default_factory=list)
+    replay: Replay | None = None
+    dirty: bool = False  # took readings since `due` last looked
+    flushed: bool = False  # open windows emitted because the agent went quiet
+
+    def intern(self, series: tuple[SeriesKey, ...]) -> U32:
+        out = np.empty(len(series), dtype=np.uint32)
+        for i, key in enumerate(series):
+            sid = self.series_ids.get(key)
+            if sid is None:
+                sid = self.series_ids[key] = len(self.series)
+                self.series.append(key)
+            out[i] = sid
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Readings of one message that were not aggregated, with the reason."""
+
+    reason: str  # "not_finite" | "late_<window>" (late for that window width)
+    rows: Mask  # over the message's batch
+
+
+@dataclass(slots=True)
+class Ingested:
+    accepted: int = 0
+    skipped: int = 0  # replayed readings already accounted for before the checkpoint
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+class Tracker:
+    """Window state of every agent one aggregator worker owns."""
+
+    def __init__(self, widths_s: list[int], lateness_s: float) -> None:
+        if not widths_s or len(set(widths_s)) != len(widths_s):
+            raise ValueError("window widths must be given, each once")
+        self.widths_s = sorted(widths_s)
+        self.lateness_ns = int(lateness_s * 1e9)
+        self.agents: dict[str, AgentState] = {}
+        self.replay_until = 0  # stream seq of the checkpoint; replayed up to here
+
+    def _agent(self, subject: str, site: str) -> AgentState:
+        agent = self.agents.get(subject)
+        if agent is None:
+            agent = self.agents[subject] = AgentState(
+                site, widths=[WidthState(w) for w in self.widths_s]
+            )
+        return agent
+
+    def skips(self, subject: str, sseq: int) -> bool:
+        """True if replaying message `sseq` would change nothing (no need to decode it)."""
+        agent = self.agents.get(subject)
+        if agent is None or agent.replay is None or sseq > self.replay_until:
+            return False
+        return agent.replay.from_seq is None or sseq < agent.replay.from_seq
+
+    def ingest(self, subject: str, sseq: int, batch: Batch) -> Ingested:
+        """Take one TELEMETRY message (stream sequence `sseq`) into the windows."""
+        agent = self._agent(subject, batch.site)
+        result = Ingested()
+        n = len(batch)
+        replaying = agent.replay is not None and sseq <= self.replay_until
+        if n == 0 or self.skips(subject, sseq):
+            result.skipped = n
+            return result
+        finite = np.isfinite(batch.value)
+        if not replaying and not finite.all():
+            result.rejected.append(Rejected("not_finite", ~finite))
+        before = agent.watermark
+        agent.watermark = max(before, int(batch.time_ns.max()))
+        sid = agent.intern(batch.series)[batch.series_index]
+        agent.dirty = True
+        agent.flushed = False
+        for ws in agent.widths:
+            end = (window_index(batch.time_ns, ws.width_ns) + 1) * ws.width_ns
+            late = finite & (end + self.lateness_ns <= before)
+            keep = finite & ~late
+            if replaying:
+                assert agent.replay is not None
+                keep &= end + self.lateness_ns > agent.replay.final_wm
+            elif late.any():
+                result.rejected.append(Rejected(f"late_{window_label(ws.width_s)}", late))
+            if keep.any():
+                rows = Rows(
+                    sid[keep],
+                    batch.time_ns[keep],
+                    batch.seq[keep],
+                    batch.value[keep],
+                    np.full(int(keep.sum()), sseq, dtype=np.int64),
+                )
+                ws.add(rows)
+                ws.live_dirty = True
+            result.accepted = max(result.accepted, int(keep.sum()))
+        if replaying:
+            result.skipped = n - result.accepted
+        return result
+
+    def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """Records of closed windows whose content changed since last emitted (and of all
+        open windows of agents in `idle`); marks them emitted and drops final readings.
+
+        Agents in `gone` (silent for long, by wall clock) have their watermark moved past
+        every window they hold, so those windows become final: a dead agent must not pin
+        the replay point of every later restart. The moved watermark is checkpointed like
+        any other, so restarts after it decide as this run does."""
+        out: list[dict[str, Any]] = []
+        for subject, agent in self.agents.items():
+            flush = subject in idle and not agent.flushed
+            if subject in gone and any(len(ws) for ws in agent.widths):
+                agent.watermark = max(agent.watermark, self._last_end(agent) + self.lateness_ns)
+                agent.dirty = flush = True
+            if not (agent.dirty or flush):
+                continue
+            for ws in agent.widths:
+                if len(ws):
+                    out.extend(self._due_width(agent, ws, flush))
+            agent.dirty = False
+            agent.flushed = agent.flushed or flush
+        return out
+
+    @staticmethod
+    def _last_end(agent: AgentState) -> int:
+        ends = [
+            (int(window_index(ws.rows.time, ws.width_ns).max()) + 1) * ws.width_ns
+            for ws in agent.widths
+            if len(ws)
+        ]
+        return max(ends)
+
+    def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[dict[str, Any]]:
+        width = ws.width_ns
+        win = window_index(ws.rows.time, width)
+        keys, inverse, counts = np.unique(
+            (ws.rows.sid.astype(np.int64) << 32) | win, return_inverse=True, return_counts=True
+        )
+        k_sid, k_win = keys >> 32, keys & 0xFFFFFFFF
+        closed = (k_win + 1) * width <= agent.watermark
+        if idle:
+            closed[:] = True
+        changed = (
+            np.array(
+                [
+                    ws.emitted.get((int(s), int(w))) != int(c)
+                    for s, w, c in zip(k_sid, k_win, counts, strict=True)
+                ],
+                dtype=bool,
+            )
+            if keys.shape[0]
+            else np.zeros(0, dtype=bool)
+        )
+        emit = closed & changed
+        records: list[dict[str, Any]] = []
+        if emit.any():
+            rows = ws.rows.take(emit[inverse])
+            stats = group_stats(
+                rows.sid, window_index(rows.time, width), rows.time, rows.seq, rows.value
+            )
+            records = self.records(agent, ws, stats, closed=True)
+            for s, w, c in zip(stats.series, stats.window, stats.count, strict=True):
+                ws.emitted[(int(s), int(w))] = int(c)
+        final = (k_win + 1) * width + self.lateness_ns <= agent.watermark
+        if final.any():
+            ws.rows = ws.rows.take(~final[inverse])
+            for s, w in zip(k_sid[final], k_win[final], strict=True):
+                ws.emitted.pop((int(s), int(w)), None)
+        return records
+
+    def live(self) -> list[dict[str, Any]]:
+        """Records of the open windows of every width that took readings since last asked."""
+        out: list[dict[str, Any]] = []
+        for agent in self.agents.values():
+            for ws in agent.widths:
+                if not ws.live_dirty or not len(ws):
+                    continue
+                ws.live_dirty = False
+                win = window_index(ws.rows.time, ws.width_ns)
+                open_ = (win + 1) * ws.width_ns > agent.watermark
+                if open_.any():
+                    rows = ws.rows.take(open_)
+                    stats = group_stats(rows.sid, win[open_], rows.time, rows.seq, rows.value)
+                    out.extend(self.records(agent, ws, stats, closed=False))
+        return out
+
+    def records(
+        self, agent: AgentState, ws: WidthState, stats: GroupStats, *, closed: bool
+    ) -> list[dict[str, Any]]:
+        label = window_label(ws.width_s)
+        width = ws.width_ns
+        out = []
+        cols = [
+            stats.count.tolist(),
+            stats.min.tolist(),
+            stats.max.tolist(),
+            stats.sum.tolist(),
+            stats.mean.tolist(),
+            stats.std.tolist(),
+            stats.p50.tolist(),
+            stats.p95.tolist(),
+            stats.first.tolist(),
+            stats.last.tolist(),
+        ]
+        for i, (sid, win) in enumerate(
+            zip(stats.series.tolist(), stats.window.tolist(), strict=True)
+        ):
+            device, metric, unit = agent.series[sid]
+            count, mn, mx, total, mean, std, p50, p95, first, last = (c[i] for c in cols)
+            out.append(
+                {
+                    "site": agent.site,
+                    "device": device,
+                    "metric": metric,
+                    "unit": unit,
+                    "window": label,
+                    "start_ns": win * width,
+                    "end_ns": (win + 1) * width,
+                    "count": count,
+                    "min": mn,
+                    "max": mx,
+                    "sum": total,
+                    "mean": mean,
+                    "stddev": std,
+                    "p50": p50,
+                    "p95": p95,
+                    "first": first,
+                    "last": last,
+                    "closed": closed,
+                }
+            )
+        return out
+
+    @staticmethod
+    def _oldest_open_seq(agent: AgentState) -> int | None:
+        firsts = [int(ws.rows.sseq.min()) for ws in agent.widths if len(ws)]
+        return min(firsts) if firsts else None
+
+    def checkpoint(self, last_seq: int) -> dict[str, Any]:
+        """The state to resume from after every message up to `last_seq` was processed."""
+        agents = {}
+        for subject, agent in self.agents.items():
+            oldest = self._oldest_open_seq(agent)
+            agents[subject] = {
+                "wm": agent.watermark,
+                "from_seq": oldest,
+                "site": agent.site,
+            }
+        return {
+            "version": CHECKPOINT_VERSION,
+            "last_seq": last_seq,
+            "widths_s": self.widths_s,
+            "lateness_ns": self.lateness_ns,
+            "agents": agents,
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> int:
+        """Load a checkpoint; return the stream sequence to replay from."""
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"unsupported checkpoint version {ckpt.get('version')!r}")
+        if ckpt["widths_s"] != self.widths_s or ckpt["lateness_ns"] != self.lateness_ns:
+            raise ValueError("checkpoint was written with other window settings")
+        self.replay_until = int(ckpt["last_seq"])
+        start = self.replay_until + 1
+        for subject, a in ckpt["agents"].items():
+            agent = self._agent(subject, a["site"])
+            agent.replay = Replay(a["from_seq"], int(a["wm"]))
+            agent.watermark = int(a["wm"])
+            if a["from_seq"] is not None:
+                start = min(start, int(a["from_seq"]))
+        return start

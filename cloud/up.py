@@ -1,0 +1,62 @@
+"""`gateway cloud up` and `gateway cloud cluster up`: the cloud tier on this machine.
+
+`up`: one embedded nats-server, the streams, N aggregator workers (partitions 0..N-1) and
+the HTTP API, all until Ctrl-C. `cluster up`: three nats-server nodes clustered over
+loopback with R3 streams, for clients given all three URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from cloud.aggregator import Aggregator
+from cloud.streams import ensure_streams
+from cloud.views.http import http_api
+from gateway.config import AggregatorSettings, CloudConfig, StreamSettings
+from gateway.connect import nats_connection
+from gateway.servers import NatsCluster, NatsServer
+
+
+def _worker_config(cfg: CloudConfig, i: int) -> CloudConfig:
+    """Worker `i` gets metrics port `port + i`, so N workers can share one machine."""
+    port = cfg.aggregator.metrics_port
+    if not port:
+        return cfg
+    agg: AggregatorSettings = cfg.aggregator.model_copy(update={"metrics_port": port + i})
+    return cfg.model_copy(update={"aggregator": agg})
+
+
+async def run_cloud(
+    cfg: CloudConfig, stop: asyncio.Event, data_dir: Path, port: int, workers: int, http_port: int
+) -> None:
+    server = NatsServer(data_dir / "nats", name="cloud")
+    server.port = port
+    await server.start()
+    try:
+        async with nats_connection(server.url, "cloud-up") as nc:
+            await ensure_streams(nc.jetstream(), cfg.streams)
+            print(f"cloud nats-server (JetStream) on {server.url}", flush=True)
+            async with asyncio.TaskGroup() as tg:
+                for i in range(workers):
+                    agg = Aggregator(_worker_config(cfg, i), i, workers)
+                    tg.create_task(agg.run(nc, stop), name=agg.name)
+                if http_port:
+                    async with http_api(nc, http_port) as bound:
+                        print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
+                        await stop.wait()
+    finally:
+        await server.stop()
+
+
+async def run_cluster(cfg: CloudConfig, stop: asyncio.Event, data_dir: Path) -> None:
+    cluster = NatsCluster(data_dir, size=3)
+    await cluster.start()
+    try:
+        streams: StreamSettings = cfg.streams.model_copy(update={"replicas": 3})
+        async with nats_connection(cluster.url, "cluster-up") as nc:
+            await ensure_streams(nc.jetstream(), streams)
+        print(f"3-node JetStream cluster, R3 streams; --nats {cluster.url}", flush=True)
+        await stop.wait()
+    finally:
+        await cluster.stop()

@@ -1,0 +1,147 @@
+"""HTTP JSON API of the cloud tier (documented in docs/api.md), bound to 127.0.0.1.
+
+- `GET /api/windows` - history from the AGG stream (`gateway query`), JSON or CSV;
+- `GET /api/latest` - the latest window of each series, from the AGG_LATEST bucket;
+- `GET /api/live` - the same, live: server-sent events, one `window` event per update;
+- `GET /healthz`.
+All take the filters `site`, `device`, `metric`, `window`; `/api/windows` also `from`, `to`
+and `format`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js.errors import BucketNotFoundError
+
+from cloud.errors import QueryError
+from cloud.httpd import serve_app
+from cloud.views.query import Selector, parse_time, query, to_csv
+from gateway import subjects
+from gateway.errors import ConfigError, InvalidTokenError
+
+NC_KEY = web.AppKey("nc", NatsClient)
+HEARTBEAT_S = 15.0
+
+
+def _error(status: int, text: str) -> web.Response:
+    return web.json_response({"error": text}, status=status)
+
+
+def _selector(request: web.Request) -> Selector:
+    q = request.query
+    return Selector(
+        q.get("site"),
+        q.get("device"),
+        q.get("metric"),
+        q.get("window"),
+        parse_time(q["from"]) if "from" in q else None,
+        parse_time(q["to"]) if "to" in q else None,
+    )
+
+
+def _json(records: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(records), content_type="application/json")
+
+
+@web.middleware
+async def _bad_request(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bad filters: 400 with the reason; JetStream unavailable: 503. Never a bare 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except (ConfigError, InvalidTokenError) as exc:
+        return _error(400, str(exc))
+    except QueryError as exc:
+        return _error(503, str(exc))
+
+
+async def windows(request: web.Request) -> web.Response:
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        return _error(400, f"format {fmt!r}: expected json or csv")
+    sel = _selector(request)
+    records = await query(request.app[NC_KEY].jetstream(), sel)
+    if fmt == "csv":
+        return web.Response(text=to_csv(records), content_type="text/csv")
+    return _json(records)
+
+
+async def latest(request: web.Request) -> web.Response:
+    sel = _selector(request)
+    try:
+        kv = await request.app[NC_KEY].jetstream().key_value(subjects.LATEST_BUCKET)
+    except BucketNotFoundError:
+        return _json([])
+    out = []
+    watcher = await kv.watch(sel.kv_key(), ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break  # the end of the current values
+            if entry.value:
+                out.append(orjson.loads(entry.value))
+    finally:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    out.sort(key=lambda r: (r["site"], r["device"], r["metric"], r["window"]))
+    return _json(out)
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    sel = _selector(request)
+    kv = await request.app[NC_KEY].jetstream().key_value(subjects.LATEST_BUCKET)
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    watcher = await kv.watch(sel.kv_key())
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=HEARTBEAT_S)  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
+                continue  # None marks the end of the initial values
+            await resp.write(b"event: window\ndata: " + entry.value + b"\n\n")
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"nats": request.app[NC_KEY].is_connected})
+
+
+def make_app(nc: NatsClient) -> web.Application:
+    app = web.Application(middlewares=[_bad_request])
+    app[NC_KEY] = nc
+    app.router.add_get("/api/windows", windows)
+    app.router.add_get("/api/latest", latest)
+    app.router.add_get("/api/live", live)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def http_api(nc: NatsClient, port: int) -> AsyncIterator[int]:
+    async with serve_app(make_app(nc), port) as bound:
+        yield bound
+
+
+async def serve(nc: NatsClient, port: int, stop: asyncio.Event) -> None:
+    async with http_api(nc, port) as bound:
+        print(f"HTTP API on http://127.0.0.1:{bound}/api/ (docs/api.md)", flush=True)
+        await stop.wait()
