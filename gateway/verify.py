@@ -52,7 +52,15 @@ class DeadLetterContents:
     reasons: Counter[str] = field(default_factory=Counter)
     messages: int = 0
 
-    def add(self, subject: str, payload: bytes, reason: str) -> None:
+    downstream: int = 0  # the cloud's own dead letters about readings already stored
+
+    def add(self, subject: str, payload: bytes, reason: str, source: str = "") -> None:
+        """One dead letter; `source` is its `Gateway-Dead-Letter-Source` header. Those the
+        aggregator writes (source `telemetry.…`: late readings, say) are about readings
+        TELEMETRY already holds, not about what the devices sent, so they are set apart."""
+        if source.startswith("telemetry."):
+            self.downstream += 1
+            return
         self.messages += 1
         self.reasons[reason] += 1
         parts = subject.split(".")
@@ -114,8 +122,9 @@ async def read_dead_letters(
     dead = DeadLetterContents()
 
     def handle(msg: Any) -> None:
-        reason = (msg.headers or {}).get("Gateway-Dead-Letter-Reason", "unknown")
-        dead.add(msg.subject, msg.data, reason)
+        headers = msg.headers or {}
+        reason = headers.get("Gateway-Dead-Letter-Reason", "unknown")
+        dead.add(msg.subject, msg.data, reason, headers.get("Gateway-Dead-Letter-Source", ""))
 
     await _read_stream(js, subjects.DLQ_STREAM, subject, handle, fetch)
     return dead

@@ -181,6 +181,9 @@ def test_compare_checks_invalid_readings_against_dead_letters() -> None:
     dead.add("dlq.s1.a1", b"\xff garbage", "invalid_json")
     dead.add("dlq.s1.a1", b"\xff garbage", "invalid_json")  # redelivered: same bytes
     dead.add("dlq.s1.a1", b'[{"site":"s1","device":"d1","se', "invalid_json")
+    # The aggregator's dead letters (late readings) are about stored readings: set apart.
+    dead.add("dlq.s1.a1", b"GWB\x01late batch", "late", source="telemetry.s1.a1")
+    assert dead.downstream == 1
     good = compare(truth, _contents([1, 2, 4], [1.0, 2.0, 4.0]), dead)
     assert good.ok, good
     assert good.summary()["noise_found"] == good.summary()["noise_expected"] == 2
