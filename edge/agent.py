@@ -2,6 +2,9 @@
 
 intake:    SourceMessage -> decode -> validate -> filter -> batcher (or a dead letter)
 flusher:   batcher -> buffer.commit (one transaction) -> ack to the source
+           (overflow policy `block`: a flush that does not fit is held, unacknowledged,
+           and intake pauses until the uplink frees room: the broker's in-flight window
+           then stops delivery, which is the backpressure)
 uplink:    buffer -> JetStream (PubAck) -> buffer.delete
 heartbeat: status.<site>.<agent>, with counts and buffer depth
 """
@@ -20,8 +23,10 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
 from devices.catalog import load_catalog
-from edge.batcher import Batcher
-from edge.buffer import SqliteBuffer
+from edge import accounting
+from edge.batcher import Batcher, Flush
+from edge.buffer import SourceCounts, SqliteBuffer
+from edge.errors import BufferFull
 from edge.intake import Intake, IntakeStats, source_names
 from edge.metrics import AgentMetrics, MetricsServer
 from edge.sources import Source, SourceMessage
@@ -43,7 +48,12 @@ class Agent:
             config.data_dir / "buffer.sqlite3",
             max_bytes=config.buffer.max_bytes,
             durability=config.buffer.durability,
+            overflow=config.buffer.overflow,
+            max_age_s=config.buffer.max_age_s,
         )
+        self._counts = SourceCounts()  # per source, for the open batch
+        self._held: tuple[Flush, str, SourceCounts] | None = None  # block policy: not durable
+        self._blocked = False
         self.metrics = AgentMetrics()
         self.intake: Intake | None = None
         self.metrics_server: MetricsServer | None = None
@@ -60,7 +70,11 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self.buffer.open()
         self.batcher = Batcher(
-            self.config.site, self.config.agent, self.config.batch, self.buffer.high_water
+            self.config.site,
+            self.config.agent,
+            self.config.batch,
+            self.buffer.high_water,
+            self.buffer.holes,
         )
         self.intake = Intake(self.config, load_catalog(self.config.catalog), self.metrics)
         try:
@@ -124,15 +138,18 @@ class Agent:
             tg.create_task(self._heartbeat(nc), name="heartbeat")
 
     async def _shutdown(self) -> None:
-        """Stop sources, make what is pending durable (and ack it), close the rest."""
-        for src in self.sources:
-            await src.stop()
+        """Make what is pending durable and ack it while the sources are still connected
+        (an ack sent after the disconnect is lost, and the broker would redeliver readings
+        that are already durable), then stop the sources and close the rest."""
         while not self._queue.empty():
             self._handle(self._queue.get_nowait())
         self._flush()
+        for src in self.sources:
+            await src.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         if self._nc is not None:
+            await self.uplink.forward_remaining(self._nc, self.config.uplink.publish_timeout_s)
             with contextlib.suppress(NatsError, TimeoutError, OSError):
                 await self._nc.drain()
         self.buffer.close()
@@ -140,6 +157,9 @@ class Agent:
     # -- intake and flushing ---------------------------------------------------------------
     async def _intake(self) -> None:
         while True:
+            if self._held is not None:
+                await self._wait_for_room()
+                continue
             msg = await self._queue.get()
             self._handle(msg)
             if self._batcher.full():
@@ -149,10 +169,18 @@ class Agent:
 
     def _handle(self, msg: SourceMessage) -> None:
         assert self.intake is not None, "agent is not running"
+        batched = self._batcher.pending_readings()
+        dups = self.intake.stats.duplicates_dropped
         self.intake.handle(msg, self._batcher)
+        # per-source accounting (edge/accounting.py): what this message added to the batch
+        self._counts.readings[msg.source] += self._batcher.pending_readings() - batched
+        self._counts.duplicates[msg.source] += self.intake.stats.duplicates_dropped - dups
 
     async def _flusher(self) -> None:
         while True:
+            if self._held is not None:
+                await self._wait_for_room()
+                continue
             wait = self._batcher.seconds_until_due()
             if wait is None:
                 self._wake_flusher.clear()
@@ -164,12 +192,34 @@ class Agent:
             self._flush()
 
     def _flush(self) -> None:
-        batcher = self._batcher
-        batch_id = self.buffer.next_batch_id(self.config.agent)
-        flush = batcher.take(batch_id)
-        if flush is None:
+        if self._held is None:
+            batch_id = self.buffer.next_batch_id(self.config.agent)
+            flush = self._batcher.take(batch_id)
+            if flush is None:
+                return
+            self._held = (flush, batch_id, self._counts)
+            self._counts = SourceCounts()
+        flush, batch_id, counts = self._held
+        try:
+            self.buffer.commit(
+                flush.batch, batch_id, flush.dead_letters, flush.high_water, counts, flush.holes
+            )
+        except BufferFull as exc:
+            if not self._blocked:
+                self._blocked = True
+                log.warning(
+                    "%s: holding %d readings unacknowledged until the uplink drains",
+                    exc,
+                    flush.batch.readings if flush.batch else 0,
+                )
+            self._pause_serial(True)
+            self._wake_uplink.set()
             return
-        self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.high_water)
+        self._held = None
+        if self._blocked:
+            self._blocked = False
+            self._pause_serial(False)
+            log.info("buffer has room again; intake resumed")
         if flush.batch is not None:
             self.metrics.batches.inc()
             self.metrics.batched.inc(flush.batch.readings)
@@ -178,6 +228,23 @@ class Agent:
             ack()
         if flush.batch is not None or flush.dead_letters:
             self._wake_uplink.set()
+
+    def _pause_serial(self, pause: bool) -> None:
+        """Block policy: serial has no acks to withhold, so its reads stop instead."""
+        for src in self.sources:
+            if not isinstance(src, SerialSource) or src.paused == pause:
+                continue
+            if pause:
+                src.pause()
+            else:
+                src.resume()
+
+    async def _wait_for_room(self) -> None:
+        """Block policy: retry the held flush whenever the uplink has deleted something."""
+        self.uplink.drained.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.uplink.drained.wait(), 1.0)
+        self._flush()
 
     @property
     def _batcher(self) -> Batcher:
@@ -206,7 +273,9 @@ class Agent:
                 "filtered": dict(self.stats.filtered),
             },
             "buffer": asdict(buf),
-            "uplink": asdict(self.uplink.stats),
+            "uplink": self.uplink.metrics(buf.readings),
+            "blocked": self._held is not None,
+            "accounting": accounting.report(self.buffer.connection),
         }
 
     async def _heartbeat(self, nc: NatsClient) -> None:

@@ -1,7 +1,8 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
 max bytes or linger time (monotonic clock). Also drops redelivered readings by the
-high-water sequence number of each series (site, device, metric), which is made durable
-together with the batch. Readings without a sequence number (`NO_SEQ`) are never dropped.
+sequence numbers seen in each series (site, device, metric; edge/dedupe.py: a high-water
+mark plus the seqs a jump skipped, so late deliveries are kept), made durable together
+with the batch. Readings without a sequence number (`NO_SEQ`) are never dropped.
 
 Keyed per series, not per device: a device may number its readings across metrics (the
 simulator does) or give every metric of one sample the same number (line protocol with
@@ -18,6 +19,7 @@ import numpy.typing as npt
 
 from edge.buffer import DeadLetter, PendingBatch
 from edge.decoders.context import NO_SEQ, SeriesColumns
+from edge.dedupe import SeqFilter
 from edge.validation import SeriesCheck
 from gateway import codec
 from gateway.config import BatchSettings
@@ -35,6 +37,7 @@ class Flush:
     high_water: dict[str, int]
     acks: list[Any]
     duplicates: int
+    holes: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class _Open:
     started: float
     dead_letters: list[DeadLetter] = field(default_factory=list)
     high_water: dict[str, int] = field(default_factory=dict)
+    holes: dict[str, set[int]] = field(default_factory=dict)
     acks: list[Any] = field(default_factory=list)
     duplicates: int = 0
     approx_bytes: int = 0
@@ -50,12 +54,18 @@ class _Open:
 
 class Batcher:
     def __init__(
-        self, site: str, agent: str, settings: BatchSettings, high_water: dict[str, int]
+        self,
+        site: str,
+        agent: str,
+        settings: BatchSettings,
+        high_water: dict[str, int],
+        holes: dict[str, set[int]] | None = None,
     ) -> None:
         self.site = site
         self.agent = agent
         self.settings = settings
-        self._durable_hw = high_water  # shared with the buffer: what is already durable
+        # shared with the buffer: what is already durable
+        self._seqs = SeqFilter(high_water, {} if holes is None else holes)
         self._open: _Open | None = None
 
     def _current(self) -> _Open:
@@ -63,21 +73,14 @@ class Batcher:
             self._open = _Open(codec.ColumnBuilder(self.site, self.agent), time.monotonic())
         return self._open
 
-    def _seen(self, key: str, seq: int, pending: dict[str, int]) -> bool:
-        hw = pending.get(key)
-        if hw is None:
-            hw = self._durable_hw.get(key, -1)
-        return seq <= hw
-
     def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
         """Add one reading; False if it was dropped as already seen (redelivered)."""
         cur = self._current()
         if r.seq != NO_SEQ:
             key = f"{r.site}/{r.device}/{r.metric}"
-            if self._seen(key, r.seq, cur.high_water):
+            if not self._seqs.accept(key, r.seq, cur.high_water, cur.holes):
                 cur.duplicates += 1
                 return False
-            cur.high_water[key] = r.seq
         cur.builder.add(
             r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, r.flags, original_time_ns
         )
@@ -91,8 +94,8 @@ class Batcher:
     ) -> int:
         """Add a validated column of one series; return how many were redelivered copies.
 
-        The same rule as `add_one`, vectorised: a reading is new if its seq exceeds the
-        high-water mark and every seq before it in the column (a running maximum)."""
+        The same rule as `add_one`, vectorised for the usual run of seqs one stride apart
+        (edge/dedupe.py)."""
         cur = self._current()
         seq = cols.seq[check.accepted]
         keep: slice | npt.NDArray[np.bool_] = slice(None)
@@ -100,15 +103,11 @@ class Batcher:
         numbered = seq != NO_SEQ
         if numbered.any():
             key = f"{cols.site}/{cols.device}/{cols.metric}"
-            hw = cur.high_water.get(key, self._durable_hw.get(key, -1))
-            before = np.maximum.accumulate(np.concatenate(([hw], seq)))[:-1]
-            fresh = (seq > before) | ~numbered
+            fresh = np.ones(seq.shape, dtype=np.bool_)
+            fresh[numbered] = self._seqs.accept_run(key, seq[numbered], cur.high_water, cur.holes)
             dups = int(fresh.size - np.count_nonzero(fresh))
             if dups:
                 keep = fresh
-            top = int(seq.max())
-            if top > hw:
-                cur.high_water[key] = top
         original = check.original_time_ns
         if dups and original:
             kept_row = np.cumsum(fresh) - 1
@@ -168,4 +167,4 @@ class Batcher:
                 )
             else:
                 batch = PendingBatch(codec.CONTENT_TYPE, len(built), codec.encode(built))
-        return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates)
+        return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates, cur.holes)

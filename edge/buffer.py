@@ -2,28 +2,50 @@
 
 Order of durable steps (the guarantee chain, DESIGN.md):
   1. `commit()` writes, in ONE transaction, the encoded batch, the dead letters of the same
-     flush, and the per-device high-water sequence numbers.
+     flush, the per-device high-water sequence numbers and the accounting counters.
   2. Only after that commit does the agent acknowledge the MQTT messages to the broker.
-  3. The uplink publishes a batch with its stable `batch_id` as `Nats-Msg-Id`.
-  4. Only after JetStream's PubAck does `delete_batches()` remove it.
+  3. Before publishing, the uplink marks the batches `attempted` (`mark_attempted`), so a
+     restarted agent knows which batches the stream may already hold.
+  4. The uplink publishes a batch with its stable `batch_id` as `Nats-Msg-Id`.
+  5. Only after JetStream's PubAck does `delete_batches()` remove it (and count it as
+     published, in the same transaction).
 A crash between any two steps repeats the earlier step, and each repeat is recognised:
-the broker redelivers (2) and the high-water mark drops the copy; JetStream deduplicates (3).
+the broker redelivers (2) and the seqs already seen drop the copy (edge/dedupe.py);
+JetStream deduplicates (4) within its duplicate window, and beyond it the uplink asks the
+stream which attempted batches it already holds (edge/uplink.py).
 
-A file that SQLite reports as corrupt at start is moved aside and a fresh buffer is used:
-the agent never refuses to start over its buffer.
+Disk writes (SD cards wear out): payloads are stored LZ4-compressed (fast both ways, so
+the backlog still drains at network speed), attempt marks live in their own small table,
+and freed pages are not zeroed (`secure_delete=OFF`; some SQLite builds default to ON,
+which doubles the bytes written). WAL writes each page twice (log, then checkpoint):
+bench/drain.py measures the total per reading.
+
+Bounds: `max_bytes` of stored (compressed) payload and `max_age_s`. What does not fit
+follows `overflow`: `drop_oldest` deletes the oldest batches, `drop_newest` refuses the
+incoming one, `block` raises `BufferFull` so the agent holds the flush and stops
+acknowledging. A full disk (SQLITE_FULL) is handled by the same policy. Every dropped
+reading is counted by source and reason in the same transaction (edge/accounting.py).
+
+A file that SQLite reports as corrupt at start is moved aside, what can still be read from
+it is copied into a fresh buffer, and the agent carries on: it never refuses to start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.errors import BufferError
+import lz4.block
+import orjson
+
+from edge.errors import BufferError, BufferFull
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +58,15 @@ CREATE TABLE IF NOT EXISTS batches(
     created_ns INTEGER NOT NULL,
     readings INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    sources TEXT NOT NULL DEFAULT '{}',
+    compressed INTEGER NOT NULL DEFAULT 0
 );
+-- Kept apart from the batches: marking a window attempted then writes one small page,
+-- not the leaf page of every batch (which holds the start of its payload).
+CREATE TABLE IF NOT EXISTS attempted(id INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS batch_gone AFTER DELETE ON batches
+    BEGIN DELETE FROM attempted WHERE id = old.id; END;
 CREATE TABLE IF NOT EXISTS dead_letters(
     id INTEGER PRIMARY KEY,
     created_ns INTEGER NOT NULL,
@@ -46,9 +75,15 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     detail TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS high_water(device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS high_water(
+    device TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    holes TEXT NOT NULL DEFAULT '[]'
+);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_TABLES = ("meta", "batches", "attempted", "dead_letters", "high_water", "counters")
+UNKNOWN_SOURCE = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +94,7 @@ class StoredBatch:
     created_ns: int
     readings: int
     payload: bytes
+    attempted_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +130,63 @@ class PendingBatch:
     payload: bytes
 
 
+@dataclass(slots=True)
+class SourceCounts:
+    """Per source: readings in the flushed batch and redelivered readings dropped."""
+
+    readings: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class CommitResult:
+    stored: bool = False
+    dropped: Counter[str] = field(default_factory=Counter)  # readings, by reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """Everything one flush makes durable."""
+
+    batch: PendingBatch | None
+    batch_id: str
+    letters: list[DeadLetter]
+    seq_rows: list[tuple[str, int, list[int]]]  # key, high water, holes
+    intake: SourceCounts
+
+
+def counter_name(kind: str, source: str, reason: str = "") -> str:
+    return f"{kind}:{source}:{reason}" if reason else f"{kind}:{source}"
+
+
 class SqliteBuffer:
     """Bounded, crash-safe batch store. Construct, then `open()`; single writer."""
 
-    def __init__(self, path: Path, *, max_bytes: int, durability: str = "normal") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        durability: str = "normal",
+        overflow: str = "drop_oldest",
+        max_age_s: float = 0.0,
+    ) -> None:
+        if overflow not in ("drop_oldest", "drop_newest", "block"):
+            raise ValueError(
+                f"overflow must be drop_oldest, drop_newest or block, not {overflow!r}"
+            )
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be normal or full, not {durability!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.durability = durability
+        self.overflow = overflow
+        self.max_age_ns = int(max_age_s * 1e9)
         self.instance = ""
         self.high_water: dict[str, int] = {}
+        self.holes: dict[str, set[int]] = {}  # seqs skipped, still expected (edge/dedupe.py)
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # see read_ahead
         self._next_batch = 0
         self._bytes = 0
 
@@ -121,6 +204,7 @@ class SqliteBuffer:
                 moved,
             )
             self._open_checked()
+            self._salvage(moved)
 
     def _open_checked(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -129,13 +213,26 @@ class SqliteBuffer:
                 raise sqlite3.DatabaseError("quick_check failed")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.durability.upper()}")
+            db.execute("PRAGMA secure_delete=OFF")
             db.executescript(_SCHEMA)
+            self._migrate(db)
             self._db = db
             self._load_state()
         except sqlite3.DatabaseError:
             db.close()
             self._db = None
             raise
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Add the columns a buffer written by an older version lacks (never drops data)."""
+        have = {r[1] for r in db.execute("PRAGMA table_info(batches)")}
+        if "sources" not in have:
+            db.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
+        if "compressed" not in have:
+            db.execute("ALTER TABLE batches ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0")
+        if "holes" not in {r[1] for r in db.execute("PRAGMA table_info(high_water)")}:
+            db.execute("ALTER TABLE high_water ADD COLUMN holes TEXT NOT NULL DEFAULT '[]'")
 
     def _load_state(self) -> None:
         db = self._conn
@@ -145,7 +242,11 @@ class SqliteBuffer:
             db.execute("INSERT INTO meta VALUES ('instance', ?)", (meta["instance"],))
         self.instance = meta["instance"]
         self._next_batch = int(meta.get("next_batch", "1"))
-        self.high_water = dict(db.execute("SELECT device, seq FROM high_water").fetchall())
+        rows = db.execute("SELECT device, seq, holes FROM high_water").fetchall()
+        self.high_water.clear()
+        self.high_water.update((key, seq) for key, seq, _ in rows)
+        self.holes.clear()
+        self.holes.update((key, set(orjson.loads(h))) for key, _, h in rows if h != "[]")
         self._bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM batches").fetchone()[0]
 
     def _move_aside(self) -> Path:
@@ -157,10 +258,56 @@ class SqliteBuffer:
                 src.rename(Path(str(target) + suffix))
         return target
 
+    def _salvage(self, moved: Path) -> None:
+        """Copy every table that can still be read from the corrupt file into the fresh one.
+
+        Batches keep their ids, so the uplink's duplicate checks still recognise them; the
+        instance id is kept too, so new batch ids never collide with salvaged ones."""
+        db = self._conn
+        try:
+            db.execute("ATTACH DATABASE ? AS old", (str(moved),))
+        except sqlite3.DatabaseError as exc:
+            log.error("nothing could be salvaged from %s: %s", moved, exc)
+            return
+        saved: dict[str, int] = {}
+        for table in _TABLES:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                cols = ", ".join(r[1] for r in db.execute(f"PRAGMA old.table_info({table})"))
+                if table == "meta":
+                    db.execute("DELETE FROM meta")
+                cur = db.execute(
+                    f"INSERT OR REPLACE INTO {table}({cols}) SELECT {cols} FROM old.{table}"
+                )
+                db.execute("COMMIT")
+                saved[table] = cur.rowcount
+            except sqlite3.DatabaseError as exc:
+                db.execute("ROLLBACK")
+                log.error("could not salvage table %s from %s: %s", table, moved, exc)
+        db.execute("DETACH DATABASE old")
+        log.warning("salvaged from %s: %s", moved, saved)
+        self._load_state()
+
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (or cancellation)."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -179,103 +326,279 @@ class SqliteBuffer:
         batch_id: str,
         dead_letters: Iterable[DeadLetter],
         high_water: Mapping[str, int],
-        counters: Mapping[str, int] | None = None,
-    ) -> None:
-        """Make a flush durable in one transaction (step 1 of the guarantee chain)."""
+        intake: SourceCounts | None = None,
+        holes: Mapping[str, set[int]] | None = None,
+    ) -> CommitResult:
+        """Make a flush durable in one transaction (step 1 of the guarantee chain).
+
+        Raises `BufferFull` under the `block` policy when the batch does not fit, and
+        `BufferError` when the disk refuses even the small bookkeeping write."""
+        if intake is None:  # callers that do not track sources
+            intake = SourceCounts(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
+        holes = holes or {}
+        seq_rows = [  # a key whose holes this flush did not touch keeps its durable ones
+            (
+                key,
+                high_water.get(key, self.high_water.get(key, -1)),
+                sorted(holes[key] if key in holes else self.holes.get(key, ())),
+            )
+            for key in high_water.keys() | holes.keys()
+        ]
+        flush = _Commit(batch, batch_id, list(dead_letters), seq_rows, intake)
+        try:
+            result = self._commit_once(flush, None)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+            log.error(
+                "disk full writing the buffer %s; applying the %s policy", self.path, self.overflow
+            )
+            result = self._commit_disk_full(flush)
+        except sqlite3.Error as exc:
+            raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+        self.high_water.update(high_water)
+        for key, new in holes.items():
+            if new:
+                self.holes[key] = set(new)
+            else:
+                self.holes.pop(key, None)
+        return result
+
+    def _commit_disk_full(self, flush: _Commit) -> CommitResult:
+        if self.overflow == "block":
+            raise BufferFull(f"disk full at {self.path}")
+        if self.overflow == "drop_oldest":
+            while self._drop_oldest_batch_alone():
+                try:
+                    return self._commit_once(flush, None)
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                        raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+        try:  # nothing left to drop, or drop_newest: keep only the bookkeeping
+            return self._commit_once(flush, "disk_full")
+        except sqlite3.Error as exc:
+            raise BufferError(f"disk full: cannot write even bookkeeping to {self.path}") from exc
+
+    def _commit_once(self, flush: _Commit, refuse: str | None) -> CommitResult:
+        """One transaction. `refuse` names the reason the batch is dropped instead of stored."""
         db = self._conn
         now = time.time_ns()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            dropped_bytes, dropped_readings = (0, 0)
+        result = CommitResult()
+        counters: Counter[str] = Counter()
+        batch = flush.batch
+        stored = lz4.block.compress(batch.payload) if batch is not None else b""
+        freed = 0
+        with self._transaction():
+            freed += self._expire(now, counters, result)
+            if batch is not None and refuse is None:
+                refuse, dropped_bytes = self._make_room(len(stored), counters, result)
+                freed += dropped_bytes
             if batch is not None:
-                dropped_bytes, dropped_readings = self._drop_oldest_for(len(batch.payload))
-                db.execute(
-                    "INSERT INTO batches(batch_id, content_type, created_ns, readings, bytes,"
-                    " payload) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        batch_id,
-                        batch.content_type,
-                        now,
-                        batch.readings,
-                        len(batch.payload),
-                        batch.payload,
-                    ),
-                )
+                if refuse is None:
+                    self._insert_batch(batch, stored, flush.batch_id, now, flush.intake)
+                    result.stored = True
+                else:
+                    self._count_dropped(flush.intake.readings, refuse, counters, result)
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('next_batch', ?)",
                     (str(self._next_batch + 1),),
                 )
+            self._insert_letters(flush.letters, now, counters)
+            self._count_intake(flush.intake, counters)
             db.executemany(
-                "INSERT INTO dead_letters(created_ns, source, reason, detail, payload)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(now, d.source, d.reason, d.detail, d.payload) for d in dead_letters],
+                "INSERT OR REPLACE INTO high_water VALUES (?, ?, ?)",
+                [(k, hw, orjson.dumps(h).decode()) for k, hw, h in flush.seq_rows],
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO high_water VALUES (?, ?)", list(high_water.items())
-            )
-            counters = dict(counters or {})
-            if dropped_readings:
-                counters["dropped_overflow"] = (
-                    counters.get("dropped_overflow", 0) + dropped_readings
-                )
-                log.warning(
-                    "buffer full (%d bytes): dropped %d oldest readings",
-                    self.max_bytes,
-                    dropped_readings,
-                )
-            for name, delta in counters.items():
-                db.execute(
-                    "INSERT INTO counters VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (name, delta),
-                )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+            self._add_counters(counters)
         if batch is not None:
             self._next_batch += 1
-            self._bytes += len(batch.payload) - dropped_bytes
-        self.high_water.update(high_water)
+            self._bytes += (len(stored) if result.stored else 0) - freed
+        if result.dropped:
+            log.warning("buffer dropped readings: %s", dict(result.dropped))
+        return result
 
-    def _drop_oldest_for(self, incoming: int) -> tuple[int, int]:
-        """Overflow policy drop_oldest: delete the oldest batches until `incoming` fits."""
-        db = self._conn
-        freed = dropped = 0
-        while self._bytes - freed + incoming > self.max_bytes:
-            row = db.execute(
-                "DELETE FROM batches WHERE id = (SELECT MIN(id) FROM batches)"
-                " RETURNING bytes, readings"
-            ).fetchone()
-            if row is None:
+    def _make_room(
+        self, size: int, counters: Counter[str], result: CommitResult
+    ) -> tuple[str | None, int]:
+        """Apply the overflow policy for an incoming batch of `size` bytes."""
+        if self._bytes + size <= self.max_bytes:
+            return None, 0
+        if self.overflow == "block":
+            raise BufferFull(f"buffer full ({self._bytes} of {self.max_bytes} bytes)")
+        if self.overflow == "drop_newest" or size > self.max_bytes:
+            return "overflow", 0
+        freed = 0
+        while self._bytes - freed + size > self.max_bytes:
+            got = self._drop_oldest_row("overflow", counters, result)
+            if got is None:
                 break
-            freed += row[0]
-            dropped += row[1]
-        return freed, dropped
+            freed += got
+        return None, freed
 
-    # -- reading and deleting --------------------------------------------------------------
-    def oldest_batches(self, limit: int, after_row: int = 0) -> list[StoredBatch]:
+    def _drop_oldest_row(
+        self, reason: str, counters: Counter[str], result: CommitResult
+    ) -> int | None:
+        row = self._conn.execute(
+            "DELETE FROM batches WHERE id = (SELECT MIN(id) FROM batches) RETURNING bytes, sources"
+        ).fetchone()
+        if row is None:
+            return None
+        self._count_dropped(Counter(orjson.loads(row[1])), reason, counters, result)
+        return int(row[0])
+
+    def _drop_oldest_batch_alone(self) -> bool:
+        """Disk full under drop_oldest: free the oldest batch in its own transaction."""
+        result = CommitResult()
+        counters: Counter[str] = Counter()
+        with self._transaction():
+            freed = self._drop_oldest_row("disk_full", counters, result)
+            self._add_counters(counters)
+        if freed is None:
+            return False
+        self._bytes -= freed
+        log.warning("disk full: dropped the oldest batch (%d readings)", result.dropped.total())
+        return True
+
+    def _expire(self, now: int, counters: Counter[str], result: CommitResult) -> int:
+        if not self.max_age_ns:
+            return 0
         rows = self._conn.execute(
-            "SELECT id, batch_id, content_type, created_ns, readings, payload FROM batches"
-            " WHERE id > ? ORDER BY id LIMIT ?",
+            "DELETE FROM batches WHERE created_ns < ? RETURNING bytes, sources",
+            (now - self.max_age_ns,),
+        ).fetchall()
+        for _size, sources in rows:
+            self._count_dropped(Counter(orjson.loads(sources)), "expired", counters, result)
+        return sum(int(r[0]) for r in rows)
+
+    def expire(self) -> int:
+        """Drop batches older than `max_age_s` now; return how many readings went."""
+        if not self.max_age_ns:
+            return 0
+        result = CommitResult()
+        counters: Counter[str] = Counter()
+        with self._transaction():
+            freed = self._expire(time.time_ns(), counters, result)
+            self._add_counters(counters)
+        self._bytes -= freed
+        return result.dropped.total()
+
+    def _insert_batch(
+        self, batch: PendingBatch, stored: bytes, batch_id: str, now: int, intake: SourceCounts
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO batches(batch_id, content_type, created_ns, readings, bytes, payload,"
+            " sources, compressed) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+            (
+                batch_id,
+                batch.content_type,
+                now,
+                batch.readings,
+                len(stored),
+                stored,
+                orjson.dumps({k: v for k, v in intake.readings.items() if v}),
+            ),
+        )
+
+    def _insert_letters(self, letters: list[DeadLetter], now: int, counters: Counter[str]) -> None:
+        self._conn.executemany(
+            "INSERT INTO dead_letters(created_ns, source, reason, detail, payload)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(now, d.source, d.reason, d.detail, d.payload) for d in letters],
+        )
+        for d in letters:
+            counters[counter_name("received", d.source)] += 1
+            counters[counter_name("dead_lettered", d.source)] += 1
+
+    @staticmethod
+    def _count_intake(intake: SourceCounts, counters: Counter[str]) -> None:
+        for source, n in intake.readings.items():
+            counters[counter_name("received", source)] += n
+        for source, n in intake.duplicates.items():
+            counters[counter_name("received", source)] += n
+            counters[counter_name("dropped", source, "duplicate")] += n
+
+    @staticmethod
+    def _count_dropped(
+        by_source: Mapping[str, int], reason: str, counters: Counter[str], result: CommitResult
+    ) -> None:
+        for source, n in by_source.items():
+            counters[counter_name("dropped", source, reason)] += n
+            result.dropped[reason] += n
+
+    def _add_counters(self, counters: Mapping[str, int]) -> None:
+        self._conn.executemany(
+            "INSERT INTO counters VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(k, v) for k, v in counters.items() if v],
+        )
+
+    # -- reading, publishing and deleting --------------------------------------------------
+    def oldest_batches(self, limit: int, after_row: int = 0) -> list[StoredBatch]:
+        return self._select_batches(self._conn, limit, after_row)
+
+    def read_ahead(self, limit: int, after_row: int) -> list[StoredBatch]:
+        """`oldest_batches` on a second, read-only connection, for a worker thread: WAL lets
+        it read (and LZ4 decompress, without the GIL) while the loop thread writes."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+            )
+        return self._select_batches(self._reader, limit, after_row)
+
+    @staticmethod
+    def _select_batches(db: sqlite3.Connection, limit: int, after_row: int) -> list[StoredBatch]:
+        rows = db.execute(
+            "SELECT b.id, batch_id, content_type, created_ns, readings, payload, a.at_ns,"
+            " compressed FROM batches AS b LEFT JOIN attempted AS a ON a.id = b.id"
+            " WHERE b.id > ? ORDER BY b.id LIMIT ?",
             (after_row, limit),
         ).fetchall()
-        return [StoredBatch(*r) for r in rows]
+        return [
+            StoredBatch(
+                row=r[0],
+                batch_id=r[1],
+                content_type=r[2],
+                created_ns=r[3],
+                readings=r[4],
+                payload=lz4.block.decompress(r[5]) if r[7] else r[5],
+                attempted_ns=r[6],
+            )
+            for r in rows
+        ]
 
-    def delete_batches(self, rows: Iterable[int]) -> None:
-        """Remove published batches (step 4: only after their PubAck)."""
-        ids = [(r,) for r in rows]
+    def mark_attempted(self, rows: Iterable[int]) -> None:
+        """Step 3: remember, durably, that these batches may reach the stream from now on."""
+        ids = list(rows)
+        if ids:  # one statement (and one implicit transaction) for the whole window
+            now = time.time_ns()
+            self._conn.execute(
+                "INSERT OR IGNORE INTO attempted VALUES " + ",".join("(?, ?)" for _ in ids),
+                [v for row in ids for v in (row, now)],
+            )
+
+    def delete_batches(self, rows: Iterable[int]) -> int:
+        """Step 5: remove published batches (only after their PubAck); count them published.
+
+        Returns how many readings were deleted."""
+        ids = list(rows)
         if not ids:
-            return
+            return 0
         db = self._conn
-        freed = 0
-        db.execute("BEGIN IMMEDIATE")
-        for (row,) in ids:
-            got = db.execute("DELETE FROM batches WHERE id = ? RETURNING bytes", (row,)).fetchone()
-            freed += got[0] if got else 0
-        db.execute("COMMIT")
+        freed = readings = 0
+        counters: Counter[str] = Counter()
+        with self._transaction():
+            for got in db.execute(
+                f"DELETE FROM batches WHERE id IN ({','.join('?' * len(ids))})"
+                " RETURNING bytes, readings, sources",
+                ids,
+            ).fetchall():
+                freed += got[0]
+                readings += got[1]
+                for source, n in orjson.loads(got[2]).items():
+                    counters[counter_name("published", source)] += n
+            self._add_counters(counters)
         self._bytes -= freed
+        return readings
 
     def oldest_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
         rows = self._conn.execute(
@@ -287,6 +610,15 @@ class SqliteBuffer:
 
     def delete_dead_letters(self, rows: Iterable[int]) -> None:
         self._conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rows])
+
+    # -- inspection ------------------------------------------------------------------------
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For read-only inspection (edge/accounting.py)."""
+        return self._conn
+
+    def has_room(self, size: int) -> bool:
+        return self._bytes + size <= self.max_bytes
 
     def counters(self) -> dict[str, int]:
         return dict(self._conn.execute("SELECT name, value FROM counters").fetchall())

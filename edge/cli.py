@@ -16,6 +16,7 @@ def register(sub: Any) -> None:
     run = edge.add_parser("run", help="run the agent")
     run.add_argument("--config", type=Path, required=True)
     run.set_defaults(func=_edge_run)
+    _register_stats(edge)
 
 
 def _edge_run(args: argparse.Namespace) -> int:
@@ -24,3 +25,33 @@ def _edge_run(args: argparse.Namespace) -> int:
     cfg = config.load(config.AgentConfig, args.config)
     run_until_signalled(Agent(cfg).run)
     return 0
+
+
+def _register_stats(edge: Any) -> None:
+    stats = edge.add_parser(
+        "stats", help="buffer depth and per-source accounting, read from the agent's buffer"
+    )
+    where = stats.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the agent's config (finds its data_dir)")
+    where.add_argument("--data-dir", type=Path, help="the agent's data directory")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(func=_edge_stats)
+
+
+def _edge_stats(args: argparse.Namespace) -> int:
+    """Exit 0 when every source's account reconciles, 1 when one does not."""
+    import orjson
+
+    from edge import accounting
+
+    data_dir = args.data_dir or config.load(config.AgentConfig, args.config).data_dir
+    db = accounting.open_readonly(data_dir / "buffer.sqlite3")
+    try:
+        report = accounting.report(db)
+    finally:
+        db.close()
+    if args.json:
+        print(orjson.dumps(report).decode())
+    else:
+        print(accounting.render(report))
+    return 0 if report["reconciles"] else 1

@@ -16,3 +16,7 @@ class DecodeError(GatewayError, ValueError):
 
 class BufferError(GatewayError):
     """The durable buffer cannot take or give data (disk full, I/O error)."""
+
+
+class BufferFull(BufferError):
+    """Overflow policy `block`: the flush does not fit; hold it and retry after a drain."""

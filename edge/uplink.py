@@ -1,19 +1,41 @@
 """The uplink: publishes buffered batches to JetStream and deletes them after the PubAck.
 
 Only a PubAck counts as delivered: bytes written to a socket that then dies are lost, and
-a retry carries the same `Nats-Msg-Id`, which JetStream deduplicates.
+a retry carries the same `Nats-Msg-Id`, which JetStream deduplicates within the stream's
+duplicate window. One round:
+
+  1. read the oldest `max_batches_per_round` batches;
+  2. any of them first tried longer ago than half the duplicate window may be in the stream
+     already, beyond the reach of `Nats-Msg-Id`: ask the stream (a headers-only consumer on
+     our subject, from the first attempt's time) which batch ids it holds, and delete those
+     without resending;
+  3. mark the rest attempted (durably, before any byte leaves), publish them all with
+     `publish_async` (pipelined: the whole window in flight at once), and wait for the
+     PubAcks under our own deadline: nats-py's futures have none and can hang forever on a
+     server error (nats-io/nats.py#985), so unresolved ones are cancelled;
+  4. delete the acknowledged batches in one transaction; on any failure back off
+     (exponential, capped, full jitter) and start again from 1.
+
+Batches go out oldest first, so after an outage the backlog drains at full speed while
+live readings queue behind it: per device, the stream stays in seq order within one agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import random
+import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
@@ -24,6 +46,26 @@ from gateway.config import AgentConfig
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_CONTENT_TYPE = "application/octet-stream"
+# Clock difference tolerated between the agent and the server when scanning by time.
+_SCAN_SLACK_S = 60.0
+
+
+_WINDOWS_PER_ROUND = 16  # then dead letters get their turn again
+_DEPTH = 3  # publish windows in flight at once
+
+
+@dataclass(slots=True)
+class _Window:
+    """Batches published together, and their PubAck futures."""
+
+    batches: list[StoredBatch]
+    futures: list[asyncio.Future[Any]]
+    started: float
+    send_error: Exception | None = None
+
+
+class PublishFailed(Exception):
+    """Some batches of a window were not acknowledged; the acknowledged ones are deleted."""
 
 
 @dataclass(slots=True)
@@ -33,6 +75,11 @@ class UplinkStats:
     dead_letters_published: int = 0
     duplicate_acks: int = 0
     publish_errors: int = 0
+    publish_timeouts: int = 0
+    reconciled_batches: int = 0  # found in the stream beyond the dedupe window, not resent
+    in_flight: int = 0
+    latency_ms: float = 0.0  # moving average from send to PubAck
+    drain_rate: float = 0.0  # readings/s, moving average over full windows
 
 
 class Backoff:
@@ -69,25 +116,63 @@ async def connect(url: str, name: str, timeout: float) -> NatsClient:
             await asyncio.sleep(delay)
 
 
+async def stored_batch_ids(
+    js: JetStreamContext, subject: str, since_ns: int, fetch: int = 512
+) -> set[str]:
+    """The `Nats-Msg-Id`s the stream holds on `subject` from `since_ns` on (headers only)."""
+    start = dt.datetime.fromtimestamp(since_ns / 1e9 - _SCAN_SLACK_S, tz=dt.UTC)
+    sub = await js.pull_subscribe(
+        subject,
+        stream=subjects.TELEMETRY_STREAM,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,
+            headers_only=True,
+            inactive_threshold=30.0,
+        ),
+    )
+    ids: set[str] = set()
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(fetch, timeout=2.0)
+            except TimeoutError:
+                break
+            ids.update((m.headers or {}).get("Nats-Msg-Id", "") for m in msgs)
+            if msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return ids
+
+
 class Uplink:
     def __init__(self, config: AgentConfig, buffer: SqliteBuffer, wake: asyncio.Event) -> None:
         self.config = config
+        self.settings = config.uplink
         self.buffer = buffer
         self.wake = wake
+        self.drained = asyncio.Event()  # set whenever batches were deleted (room freed)
         self.stats = UplinkStats()
         self.subject = subjects.telemetry(config.site, config.agent)
         self.dlq_subject = subjects.dlq(config.site, config.agent)
         self.source = envelope.agent_source(config.site, config.agent)
+        self._dedupe_window_ns: int | None = None
 
     async def run(self, nc: NatsClient) -> None:
         """Forward the buffer forever; returns only by cancellation."""
         js = nc.jetstream()
-        backoff = Backoff()
+        backoff = Backoff(self.settings.backoff_first_s, self.settings.backoff_max_s)
         while True:
+            if not nc.is_connected:  # publishing now would only fill nats-py's pending buffer
+                await asyncio.sleep(backoff.next())
+                continue
             try:
                 sent = await self._forward_round(js)
-            except (NatsError, JetStreamError, TimeoutError) as exc:
+            except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
                 self.stats.publish_errors += 1
+                self._dedupe_window_ns = None  # the stream may have been recreated
                 delay = backoff.next()
                 log.warning(
                     "publish failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay
@@ -97,7 +182,22 @@ class Uplink:
             backoff.reset()
             if not sent:
                 self.wake.clear()
+                self.buffer.expire()
                 await self._wait_for_work()
+
+    async def forward_remaining(self, nc: NatsClient, timeout: float) -> None:
+        """On an orderly stop: send what is buffered, within `timeout`; what is left stays
+        buffered for the next start."""
+        if not nc.is_connected:
+            return
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while time.monotonic() < deadline and await self._forward_round(js):
+                    pass
+        except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
+            log.info("stopping with batches still buffered (%s)", exc)
 
     async def _wait_for_work(self) -> None:
         try:
@@ -106,31 +206,167 @@ class Uplink:
             pass
 
     async def _forward_round(self, js: JetStreamContext) -> int:
-        limit = self.config.uplink.max_batches_per_round
+        """Dead letters, then up to `_WINDOWS_PER_ROUND` windows of batches, `_DEPTH` in
+        flight: while the oldest window's PubAcks come back, the next is sent and the one
+        after is read from disk in a worker thread."""
+        limit = self.settings.max_batches_per_round
         letters = self.buffer.oldest_dead_letters(limit)
         for letter in letters:
             await self._publish_dead_letter(js, letter)
+        sent = 0
+        pending: deque[_Window] = deque()
         batches = self.buffer.oldest_batches(limit)
-        for batch in batches:
-            await self._publish_batch(js, batch)
-        return len(letters) + len(batches)
+        ahead: asyncio.Future[list[StoredBatch]] | None = None
+        try:
+            for _ in range(_WINDOWS_PER_ROUND):
+                if batches:
+                    batches = self._cap_bytes(await self._skip_stored(js, batches))
+                if batches:
+                    pending.append(await self._send(js, batches))
+                    ahead = asyncio.ensure_future(
+                        asyncio.to_thread(self.buffer.read_ahead, limit, batches[-1].row)
+                    )
+                sent += len(batches)
+                while pending and (len(pending) >= _DEPTH or ahead is None):
+                    await self._settle(pending.popleft())
+                if ahead is None:
+                    break
+                batches, ahead = await ahead, None
+            while pending:
+                await self._settle(pending.popleft())
+        finally:
+            for window in pending:  # after a failure: keep what was acked, resend the rest
+                with contextlib.suppress(PublishFailed):
+                    await self._settle(window)
+            if ahead is not None:  # never leave the worker thread's result behind
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()  # retrieved: a read error here is retried, not logged
+        return len(letters) + sent
 
-    async def _publish_batch(self, js: JetStreamContext, batch: StoredBatch) -> None:
-        hdrs = envelope.headers(
+    def _cap_bytes(self, batches: list[StoredBatch]) -> list[StoredBatch]:
+        """At most `max_window_bytes` of payload per window (but always one batch)."""
+        total = 0
+        for i, b in enumerate(batches):
+            total += len(b.payload)
+            if total > self.settings.max_window_bytes and i > 0:
+                return batches[:i]
+        return batches
+
+    # -- duplicates beyond the dedupe window ------------------------------------------------
+    async def _window_ns(self, js: JetStreamContext) -> int:
+        if self._dedupe_window_ns is None:
+            info = await js.stream_info(subjects.TELEMETRY_STREAM)
+            self._dedupe_window_ns = int((info.config.duplicate_window or 0) * 1e9)
+        return self._dedupe_window_ns
+
+    async def _skip_stored(
+        self, js: JetStreamContext, batches: list[StoredBatch]
+    ) -> list[StoredBatch]:
+        """Delete (as published) the batches the stream already holds from an old attempt."""
+        horizon = time.time_ns() - await self._window_ns(js) // 2
+        stale = [b for b in batches if b.attempted_ns is not None and b.attempted_ns < horizon]
+        if not stale:
+            return batches
+        since = min(b.attempted_ns for b in stale if b.attempted_ns is not None)
+        held = await stored_batch_ids(js, self.subject, since)
+        found = [b for b in stale if b.batch_id in held]
+        if found:
+            self._account(found, self.buffer.delete_batches(b.row for b in found))
+            self.stats.reconciled_batches += len(found)
+            log.info(
+                "%d batches were already in the stream (outside the dedupe window); not resent",
+                len(found),
+            )
+        skip = {b.row for b in found}
+        return [b for b in batches if b.row not in skip]
+
+    # -- pipelined publishing ---------------------------------------------------------------
+    async def _send(self, js: JetStreamContext, batches: list[StoredBatch]) -> _Window:
+        """Mark the batches attempted (durably, first), then publish them without waiting."""
+        self.buffer.mark_attempted(b.row for b in batches if b.attempted_ns is None)
+        window = _Window(batches, [], time.monotonic())
+        try:
+            for b in batches:
+                # No wait_stall: two windows stay far below nats-py's pending limit (4000),
+                # and a stall timeout costs a task per publish.
+                fut = await js.publish_async(self.subject, b.payload, headers=self._headers(b))
+                fut.add_done_callback(self._record_latency(time.monotonic()))
+                window.futures.append(fut)
+        except (NatsError, JetStreamError) as exc:
+            window.send_error = exc  # settle what was sent, then report
+        self.stats.in_flight += len(window.futures)
+        return window
+
+    async def _settle(self, window: _Window) -> None:
+        """Wait for the window's PubAcks under our own deadline, delete what was acked."""
+        futures = window.futures
+        try:
+            if futures:
+                remaining = window.started + self.settings.publish_timeout_s - time.monotonic()
+                await asyncio.wait(futures, timeout=max(0.0, remaining))
+        finally:
+            self.stats.in_flight -= len(futures)
+            for fut in futures:
+                fut.cancel()  # our deadline: no future outlives the window (nats.py#985)
+        failure: BaseException | None = window.send_error
+        acked: list[StoredBatch] = []
+        for b, fut in zip(window.batches, futures, strict=False):
+            if fut.cancelled():
+                self.stats.publish_timeouts += 1
+                failure = failure or TimeoutError("no PubAck before the deadline")
+            elif (exc := fut.exception()) is not None:
+                failure = failure or exc
+            else:
+                acked.append(b)
+                self.stats.duplicate_acks += int(bool(fut.result().duplicate))
+        readings = self.buffer.delete_batches(b.row for b in acked)
+        self._account(acked, readings)
+        self._record_rate(window, readings)
+        if failure is not None or len(futures) < len(window.batches):
+            raise PublishFailed(
+                f"{len(window.batches) - len(acked)} of {len(window.batches)} batches"
+                f" unacknowledged: {failure}"
+            )
+
+    def _record_rate(self, window: _Window, readings: int) -> None:
+        """Drain rate, from full windows only (a trickle of live readings says nothing)."""
+        elapsed = time.monotonic() - window.started
+        if len(window.batches) == self.settings.max_batches_per_round and elapsed > 0:
+            rate = readings / elapsed
+            avg = self.stats.drain_rate
+            self.stats.drain_rate = rate if not avg else 0.8 * avg + 0.2 * rate
+
+    def _account(self, batches: list[StoredBatch], readings: int) -> None:
+        self.stats.batches_published += len(batches)
+        self.stats.readings_published += readings
+        if batches:
+            self.drained.set()
+
+    def _record_latency(self, sent: float) -> Any:
+        def done(fut: asyncio.Future[Any]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                ms = (time.monotonic() - sent) * 1000
+                avg = self.stats.latency_ms
+                self.stats.latency_ms = ms if not avg else 0.9 * avg + 0.1 * ms
+
+        return done
+
+    def _headers(self, batch: StoredBatch) -> dict[str, str]:
+        return envelope.headers(
             event_id=batch.batch_id,
             source=self.source,
             event_type=envelope.BATCH_TYPE,
             content_type=batch.content_type,
             time_ns=batch.created_ns,
         )
-        ack = await js.publish(
-            self.subject, batch.payload, headers=hdrs, timeout=self.config.uplink.publish_timeout_s
-        )
-        self.buffer.delete_batches([batch.row])
-        self.stats.batches_published += 1
-        self.stats.readings_published += batch.readings
-        if ack.duplicate:
-            self.stats.duplicate_acks += 1
+
+    def metrics(self, buffered_readings: int) -> dict[str, Any]:
+        """Uplink figures for the heartbeat, with the estimated time to drain the backlog."""
+        out: dict[str, Any] = {k: getattr(self.stats, k) for k in self.stats.__dataclass_fields__}
+        rate = self.stats.drain_rate
+        out["drain_eta_s"] = round(buffered_readings / rate, 1) if rate > 0 else None
+        return out
 
     async def _publish_dead_letter(self, js: JetStreamContext, stored: StoredDeadLetter) -> None:
         event_id = f"{self.config.agent}:{self.buffer.instance}:dl:{stored.row}"
@@ -148,7 +384,7 @@ class Uplink:
             self.dlq_subject,
             stored.letter.payload,
             headers=hdrs,
-            timeout=self.config.uplink.publish_timeout_s,
+            timeout=self.settings.publish_timeout_s,
         )
         self.buffer.delete_dead_letters([stored.row])
         self.stats.dead_letters_published += 1

@@ -152,13 +152,21 @@ class BatchSettings(_Model):
 
 class BufferSettings(_Model):
     max_bytes: Annotated[int, Field(ge=1 << 16)] = 256 << 20
+    # Readings older than this are dropped (reason "expired"); 0 keeps them until max_bytes.
+    max_age_s: Annotated[float, Field(ge=0)] = 7 * 86400.0
+    # What a full buffer (or a full disk) does: see docs/operations.md.
+    overflow: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     # SQLite synchronous mode: "normal" (WAL, fsync at checkpoints) or "full" (every commit).
     durability: Literal["normal", "full"] = "normal"
 
 
 class UplinkSettings(_Model):
     publish_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    max_batches_per_round: Annotated[int, Field(ge=1)] = 64
+    # One publish window (two are in flight at once): at most this many batches / bytes.
+    max_batches_per_round: Annotated[int, Field(ge=1)] = 256
+    max_window_bytes: Annotated[int, Field(ge=1 << 16)] = 8 << 20
+    backoff_first_s: Annotated[float, Field(gt=0)] = 0.1
+    backoff_max_s: Annotated[float, Field(gt=0)] = 10.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from firmware_sim.fleet import Fleet, FleetSettings
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from rich.console import Console
 from rich.live import Live
 
@@ -35,6 +36,7 @@ from cloud.streams import ensure_streams
 from cloud.views.watch import Latest, follow_latest, render
 from devices.catalog import load_catalog
 from gateway import process, subjects
+from gateway.chaos import FaultInjector
 from gateway.config import CloudConfig
 from gateway.connect import nats_connection
 from gateway.servers import NatsServer
@@ -52,6 +54,8 @@ class DemoOptions:
     rate_hz: float | None = None
     data_dir: Path | None = None
     keep: bool = False
+    chaos: bool = False
+    seed: int | None = None
 
 
 def agent_config_toml(data_dir: Path, nats_url: str, mqtt_url: str) -> str:
@@ -81,10 +85,27 @@ class Children:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.args: dict[str, tuple[str, ...]] = {}
+        self.restarts = 0
 
     def start(self, name: str, *args: str) -> None:
         cmd = [sys.executable, "-m", "gateway", *args]
         self.procs[name] = process.spawn(cmd, self.root / f"{name}.log")
+        self.args[name] = args
+
+    async def kill_and_restart(self, name: str) -> None:
+        """SIGKILL (a power cut), then start it again with the same arguments."""
+        proc = self.procs.pop(name)
+        await asyncio.to_thread(process.kill, proc)
+        self.start(name, *self.args[name])
+
+    def revive(self, say: Any) -> None:
+        """Under chaos, a child that exited is started again, as a supervisor would."""
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                say(f"{name} exited with {proc.returncode}; starting it again")
+                self.restarts += 1
+                self.start(name, *self.args[name])
 
     async def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
@@ -186,7 +207,14 @@ async def _demo_root(opts: DemoOptions) -> AsyncIterator[Path]:
 async def demo(opts: DemoOptions, stop: asyncio.Event, console: Console) -> dict[str, Any]:
     async with _demo_root(opts) as root:
         cloud = NatsServer(root / "cloud", name="cloud")
-        edge = NatsServer(root / "edge", name="edge-broker", mqtt=True)
+        # Under chaos the broker redelivers what a killed agent never acknowledged after
+        # 5 s rather than its default 30 s, so the demo's drain does not wait that long.
+        edge = NatsServer(
+            root / "edge",
+            name="edge-broker",
+            mqtt=True,
+            mqtt_options='ack_wait: "5s"' if opts.chaos else "",
+        )
         children = Children(root)
         try:
             await cloud.start()
@@ -229,14 +257,27 @@ async def _run(
         fleet_stop = asyncio.Event()
         view = LiveView(console)
         started = time.monotonic()
+        injector = FaultInjector(children, cloud, edge, say, opts.seed)
         async with asyncio.TaskGroup() as tg:
             fleet_task = tg.create_task(fleet.run(fleet_stop), name="fleet")
-            view_task = tg.create_task(view.run(nc), name="live-view")
+            view_task = tg.create_task(
+                _keep_viewing(view, nc) if opts.chaos else view.run(nc), name="live-view"
+            )
+            if opts.chaos:
+                # Faults end 10 s before the fleet stops; all servers are up again by then.
+                window = opts.duration - 10 if opts.duration else float("inf")
+                gap = min(8.0, window / 5)  # room for several faults in a short demo
+                chaos_task = tg.create_task(
+                    injector.run(stop, started + window, (gap / 2, gap)), name="chaos"
+                )
             while not stop.is_set():
                 elapsed = time.monotonic() - started
                 if opts.duration is not None and elapsed >= opts.duration:
                     break
-                children.check_alive()
+                if opts.chaos:
+                    children.revive(say)
+                else:
+                    children.check_alive()
                 view.status = (
                     f"t={elapsed:4.0f}s  devices={fleet.stats.connected}"
                     f"  emitted={fleet.truth.emitted}"
@@ -245,8 +286,10 @@ async def _run(
                     await asyncio.wait_for(stop.wait(), 0.5)
             say("stopping the fleet; waiting for the agent to forward everything")
             fleet_stop.set()
+            if opts.chaos:
+                await chaos_task
             await fleet_task
-            report = await _drain_to_stream(js, fleet, timeout=30)
+            report = await _drain_to_stream(js, fleet, timeout=120 if opts.chaos else 30)
             windows = await _wait_windows_closed(js, view.latest, timeout=15)
             view_task.cancel()
     return {
@@ -254,7 +297,26 @@ async def _run(
         "windows": windows,
         "devices": opts.devices,
         "seconds": round(time.monotonic() - started, 1),
+        **(
+            {
+                "faults": injector.faults.total(),
+                "faults_by_kind": dict(injector.faults),
+                "restarts": children.restarts,
+            }
+            if opts.chaos
+            else {}
+        ),
     }
+
+
+async def _keep_viewing(view: LiveView, nc: NatsClient) -> None:
+    """The live view, resumed after the cloud server it watches comes back."""
+    while True:
+        try:
+            await view.run(nc)
+        except (NatsError, TimeoutError) as exc:
+            view.console.log(f"live view interrupted ({type(exc).__name__}); resuming")
+            await asyncio.sleep(1.0)
 
 
 def run_demo(opts: DemoOptions) -> int:
@@ -269,11 +331,14 @@ def run_demo(opts: DemoOptions) -> int:
 
     result = asyncio.run(main())
     ok = result["missing"] == 0 and result["duplicates"] == 0 and result["windows"] > 0
+    if opts.chaos:
+        ok = ok and result["faults"] >= 3
     result["ok"] = ok
     console.print(
         f"[bold]{'OK' if ok else 'FAILED'}[/]: emitted {result['emitted']} readings, "
         f"stored {result['stored']}, missing {result['missing']}, "
         f"duplicates {result['duplicates']}, windows closed {result['windows']}"
+        + (f", faults injected {result['faults']}" if opts.chaos else "")
     )
     if opts.json:
         print(orjson.dumps(result).decode(), flush=True)

@@ -19,6 +19,13 @@ def register(sub: Any) -> None:
     )
     demo.add_argument("--data-dir", type=Path, default=None, help="keep state here")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
+    demo.add_argument(
+        "--chaos",
+        action="store_true",
+        help="meanwhile SIGKILL the agent and restart the cloud server and MQTT broker at"
+        " random moments; the summary counts the faults",
+    )
+    demo.add_argument("--seed", type=int, default=None, help="seed of the chaos schedule")
     demo.set_defaults(func=_demo)
 
 
@@ -32,5 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         data_dir=args.data_dir,
         keep=args.keep,
+        chaos=args.chaos,
+        seed=args.seed,
     )
     return run_demo(opts)

@@ -46,11 +46,13 @@ class NatsServer:
         name: str = "gateway",
         mqtt: bool = False,
         extra_config: str = "",
+        mqtt_options: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.name = name
         self.mqtt = mqtt
         self.extra_config = extra_config
+        self.mqtt_options = mqtt_options  # inside the mqtt {} block, e.g. 'ack_wait: "5s"'
         self.port = -1
         self.mqtt_port = -1
         self._proc: subprocess.Popen[bytes] | None = None
@@ -84,7 +86,7 @@ class NatsServer:
             f'log_file: "{self.log_path}"',
         ]
         if self.mqtt:
-            lines.append(f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}")
+            lines.append(f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}\n{self.mqtt_options} }}")
         if self.extra_config:
             lines.append(self.extra_config)
         conf = self.data_dir / f"{self.name}.conf"

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
+from collections import Counter
 from pathlib import Path
 
-from edge.buffer import DeadLetter, PendingBatch, SqliteBuffer
+import orjson
+import pytest
+
+from edge import accounting
+from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
+from edge.errors import BufferFull
+from gateway.cli import main
 
 
 def _open(path: Path, max_bytes: int = 1 << 20) -> SqliteBuffer:
@@ -35,10 +45,10 @@ def test_batch_and_high_water_survive_reopen(tmp_path: Path) -> None:
 def test_drop_oldest_counts_what_it_dropped(tmp_path: Path) -> None:
     buf = _open(tmp_path / "b.sqlite3", max_bytes=1 << 16)
     for _ in range(10):
-        buf.commit(PendingBatch("ct", 5, b"y" * 10_000), buf.next_batch_id("a"), [], {})
+        buf.commit(PendingBatch("ct", 5, random.randbytes(10_000)), buf.next_batch_id("a"), [], {})
     assert buf.stats().bytes <= 1 << 16
     kept = buf.stats().readings
-    assert buf.counters()["dropped_overflow"] == 50 - kept
+    assert buf.counters()["dropped:-:overflow"] == 50 - kept
 
 
 def test_corrupt_file_is_moved_aside_and_a_fresh_buffer_used(tmp_path: Path) -> None:
@@ -50,3 +60,168 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_buffer_used(tmp_path: Path) -> 
     fresh = _open(path)
     assert fresh.stats().batches == 0
     assert list(tmp_path.glob("b.sqlite3.corrupt-*"))
+
+
+# -- overflow policies, age, disk full, salvage, accounting ---------------------------------
+
+
+def _policy(path: Path, overflow: str, max_bytes: int = 1 << 16, **kw: float) -> SqliteBuffer:
+    buf = SqliteBuffer(path, max_bytes=max_bytes, overflow=overflow, **kw)  # type: ignore[arg-type]
+    buf.open()
+    return buf
+
+
+def _add(buf: SqliteBuffer, readings: int, size: int, source: str = "mqtt0") -> None:
+    intake = SourceCounts(Counter({source: readings}))
+    buf.commit(
+        PendingBatch("ct", readings, random.randbytes(size)), buf.next_batch_id("a"), [], {}, intake
+    )
+
+
+def _balanced(buf: SqliteBuffer) -> dict[str, accounting.SourceAccount]:
+    accts = accounting.accounts(buf.connection)
+    assert all(a.balance == 0 for a in accts.values()), accts
+    return accts
+
+
+def test_drop_newest_keeps_the_old_and_counts_the_new(tmp_path: Path) -> None:
+    buf = _policy(tmp_path / "b.sqlite3", "drop_newest")
+    for _ in range(10):
+        _add(buf, 5, 10_000)
+    assert buf.stats().batches == 6  # 6 x 10 kB fit in 64 KiB
+    assert [b.row for b in buf.oldest_batches(10)] == [1, 2, 3, 4, 5, 6]
+    acct = _balanced(buf)["mqtt0"]
+    assert acct.dropped == {"overflow": 20}
+    assert acct.received == 50
+
+
+def test_block_raises_and_leaves_the_buffer_unchanged(tmp_path: Path) -> None:
+    buf = _policy(tmp_path / "b.sqlite3", "block")
+    for _ in range(6):
+        _add(buf, 5, 10_000)
+    before = (buf.stats(), buf.counters(), buf.next_batch_id("a"))
+    with pytest.raises(BufferFull):
+        _add(buf, 5, 10_000)
+    assert (buf.stats(), buf.counters(), buf.next_batch_id("a")) == before
+    buf.delete_batches([1])
+    _add(buf, 5, 10_000)  # room again
+    acct = _balanced(buf)["mqtt0"]
+    assert (acct.published, acct.buffered, acct.dropped.total()) == (5, 30, 0)
+
+
+def test_batches_older_than_max_age_expire_and_are_counted(tmp_path: Path) -> None:
+    buf = _policy(tmp_path / "b.sqlite3", "drop_oldest", max_bytes=1 << 20, max_age_s=3600)
+    _add(buf, 7, 100)
+    old = time.time_ns() - 2 * 3600 * 10**9
+    buf.connection.execute("UPDATE batches SET created_ns = ?", (old,))
+    assert buf.expire() == 7
+    _add(buf, 3, 100)
+    acct = _balanced(buf)["mqtt0"]
+    assert (acct.dropped["expired"], acct.buffered) == (7, 3)
+
+
+def _fill_disk(buf: SqliteBuffer) -> None:
+    """Make the 'disk' full: SQLite may not grow the file by another page."""
+    db = buf.connection
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "block"])
+def test_a_full_disk_is_handled_by_the_overflow_policy(tmp_path: Path, overflow: str) -> None:
+    buf = _policy(tmp_path / "b.sqlite3", overflow, max_bytes=1 << 30)
+    for _ in range(5):
+        _add(buf, 10, 20_000)
+    _fill_disk(buf)
+    if overflow == "block":
+        with pytest.raises(BufferFull):
+            _add(buf, 10, 20_000)
+        assert buf.stats().batches == 5
+        return
+    _add(buf, 10, 20_000)
+    acct = _balanced(buf)["mqtt0"]
+    assert acct.received == 60
+    if overflow == "drop_oldest":
+        assert acct.dropped["disk_full"] >= 10 and acct.buffered >= 10
+        assert buf.oldest_batches(10)[-1].row == 6  # the new batch was stored
+    else:
+        assert (acct.dropped["disk_full"], acct.buffered) == (10, 50)
+
+
+def test_accounting_reconciles_across_reopen_with_dead_letters_and_duplicates(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.sqlite3"
+    buf = _policy(path, "drop_oldest", max_bytes=1 << 20)
+    intake = SourceCounts(Counter({"mqtt0": 4, "mqtt1": 2}), Counter({"mqtt0": 3}))
+    letter = DeadLetter("mqtt1", "invalid_json", "", b"{")
+    buf.commit(PendingBatch("ct", 6, b"x" * 10), buf.next_batch_id("a"), [letter], {}, intake)
+    [b] = buf.oldest_batches(1)
+    buf.close()
+    again = _policy(path, "drop_oldest", max_bytes=1 << 20)
+    accts = _balanced(again)
+    assert accts["mqtt0"].as_dict() == {
+        "received": 7,
+        "published": 0,
+        "buffered": 4,
+        "dropped": {"duplicate": 3},
+        "dead_lettered": 0,
+        "reconciles": True,
+    }
+    assert (accts["mqtt1"].received, accts["mqtt1"].dead_lettered) == (3, 1)
+    again.delete_batches([b.row])
+    accts = _balanced(again)
+    assert (accts["mqtt0"].published, accts["mqtt1"].published) == (4, 2)
+
+
+def test_corrupt_index_moves_file_aside_and_salvages_the_batches(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buf = _open(path)
+    ids = []
+    for i in range(20):
+        ids.append(buf.next_batch_id("a"))
+        buf.commit(PendingBatch("ct", 1, bytes([i]) * 3000), ids[-1], [], {"s/d": i})
+    instance = buf.instance
+    buf.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    root = buf.connection.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_batches%'"
+    ).fetchone()[0]
+    buf.close()
+    with open(path, "r+b") as f:  # scribble over the batch_id index: quick_check fails
+        f.seek((root - 1) * 4096)
+        f.write(b"\xff" * 4096)
+    fresh = _open(path)
+    assert list(tmp_path.glob("b.sqlite3.corrupt-*"))
+    assert [b.batch_id for b in fresh.oldest_batches(100)] == ids
+    assert fresh.instance == instance and fresh.high_water == {"s/d": 19}
+    assert fresh.next_batch_id("a") not in ids
+    assert sqlite3.connect(path).execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+def test_truncated_file_starts_fresh(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buf = _open(path)
+    for _ in range(20):
+        buf.commit(PendingBatch("ct", 1, b"q" * 3000), buf.next_batch_id("a"), [], {})
+    buf.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    buf.close()
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 3)
+    fresh = _open(path)  # never refuses to start
+    _add(fresh, 1, 10)
+    assert fresh.stats().batches >= 1
+
+
+def test_edge_stats_prints_the_accounting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    buf = _policy(tmp_path / "buffer.sqlite3", "drop_oldest", max_bytes=1 << 20)
+    _add(buf, 5, 100)
+    assert main(["edge", "stats", "--data-dir", str(tmp_path), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["sources"]["mqtt0"]["buffered"] == 5 and report["reconciles"]
+    assert main(["edge", "stats", "--data-dir", str(tmp_path)]) == 0
+    assert "holds" in capsys.readouterr().out
+    buf.close()
+    assert main(["edge", "stats", "--data-dir", str(tmp_path / "nope")]) == 2

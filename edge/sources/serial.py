@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import serial
 
@@ -32,6 +33,8 @@ class SerialSource:
         self.opens = 0  # how many times the port was opened (1 + reconnects)
         self._task: asyncio.Task[None] | None = None
         self._partial = bytearray()
+        self._watch: tuple[int, Callable[[], None]] | None = None  # fd and its reader
+        self.paused = False
 
     @property
     def partial_bytes(self) -> int:
@@ -92,12 +95,28 @@ class SerialSource:
             self._feed(data)
 
         fd = port.fileno()
-        loop.add_reader(fd, readable)
+        self._watch = (fd, readable)
+        if not self.paused:
+            loop.add_reader(fd, readable)
         self.connected.set()
         try:
             await gone.wait()
         finally:
+            self._watch = None
             loop.remove_reader(fd)
+
+    def pause(self) -> None:
+        """Stop reading (backpressure, overflow policy `block`): bytes wait in the OS's
+        buffer, then the device's flow control (RTS/CTS, XON/XOFF) holds it back, if
+        configured; without flow control a device that keeps sending loses data there."""
+        self.paused = True
+        if self._watch is not None:
+            asyncio.get_running_loop().remove_reader(self._watch[0])
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._watch is not None:
+            asyncio.get_running_loop().add_reader(*self._watch)
 
     def _feed(self, data: bytes) -> None:
         """Split into lines; hand over each complete one, keep the rest for the next read."""
