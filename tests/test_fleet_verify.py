@@ -71,7 +71,7 @@ async def _report(js: JetStreamContext, truth: GroundTruth) -> Report:
 
 
 def _telemetry_ok(r: Report) -> bool:
-    """Everything but the exact dead-letter count (see the xfail below)."""
+    """Everything but the exact dead-letter count."""
     return r.missing == r.duplicates == r.altered == r.unexpected == r.invalid_stored == 0
 
 
@@ -92,9 +92,7 @@ async def test_faulty_fleet_telemetry_exact_through_agent(
 # The agent names a dead letter `<agent>:<instance>:dl:<SQLite rowid>`. The rowid is
 # reused once the dead_letters table empties (no AUTOINCREMENT in edge/buffer.py), so
 # JetStream drops later dead letters as duplicates of earlier ones within its window.
-# With AUTOINCREMENT this test passes; remove the marker when the agent is fixed.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="agent reuses dead-letter Nats-Msg-Ids (edge/buffer.py)")
 async def test_faulty_fleet_verifies_through_agent_and_jetstream(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
 ) -> None:
