@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS attempted(id INTEGER PRIMARY KEY, at_ns INTEGER NOT N
 CREATE TRIGGER IF NOT EXISTS batch_gone AFTER DELETE ON batches
     BEGIN DELETE FROM attempted WHERE id = old.id; END;
 CREATE TABLE IF NOT EXISTS dead_letters(
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids name dead letters (Nats-Msg-Id): never reused
     created_ns INTEGER NOT NULL,
     source TEXT NOT NULL,
     reason TEXT NOT NULL,

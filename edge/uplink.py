@@ -369,7 +369,10 @@ class Uplink:
         return out
 
     async def _publish_dead_letter(self, js: JetStreamContext, stored: StoredDeadLetter) -> None:
-        event_id = f"{self.config.agent}:{self.buffer.instance}:dl:{stored.row}"
+        # created_ns too: buffers made before ids were AUTOINCREMENT reuse rowids.
+        event_id = (
+            f"{self.config.agent}:{self.buffer.instance}:dl:{stored.row}:{stored.created_ns}"
+        )
         hdrs = envelope.headers(
             event_id=event_id,
             source=self.source,

@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "edge.cli",
     "edge.decode_cli",
     "cloud.cli",
+    "firmware_sim.cli",
+    "gateway.verify_cli",
     "deploy.cli",
     "edge.supervisor.cli",
 )
