@@ -100,7 +100,7 @@ async def test_rollout_canary_rollback_tamper_no_loss(
             agent,
             cloud_server.url,
             edge_broker.mqtt_url,
-            [f"sensors/{SITE}/{n}" for n in names[2 * i : 2 * i + 2]],
+            [f"sensors/+/{SITE}/{n}" for n in names[2 * i : 2 * i + 2]],
             pub,
         )
         for i, agent in enumerate(AGENTS)
