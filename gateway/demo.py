@@ -321,6 +321,9 @@ async def _keep_viewing(view: LiveView, nc: NatsClient) -> None:
 
 def run_demo(opts: DemoOptions) -> int:
     console = Console(stderr=opts.json)
+    if not console.is_terminal:
+        # Piped or logged: rich would squeeze the table into 80 columns.
+        console = Console(stderr=opts.json, width=130)
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
