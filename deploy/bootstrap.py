@@ -46,6 +46,8 @@ class BootstrapOptions:
 
 def device_toml(opts: BootstrapOptions) -> str:
     s = json.dumps  # a JSON string is a valid TOML string, quotes and all escaped
+    creds = opts.root / "etc" / "nats.creds"
+    creds_line = f"creds_file = {s(str(creds))}\n" if opts.creds else ""
     text = f"""\
 # This device's own config: identity, cloud, sensors. Bundles bring defaults for the rest
 # and `gateway deploy config` may push sources/batch/buffer/uplink over it.
@@ -55,7 +57,7 @@ data_dir = {s(str(opts.root / "data"))}   # the durable buffer, outside every ve
 
 [nats]
 url = {s(opts.nats_url)}
-
+{creds_line}
 [[sources]]
 type = "mqtt"
 url = {s(opts.mqtt_url)}

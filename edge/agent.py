@@ -37,9 +37,10 @@ from edge.sources.serial import SerialSource
 from edge.supervisor.actual_state import ActualState
 from edge.supervisor.agent_process import BUNDLE_VERSION_ENV
 from edge.supervisor.remote_config import RemoteConfig
-from edge.uplink import Uplink, connect
+from edge.uplink import Uplink
 from gateway import __version__, subjects
 from gateway.config import AgentConfig, MqttSourceSettings
+from gateway.retry import connect_forever
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,10 @@ class Agent:
 
     async def _cloud_link(self) -> None:
         """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat."""
-        nc = await connect(
-            self.config.nats.url, f"agent-{self.config.agent}", self.config.nats.connect_timeout_s
+        settings = self.config.nats
+        creds = str(settings.creds_file) if settings.creds_file else None
+        nc = await connect_forever(
+            settings.url, f"agent-{self.config.agent}", settings.connect_timeout_s, creds
         )
         self._nc = nc
         async with asyncio.TaskGroup() as tg:

@@ -26,13 +26,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -42,6 +40,7 @@ from nats.js.errors import Error as JetStreamError
 from edge.buffer import SqliteBuffer, StoredBatch, StoredDeadLetter
 from gateway import envelope, subjects
 from gateway.config import AgentConfig
+from gateway.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -80,40 +79,6 @@ class UplinkStats:
     in_flight: int = 0
     latency_ms: float = 0.0  # moving average from send to PubAck
     drain_rate: float = 0.0  # readings/s, moving average over full windows
-
-
-class Backoff:
-    """Exponential, capped, randomised (full jitter) retry delay."""
-
-    def __init__(self, first: float = 0.1, cap: float = 10.0) -> None:
-        self.first, self.cap, self._n = first, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * 2**self._n)
-        self._n += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._n = 0
-
-
-async def connect(url: str, name: str, timeout: float) -> NatsClient:
-    """Connect, retrying forever with backoff: the agent starts and buffers without cloud."""
-    backoff = Backoff(0.2, 10.0)
-    while True:
-        try:
-            return await nats.connect(
-                url,
-                name=name,
-                connect_timeout=timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-            )
-        except (OSError, NatsError, TimeoutError) as exc:
-            delay = backoff.next()
-            log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", url, exc, delay)
-            await asyncio.sleep(delay)
 
 
 async def stored_batch_ids(
@@ -370,9 +335,7 @@ class Uplink:
 
     async def _publish_dead_letter(self, js: JetStreamContext, stored: StoredDeadLetter) -> None:
         # created_ns too: buffers made before ids were AUTOINCREMENT reuse rowids.
-        event_id = (
-            f"{self.config.agent}:{self.buffer.instance}:dl:{stored.row}:{stored.created_ns}"
-        )
+        event_id = f"{self.config.agent}:{self.buffer.instance}:dl:{stored.row}:{stored.created_ns}"
         hdrs = envelope.headers(
             event_id=event_id,
             source=self.source,

@@ -33,6 +33,7 @@ class _Model(BaseModel):
 class NatsSettings(_Model):
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_s: float = 5.0
+    creds_file: Path | None = None  # NATS credentials (bootstrap writes etc/nats.creds)
 
 
 PayloadFormat = Literal["json", "senml", "line", "frame"]

@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
-from edge.uplink import Backoff, PublishFailed, Uplink, _Window
+from edge.uplink import PublishFailed, Uplink, _Window
 from gateway import config
 from gateway.config import AgentConfig
+from gateway.retry import Backoff
 
 
 def _uplink(tmp_path: Path) -> Uplink:

@@ -31,8 +31,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.sources import Deliver, SourceMessage, cancel_and_wait
-from edge.uplink import Backoff
 from gateway.config import MqttSourceSettings
+from gateway.retry import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import nats
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client as NatsClient
@@ -45,10 +44,10 @@ from edge.supervisor import install
 from edge.supervisor.agent_process import AgentProcess, wait_healthy
 from edge.supervisor.remote_config import open_watch
 from edge.supervisor.render import render_agent_config
-from edge.uplink import Backoff
 from gateway import config
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.retry import connect_forever
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,9 @@ class Supervisor:
         self.device = device
         key = signing.load_public_key((self.root / "etc" / "trusted.pub").read_bytes())
         self.status = DeviceStatus(device.site, device.agent, records.IDLE)
-        nc = await _connect(device.nats.url, f"supervisor-{device.agent}", self._creds())
+        nc = await connect_forever(
+            device.nats.url, f"supervisor-{device.agent}", creds=self._creds()
+        )
         try:
             await self._run(nc, key, stop)
         finally:
@@ -257,25 +258,6 @@ class Supervisor:
             await self._status_kv.put(self._key, self.status.encode())
         except (NatsError, JetStreamError, TimeoutError) as exc:
             log.warning("cannot report status: %s", exc)
-
-
-async def _connect(url: str, name: str, creds: str | None) -> NatsClient:
-    """Connect, retrying with backoff: a device boots long before its network is up."""
-    backoff = Backoff(0.2, 10.0)
-    while True:
-        try:
-            return await nats.connect(
-                url,
-                name=name,
-                user_credentials=creds,
-                connect_timeout=5,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-            )
-        except (OSError, NatsError, TimeoutError) as exc:
-            delay = backoff.next()
-            log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", url, exc, delay)
-            await asyncio.sleep(delay)
 
 
 async def _bucket(js: JetStreamContext, name: str, stop: asyncio.Event) -> KeyValue | None:

@@ -6,12 +6,13 @@ import stat
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from deploy.bootstrap import BootstrapOptions, install_script
+from deploy.bootstrap import BootstrapOptions, device_toml, install_script
 from deploy.systemd import UNIT_NAME
+from gateway import config
 from tests.deploy.conftest import BundleFactory
 
 
@@ -105,3 +106,19 @@ def test_bootstrap_refuses_a_bundle_it_was_not_made_for(
     done = _run(script, prefix, str(other))
     assert done.returncode == 1 and "digest mismatch" in done.stderr
     assert not (prefix / "opt").exists()
+
+
+@pytest.mark.parametrize("creds", ["", "-----BEGIN NATS USER JWT-----\nx\n"])
+def test_device_config_points_the_agent_at_its_credentials(creds: str) -> None:
+    opts = BootstrapOptions(
+        site="s1",
+        agent="pi-1",
+        nats_url="nats://cloud:4222",
+        public_key="",
+        bundle=Path("unused"),
+        creds=creds,
+        root=PurePosixPath("/opt/gw"),
+    )
+    cfg = config.parse(config.AgentConfig, tomllib.loads(device_toml(opts)))
+    expected = Path("/opt/gw/etc/nats.creds") if creds else None
+    assert cfg.nats.creds_file == expected
