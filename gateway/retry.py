@@ -32,12 +32,13 @@ async def connect_forever(
     url: str, name: str, timeout: float = 5.0, creds: str | None = None
 ) -> NatsClient:
     """Connect, retrying forever with backoff: an edge device boots long before its
-    network is up, and the agent buffers meanwhile. `creds` is a NATS credentials file."""
+    network is up, and the agent buffers meanwhile. `url` may list several servers (a
+    cluster), comma-separated; `creds` is a NATS credentials file."""
     backoff = Backoff(0.2, 10.0)
     while True:
         try:
             return await nats.connect(
-                url,
+                url.split(","),
                 name=name,
                 user_credentials=creds,
                 connect_timeout=timeout,
