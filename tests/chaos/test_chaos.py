@@ -57,8 +57,13 @@ async def test_cloud_down_for_60_seconds_then_everything_arrives_once(tmp_path: 
         await r.cloud.stop()
         outage_started = time.monotonic()
         before = fleet.truth.emitted
-        await asyncio.sleep(60)  # the outage itself
-        buffered = r.accounts()["buffer"]["readings"]
+        # The outage lasts 60 s; meanwhile the agent must keep taking readings into its buffer.
+        seen = [r.accounts()["buffer"]["readings"]]
+        while time.monotonic() - outage_started < 60:
+            await asyncio.sleep(1.0)  # a sampling period, not synchronisation
+            seen.append(r.accounts()["buffer"]["readings"])
+        assert seen[-1] > seen[len(seen) // 2] > seen[0]  # still growing late in the outage
+        buffered = seen[-1]
         assert buffered > 0.5 * (fleet.truth.emitted - before)  # it was all buffered
         await r.cloud.start()
         assert time.monotonic() - outage_started >= 60
