@@ -3,7 +3,8 @@
 N readings sit in the agent's durable buffer (as after an outage); the agent's uplink
 forwards them to a real JetStream server (`Uplink.forward_remaining`: read, decompress,
 mark attempted, pipelined `publish_async` under its own deadline, delete after PubAck).
-The baseline, in the same run against the same server, is a bare nats-py loop publishing
+The process keeps freed heap for reuse, as the agent does (edge/heap.py). The baseline, in
+the same run against the same server, is a bare nats-py loop publishing
 the same batches with the same headers from memory with `publish_async` and waiting for
 every PubAck: the limit an uplink can approach. Rounds alternate. A round lasts well
 under a second, so on a shared machine single rounds are noisy: the ratio is taken from
@@ -35,6 +36,7 @@ from nats.js.client import JetStreamContext
 
 from cloud.streams import ensure_streams
 from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
+from edge.heap import retain_freed_heap
 from edge.uplink import Uplink
 from gateway import codec, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    retain_freed_heap()  # as `gateway edge run` does; both sides share this process
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
         result = asyncio.run(run(args.readings, args.batch, args.rounds, Path(tmp)))
     if args.json:

@@ -186,7 +186,6 @@ class SqliteBuffer:
         self.high_water: dict[str, int] = {}
         self.holes: dict[str, set[int]] = {}  # seqs skipped, still expected (edge/dedupe.py)
         self._db: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None  # see read_ahead
         self._next_batch = 0
         self._bytes = 0
 
@@ -289,9 +288,6 @@ class SqliteBuffer:
         self._load_state()
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -533,38 +529,30 @@ class SqliteBuffer:
         )
 
     # -- reading, publishing and deleting --------------------------------------------------
-    def oldest_batches(self, limit: int, after_row: int = 0) -> list[StoredBatch]:
-        return self._select_batches(self._conn, limit, after_row)
-
-    def read_ahead(self, limit: int, after_row: int) -> list[StoredBatch]:
-        """`oldest_batches` on a second, read-only connection, for a worker thread: WAL lets
-        it read (and LZ4 decompress, without the GIL) while the loop thread writes."""
-        if self._reader is None:
-            self._reader = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
-            )
-        return self._select_batches(self._reader, limit, after_row)
-
-    @staticmethod
-    def _select_batches(db: sqlite3.Connection, limit: int, after_row: int) -> list[StoredBatch]:
-        rows = db.execute(
+    def oldest_batches(
+        self, limit: int, after_row: int = 0, max_bytes: int | None = None
+    ) -> list[StoredBatch]:
+        """Up to `limit` batches after `after_row`, oldest first, payloads decompressed;
+        with `max_bytes`, stop before the payloads would pass it (but return at least one).
+        Stopping while reading, not after, spares reading what would be dropped."""
+        cursor = self._conn.execute(
             "SELECT b.id, batch_id, content_type, created_ns, readings, payload, a.at_ns,"
             " compressed FROM batches AS b LEFT JOIN attempted AS a ON a.id = b.id"
             " WHERE b.id > ? ORDER BY b.id LIMIT ?",
             (after_row, limit),
-        ).fetchall()
-        return [
-            StoredBatch(
-                row=r[0],
-                batch_id=r[1],
-                content_type=r[2],
-                created_ns=r[3],
-                readings=r[4],
-                payload=lz4.block.decompress(r[5]) if r[7] else r[5],
-                attempted_ns=r[6],
-            )
-            for r in rows
-        ]
+        )
+        out: list[StoredBatch] = []
+        total = 0
+        try:
+            for r in cursor:
+                payload = lz4.block.decompress(r[5]) if r[7] else r[5]
+                total += len(payload)
+                if max_bytes is not None and total > max_bytes and out:
+                    break
+                out.append(StoredBatch(r[0], r[1], r[2], r[3], r[4], payload, r[6]))
+        finally:
+            cursor.close()
+        return out
 
     def mark_attempted(self, rows: Iterable[int]) -> None:
         """Step 3: remember, durably, that these batches may reach the stream from now on."""
@@ -585,17 +573,20 @@ class SqliteBuffer:
             return 0
         db = self._conn
         freed = readings = 0
+        by_sources = Counter[str]()  # a backlog's batches mostly share one `sources` text
         counters: Counter[str] = Counter()
         with self._transaction():
-            for got in db.execute(
+            for size, n, sources in db.execute(
                 f"DELETE FROM batches WHERE id IN ({','.join('?' * len(ids))})"
                 " RETURNING bytes, readings, sources",
                 ids,
             ).fetchall():
-                freed += got[0]
-                readings += got[1]
-                for source, n in orjson.loads(got[2]).items():
-                    counters[counter_name("published", source)] += n
+                freed += size
+                readings += n
+                by_sources[sources] += 1
+            for sources, times in by_sources.items():
+                for source, n in orjson.loads(sources).items():
+                    counters[counter_name("published", source)] += n * times
             self._add_counters(counters)
         self._bytes -= freed
         return readings

@@ -21,8 +21,10 @@ def register(sub: Any) -> None:
 
 def _edge_run(args: argparse.Namespace) -> int:
     from edge.agent import Agent
+    from edge.heap import retain_freed_heap
 
     cfg = config.load(config.AgentConfig, args.config)
+    retain_freed_heap()
     run_until_signalled(Agent(cfg).run)
     return 0
 

@@ -51,6 +51,7 @@ _SCAN_SLACK_S = 60.0
 
 _WINDOWS_PER_ROUND = 16  # then dead letters get their turn again
 _DEPTH = 3  # publish windows in flight at once
+_FIRST_READ = 16  # batches read before the pipeline starts
 
 
 @dataclass(slots=True)
@@ -77,7 +78,7 @@ class UplinkStats:
     publish_timeouts: int = 0
     reconciled_batches: int = 0  # found in the stream beyond the dedupe window, not resent
     in_flight: int = 0
-    latency_ms: float = 0.0  # moving average from send to PubAck
+    latency_ms: float = 0.0  # moving average, a window's first send to its last PubAck
     drain_rate: float = 0.0  # readings/s, moving average over full windows
 
 
@@ -172,51 +173,38 @@ class Uplink:
 
     async def _forward_round(self, js: JetStreamContext) -> int:
         """Dead letters, then up to `_WINDOWS_PER_ROUND` windows of batches, `_DEPTH` in
-        flight: while the oldest window's PubAcks come back, the next is sent and the one
-        after is read from disk in a worker thread."""
+        flight: while the oldest window's PubAcks come back, the next is read and sent.
+
+        Reads happen on the loop thread (a few ms per window): a worker thread measured
+        slower, as its GIL hand-offs cost the publishing loop more than the read itself."""
         limit = self.settings.max_batches_per_round
         letters = self.buffer.oldest_dead_letters(limit)
         for letter in letters:
             await self._publish_dead_letter(js, letter)
-        sent = 0
+        done = 0
         pending: deque[_Window] = deque()
-        batches = self.buffer.oldest_batches(limit)
-        ahead: asyncio.Future[list[StoredBatch]] | None = None
+        # A short first read: it is the one read not overlapped with PubAcks in flight.
+        cap = self.settings.max_window_bytes
+        batches = self.buffer.oldest_batches(min(limit, _FIRST_READ), max_bytes=cap)
         try:
             for _ in range(_WINDOWS_PER_ROUND):
-                if batches:
-                    batches = self._cap_bytes(await self._skip_stored(js, batches))
+                if not batches:
+                    break
+                done += len(batches)  # sent now, or found in the stream already
+                last_row = batches[-1].row
+                batches = await self._skip_stored(js, batches)
                 if batches:
                     pending.append(await self._send(js, batches))
-                    ahead = asyncio.ensure_future(
-                        asyncio.to_thread(self.buffer.read_ahead, limit, batches[-1].row)
-                    )
-                sent += len(batches)
-                while pending and (len(pending) >= _DEPTH or ahead is None):
+                batches = self.buffer.oldest_batches(limit, last_row, max_bytes=cap)
+                while pending and (len(pending) >= _DEPTH or not batches):
                     await self._settle(pending.popleft())
-                if ahead is None:
-                    break
-                batches, ahead = await ahead, None
             while pending:
                 await self._settle(pending.popleft())
         finally:
             for window in pending:  # after a failure: keep what was acked, resend the rest
                 with contextlib.suppress(PublishFailed):
                     await self._settle(window)
-            if ahead is not None:  # never leave the worker thread's result behind
-                await asyncio.wait([ahead])
-                if not ahead.cancelled():
-                    ahead.exception()  # retrieved: a read error here is retried, not logged
-        return len(letters) + sent
-
-    def _cap_bytes(self, batches: list[StoredBatch]) -> list[StoredBatch]:
-        """At most `max_window_bytes` of payload per window (but always one batch)."""
-        total = 0
-        for i, b in enumerate(batches):
-            total += len(b.payload)
-            if total > self.settings.max_window_bytes and i > 0:
-                return batches[:i]
-        return batches
+        return len(letters) + done
 
     # -- duplicates beyond the dedupe window ------------------------------------------------
     async def _window_ns(self, js: JetStreamContext) -> int:
@@ -256,7 +244,6 @@ class Uplink:
                 # No wait_stall: two windows stay far below nats-py's pending limit (4000),
                 # and a stall timeout costs a task per publish.
                 fut = await js.publish_async(self.subject, b.payload, headers=self._headers(b))
-                fut.add_done_callback(self._record_latency(time.monotonic()))
                 window.futures.append(fut)
         except (NatsError, JetStreamError) as exc:
             window.send_error = exc  # settle what was sent, then report
@@ -270,6 +257,7 @@ class Uplink:
             if futures:
                 remaining = window.started + self.settings.publish_timeout_s - time.monotonic()
                 await asyncio.wait(futures, timeout=max(0.0, remaining))
+            self._record_latency(window)
         finally:
             self.stats.in_flight -= len(futures)
             for fut in futures:
@@ -308,14 +296,12 @@ class Uplink:
         if batches:
             self.drained.set()
 
-    def _record_latency(self, sent: float) -> Any:
-        def done(fut: asyncio.Future[Any]) -> None:
-            if not fut.cancelled() and fut.exception() is None:
-                ms = (time.monotonic() - sent) * 1000
-                avg = self.stats.latency_ms
-                self.stats.latency_ms = ms if not avg else 0.9 * avg + 0.1 * ms
-
-        return done
+    def _record_latency(self, window: _Window) -> None:
+        """From a window's first send to its last PubAck: one figure per window, as a
+        callback per publish cost the drain a measurable share (docs/benchmarks.md)."""
+        ms = (time.monotonic() - window.started) * 1000
+        avg = self.stats.latency_ms
+        self.stats.latency_ms = ms if not avg else 0.9 * avg + 0.1 * ms
 
     def _headers(self, batch: StoredBatch) -> dict[str, str]:
         return envelope.headers(

@@ -1,0 +1,40 @@
+"""Keep freed heap memory mapped for reuse instead of handing it back to the kernel.
+
+Draining a backlog decompresses tens of MB per second into short-lived payloads of tens
+of KB each, which glibc serves from its heap (they are under its mmap threshold). glibc
+returns the heap's free top to the kernel as soon as it passes 128 KiB
+(`M_TRIM_THRESHOLD`), so every publish window's payloads landed on fresh pages the kernel
+had to fault in and zero: on the drain benchmark that was about a quarter of the agent's
+time (docs/benchmarks.md). Raising the threshold keeps up to `limit` bytes of freed heap
+for the next window; the agent's resident memory can stay that much higher after a drain.
+
+No library wraps `mallopt`; ctypes is the usual way to call it. Other C libraries (musl)
+have no such knob, and then this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
+
+# Three publish windows of at most 8 MiB each are in flight, plus nats-py's copies.
+DEFAULT_RETAINED = 64 << 20
+
+
+def retain_freed_heap(limit: int = DEFAULT_RETAINED) -> bool:
+    """Raise glibc's trim threshold to `limit` bytes for this process; False if this C
+    library has no `mallopt`."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    done = bool(mallopt(_M_TRIM_THRESHOLD, limit))
+    if not done:
+        log.debug("mallopt(M_TRIM_THRESHOLD) refused; heap trimming left as it is")
+    return done
