@@ -29,6 +29,7 @@ from edge import accounting
 from edge.batcher import Batcher, Flush
 from edge.buffer import SourceCounts, SqliteBuffer
 from edge.errors import BufferFull
+from edge.forwarding_metrics import ForwardingCollector
 from edge.intake import Intake, IntakeStats, source_names
 from edge.metrics import AgentMetrics, MetricsServer
 from edge.sources import Source, SourceMessage
@@ -129,12 +130,7 @@ class Agent:
         if m.port is not None:
             self.metrics_server = MetricsServer(self.metrics, self.snapshot, m.host, m.port)
             await self.metrics_server.start()
-            buffered = self.buffer.stats
-            self.metrics.gauge(
-                "gateway_agent_buffer_readings",
-                "Readings in the buffer",
-                lambda: buffered().readings,
-            )
+            self.metrics.registry.register(ForwardingCollector(self.buffer, self.uplink))
 
     async def _cloud_link(self) -> None:
         """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat."""

@@ -18,7 +18,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     generate_latest,
 )
 
@@ -48,9 +47,6 @@ class AgentMetrics:
         self.batched = Counter("gateway_agent_readings_batched", "Readings in batches", registry=r)
         self.batches = Counter("gateway_agent_batches", "Batches formed", registry=r)
         self.batch_bytes = Counter("gateway_agent_batch_bytes", "Bytes of batches", registry=r)
-
-    def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
-        Gauge(name, doc, registry=self.registry).set_function(fn)
 
     def value(self, name: str, **labels: str) -> float:
         """A current sample value (for tests and status): `gateway_agent_messages_total`."""

@@ -163,7 +163,7 @@ class BufferSettings(_Model):
 
 class UplinkSettings(_Model):
     publish_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    # One publish window (two are in flight at once): at most this many batches / bytes.
+    # One publish window (three are in flight at once): at most this many batches / bytes.
     max_batches_per_round: Annotated[int, Field(ge=1)] = 256
     max_window_bytes: Annotated[int, Field(ge=1 << 16)] = 8 << 20
     backoff_first_s: Annotated[float, Field(gt=0)] = 0.1

@@ -166,3 +166,13 @@ async def test_ten_thousand_mixed_messages_are_all_accounted_for(
     for reason, n in mix.reasons.items():
         assert metrics[f"gateway_agent_dead_letters_total{{reason={reason}}}"] == n, reason
     assert metrics["gateway_agent_readings_batched_total"] == len(mix.valid)
+
+    # the store-and-forward account on /metrics (edge/forwarding_metrics.py) reconciles
+    def total(prefix: str) -> float:
+        return sum(v for k, v in metrics.items() if k.startswith(prefix))
+
+    assert total("gateway_agent_source_unaccounted_readings{") == 0
+    assert total("gateway_agent_source_published_readings_total{") + total(
+        "gateway_agent_source_buffered_readings{"
+    ) == len(mix.valid)
+    assert total("gateway_agent_source_dead_lettered_total{") == invalid
