@@ -225,7 +225,7 @@ class Uplink:
         held = await stored_batch_ids(js, self.subject, since)
         found = [b for b in stale if b.batch_id in held]
         if found:
-            self._account(found, self.buffer.delete_batches(b.row for b in found))
+            self._account(found, self.buffer.delete_batches(found))
             self.stats.reconciled_batches += len(found)
             log.info(
                 "%d batches were already in the stream (outside the dedupe window); not resent",
@@ -273,7 +273,7 @@ class Uplink:
             else:
                 acked.append(b)
                 self.stats.duplicate_acks += int(bool(fut.result().duplicate))
-        readings = self.buffer.delete_batches(b.row for b in acked)
+        readings = self.buffer.delete_batches(acked)
         self._account(acked, readings)
         self._record_rate(window, readings)
         if failure is not None or len(futures) < len(window.batches):

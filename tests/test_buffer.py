@@ -38,7 +38,7 @@ def test_batch_and_high_water_survive_reopen(tmp_path: Path) -> None:
     assert again.high_water == {"s/dev1": 7}
     assert again.next_batch_id("a1") != bid  # ids never repeat
     assert [d.letter.reason for d in again.oldest_dead_letters(10)] == ["invalid_json"]
-    again.delete_batches([stored.row])
+    again.delete_batches([stored])
     assert again.stats().batches == 0
 
 
@@ -103,7 +103,7 @@ def test_block_raises_and_leaves_the_buffer_unchanged(tmp_path: Path) -> None:
     with pytest.raises(BufferFull):
         _add(buf, 5, 10_000)
     assert (buf.stats(), buf.counters(), buf.next_batch_id("a")) == before
-    buf.delete_batches([1])
+    buf.delete_batches(buf.oldest_batches(1))
     _add(buf, 5, 10_000)  # room again
     acct = _balanced(buf)["mqtt0"]
     assert (acct.published, acct.buffered, acct.dropped.total()) == (5, 30, 0)
@@ -149,6 +149,19 @@ def test_a_full_disk_is_handled_by_the_overflow_policy(tmp_path: Path, overflow:
         assert (acct.dropped["disk_full"], acct.buffered) == (10, 50)
 
 
+def test_a_batch_dropped_while_in_flight_is_not_counted_published_too(tmp_path: Path) -> None:
+    buf = _policy(tmp_path / "b.sqlite3", "drop_oldest")
+    for _ in range(6):
+        _add(buf, 5, 10_000)
+    in_flight = buf.oldest_batches(2)  # read and sent; meanwhile the buffer overflows
+    _add(buf, 5, 10_000)
+    assert [b.row for b in buf.oldest_batches(10)][0] == 2  # batch 1 was dropped
+    assert buf.delete_batches(in_flight) == 5  # both acked: only batch 2 still counted
+    acct = _balanced(buf)["mqtt0"]
+    assert (acct.published, acct.dropped["overflow"], acct.buffered) == (5, 5, 25)
+    assert buf._bytes == buf.stats().bytes  # the room kept in memory freed only batch 2
+
+
 def test_accounting_reconciles_across_reopen_with_dead_letters_and_duplicates(
     tmp_path: Path,
 ) -> None:
@@ -170,7 +183,7 @@ def test_accounting_reconciles_across_reopen_with_dead_letters_and_duplicates(
         "reconciles": True,
     }
     assert (accts["mqtt1"].received, accts["mqtt1"].dead_lettered) == (3, 1)
-    again.delete_batches([b.row])
+    again.delete_batches([b])
     accts = _balanced(again)
     assert (accts["mqtt0"].published, accts["mqtt1"].published) == (4, 2)
 

@@ -39,7 +39,7 @@ def test_metrics_match_the_accounting_of_the_buffer(tmp_path: Path) -> None:
             SourceCounts(Counter({source: 10}), Counter({source: 2})),
         )
     oldest = buf.oldest_batches(2)
-    buf.delete_batches(b.row for b in oldest)  # as after their PubAck
+    buf.delete_batches(oldest)  # as after their PubAck
     uplink = Uplink(AgentConfig(site="s", agent="a"), buf, asyncio.Event())
     uplink.stats.batches_published, uplink.stats.in_flight = 2, 3
     uplink.stats.latency_ms, uplink.stats.drain_rate = 250.0, 10.0
