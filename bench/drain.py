@@ -4,17 +4,17 @@ N readings sit in the agent's durable buffer (as after an outage); the agent's u
 forwards them to a real JetStream server (`Uplink.forward_remaining`: read, decompress,
 mark attempted, pipelined `publish_async` under its own deadline, delete after PubAck).
 The process keeps freed heap for reuse, as the agent does (edge/heap.py). The baseline, in
-the same run against the same server, is a bare nats-py loop publishing
-the same batches with the same headers from memory with `publish_async` and waiting for
-every PubAck: the limit an uplink can approach. Rounds alternate. A round lasts well
-under a second, so on a shared machine single rounds are noisy: the ratio is taken from
-each side's best round (what the code can do), and the medians are reported beside it.
+the same run against the same server, is a bare nats-py loop publishing the same batches
+with the same headers from memory with `publish_async` and waiting for every PubAck: the
+limit an uplink can approach. Rounds alternate. A round lasts under 0.1 s, so on a shared
+machine single rounds are noisy: the ratio is taken from each side's best round (what the
+code can do), and the ratio of the medians is reported beside it.
 
 Disk: bytes the process caused to be written to storage (`write_bytes` in /proc/self/io,
 which excludes sockets) while buffering the N readings and draining them, per reading,
 against the encoded size of a reading on the wire.
 
-    python -m bench.drain [--readings 1000000] [--batch 1000] [--rounds 3] [--json]
+    python -m bench.drain [--readings 1000000] [--batch 1000] [--rounds 15] [--json]
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__.split("\n")[0])
     p.add_argument("--readings", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=1000, help="readings per batch")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     retain_freed_heap()  # as `gateway edge run` does; both sides share this process
