@@ -79,7 +79,7 @@ class UplinkStats:
     reconciled_batches: int = 0  # found in the stream beyond the dedupe window, not resent
     in_flight: int = 0
     latency_ms: float = 0.0  # moving average, a window's first send to its last PubAck
-    drain_rate: float = 0.0  # readings/s, moving average over full windows
+    drain_rate: float = 0.0  # readings/s, moving average over rounds that drained a backlog
 
 
 async def stored_batch_ids(
@@ -181,7 +181,8 @@ class Uplink:
         letters = self.buffer.oldest_dead_letters(limit)
         for letter in letters:
             await self._publish_dead_letter(js, letter)
-        done = 0
+        done = windows = 0
+        started, published = time.monotonic(), self.stats.readings_published
         pending: deque[_Window] = deque()
         # A short first read: it is the one read not overlapped with PubAcks in flight.
         cap = self.settings.max_window_bytes
@@ -195,11 +196,16 @@ class Uplink:
                 batches = await self._skip_stored(js, batches)
                 if batches:
                     pending.append(await self._send(js, batches))
+                    windows += 1
                 batches = self.buffer.oldest_batches(limit, last_row, max_bytes=cap)
                 while pending and (len(pending) >= _DEPTH or not batches):
                     await self._settle(pending.popleft())
             while pending:
                 await self._settle(pending.popleft())
+            if windows > 1:  # a backlog: a trickle of live readings says nothing of the rate
+                self._record_rate(
+                    self.stats.readings_published - published, time.monotonic() - started
+                )
         finally:
             for window in pending:  # after a failure: keep what was acked, resend the rest
                 with contextlib.suppress(PublishFailed):
@@ -241,7 +247,7 @@ class Uplink:
         window = _Window(batches, [], time.monotonic())
         try:
             for b in batches:
-                # No wait_stall: two windows stay far below nats-py's pending limit (4000),
+                # No wait_stall: three windows stay far below nats-py's pending limit (4000),
                 # and a stall timeout costs a task per publish.
                 fut = await js.publish_async(self.subject, b.payload, headers=self._headers(b))
                 window.futures.append(fut)
@@ -256,8 +262,9 @@ class Uplink:
         try:
             if futures:
                 remaining = window.started + self.settings.publish_timeout_s - time.monotonic()
-                await asyncio.wait(futures, timeout=max(0.0, remaining))
-            self._record_latency(window)
+                _, late = await asyncio.wait(futures, timeout=max(0.0, remaining))
+                if not late:
+                    self._record_latency(window)
         finally:
             self.stats.in_flight -= len(futures)
             for fut in futures:
@@ -275,17 +282,15 @@ class Uplink:
                 self.stats.duplicate_acks += int(bool(fut.result().duplicate))
         readings = self.buffer.delete_batches(acked)
         self._account(acked, readings)
-        self._record_rate(window, readings)
         if failure is not None or len(futures) < len(window.batches):
             raise PublishFailed(
                 f"{len(window.batches) - len(acked)} of {len(window.batches)} batches"
                 f" unacknowledged: {failure}"
             )
 
-    def _record_rate(self, window: _Window, readings: int) -> None:
-        """Drain rate, from full windows only (a trickle of live readings says nothing)."""
-        elapsed = time.monotonic() - window.started
-        if len(window.batches) == self.settings.max_batches_per_round and elapsed > 0:
+    def _record_rate(self, readings: int, elapsed: float) -> None:
+        """Drain rate, from rounds of several windows (a backlog)."""
+        if elapsed > 0:
             rate = readings / elapsed
             avg = self.stats.drain_rate
             self.stats.drain_rate = rate if not avg else 0.8 * avg + 0.2 * rate
