@@ -3,11 +3,15 @@
 A version directory counts as installed only once its `.installed` marker exists (written
 last), so a power cut mid-install leaves a directory that the next attempt wipes and
 redoes. The venv is created in place, never moved: its scripts hold absolute paths.
+Versions other than the current one and the one to roll back to are removed
+(`prune_versions`): each holds a whole venv, and an SD card shared with the buffer should
+not fill with old ones.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +26,9 @@ from deploy.errors import BundleError
 from deploy.manifest import MANIFEST, Manifest
 
 INSTALLED = ".installed"
+_REMOVING = ".removing-"
+
+log = logging.getLogger(__name__)
 
 
 def version_dir(root: Path, version: str) -> Path:
@@ -117,3 +124,27 @@ def switch_current(root: Path, version: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(Path("versions") / version, tmp)
     os.replace(tmp, root / "current")
+
+
+def prune_versions(root: Path, keep: set[str]) -> list[str]:
+    """Remove every version directory but `keep` and the one `current` points at, and
+    every downloaded bundle. Returns the versions removed. A directory is first renamed
+    out of the versions' namespace, so a power cut mid-removal leaves no half version that
+    looks installed; leftovers of such a cut are removed here too."""
+    keep = keep | {v for v in [current_version(root)] if v}
+    versions = root / "versions"
+    removed: list[str] = []
+    for path in sorted(versions.iterdir()) if versions.is_dir() else []:
+        if path.name in keep:
+            continue
+        try:
+            if not path.name.startswith(_REMOVING):
+                removed.append(path.name)
+                path = path.rename(versions / f"{_REMOVING}{path.name}")
+            shutil.rmtree(path)
+        except OSError as exc:  # tried again after the next deployment
+            log.warning("could not remove %s: %s", path, exc)
+    downloads = root / "downloads"
+    for bundle in downloads.iterdir() if downloads.is_dir() else []:
+        bundle.unlink(missing_ok=True)
+    return removed

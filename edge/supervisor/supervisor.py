@@ -7,7 +7,8 @@ For each new desired version (DEPLOY_DESIRED, key <site>.<agent>):
   3. stop the agent (it flushes and acks what it holds), switch DIR/current, start the
      new agent and wait for its ready heartbeat;
   4. not healthy within the deadline: stop it, switch back, start the previous version,
-     report `rolled_back` with the reason, and remember the version as failed.
+     report `rolled_back` with the reason, and remember the version as failed;
+  5. either way, remove the versions other than the current one and the one before it.
 The buffer is in DIR/data, outside every version, so no reading is lost or doubled by 2-4.
 """
 
@@ -115,6 +116,7 @@ class Supervisor:
         if desired_kv is None:
             return
         current = install.current_version(self.root)
+        self._prune()
         if current:
             await self._start(nc, current)
         await self._report(
@@ -171,6 +173,7 @@ class Supervisor:
             await asyncio.to_thread(install.install_bundle, self.root, bundle, key)
         except BundleError as exc:
             await self._fail(version, records.REFUSED, running, f"refused {version}: {exc}")
+            self._prune()  # the refused download
             return
         except (ObjectNotFoundError, NotFoundError):
             await self._report(state=records.FAILED, error=f"bundle {version} is not published")
@@ -182,12 +185,21 @@ class Supervisor:
         if why is None:
             self.memory.previous = running
             self.memory.save(self.root / "state.json")
+            self._prune()
             await self._report(state=records.HEALTHY, version=version, error="")
             return
         log.error("%s; rolling back to %s", why, running or "nothing")
         back = await self._switch_to(nc, running) if running else "nothing to roll back to"
         state = records.ROLLED_BACK if back is None else records.FAILED
         await self._fail(version, state, running if back is None else "", why)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the current version and the one to roll back to; remove the rest."""
+        keep = {v for v in (install.current_version(self.root), self.memory.previous) if v}
+        removed = install.prune_versions(self.root, keep)
+        if removed:
+            log.info("removed old versions %s", ", ".join(removed))
 
     async def _fetch(self, js: JetStreamContext, version: str) -> Path:
         store = await js.object_store(records.BUNDLE_STORE)

@@ -131,6 +131,10 @@ async def test_rollout_canary_rollback_tamper_no_loss(
                 await rollout(js, RolloutOptions("4.0.0", f"{SITE}/*", canary=1, step_timeout_s=90))
             assert "digest_mismatch" in refused.value.failures[f"{SITE}.pi-1"]
             assert not (devices[0].root / "versions" / "4.0.0").exists()
+            # pi-1 keeps 2.0.0 and the version before it; the failed 3.0.0 is removed
+            kept = sorted(p.name for p in (devices[0].root / "versions").iterdir())
+            assert kept == ["1.0.0", "2.0.0"]
+            assert list((devices[0].root / "downloads").iterdir()) == []
 
             rows = {r.agent: r for r in await fleet_rows(js)}
             assert rows["pi-1"].version_desired == "2.0.0"  # the halted rollout set it back
