@@ -1,0 +1,59 @@
+"""An MQTT broker that does not answer must not freeze the agent's event loop.
+
+paho's `connect()` blocks for up to its 5 s timeout; edge/sources/mqtt.py first finds out
+without blocking whether the broker answers. The silent broker here is a loopback socket
+whose accept queue is full, so the kernel drops further SYNs and a connect hangs, as it
+does towards a powered-off host on the LAN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edge.sources import SourceMessage
+from edge.sources.mqtt import MqttSource
+from gateway.config import MqttSourceSettings
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = socket.create_connection(("127.0.0.1", port))  # fills the accept queue
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    try:
+        try:
+            probe.connect(("127.0.0.1", port))
+        except TimeoutError:  # the kernel leaves SYNs unanswered: a silent broker
+            yield port
+        else:
+            pytest.skip("this kernel accepts connections beyond a full accept queue")
+    finally:
+        for s in (probe, held, server):
+            s.close()
+
+
+async def test_a_silent_broker_does_not_block_the_loop(silent_port: int) -> None:
+    got: list[SourceMessage] = []
+    settings = MqttSourceSettings(url=f"mqtt://127.0.0.1:{silent_port}")
+    source = MqttSource("mqtt0", settings, "gw-test", got.append)
+    await source.start()
+    worst = 0.0
+    try:
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.monotonic() - before)
+    finally:
+        await source.stop()
+    assert not source.connected and not got
+    assert worst < 0.5, f"the loop stalled for {worst:.2f}s"
