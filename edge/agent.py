@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -102,10 +103,11 @@ class Agent:
             ]
             await self._start_metrics()
             await self._start_sources()
-            self.ready.set()
-            self._beat_now.set()
-            log.info("agent %s/%s ready", self.config.site, self.config.agent)
-            await stop.wait()
+            if await _first_of(self._sources_ready(), stop.wait()) == 0:
+                self.ready.set()
+                self._beat_now.set()
+                log.info("agent %s/%s ready", self.config.site, self.config.agent)
+                await stop.wait()
             await _cancel_until_done(self._tasks)
 
     async def _start_sources(self) -> None:
@@ -122,6 +124,10 @@ class Agent:
                 src = SerialSource(name, settings, self._queue.put_nowait)
             await src.start()
             self.sources.append(src)
+
+    async def _sources_ready(self) -> None:
+        """Every source subscribed (or its port open). A broker that is down keeps the agent
+        from being ready, not from forwarding its buffer nor from stopping."""
         for src in self.sources:
             await src.ready.wait()
 
@@ -336,6 +342,19 @@ class Agent:
             self._beat_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.config.uplink.heartbeat_s)
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> int:
+    """Run the coroutines until one of them finishes; the index of that one. The others
+    are cancelled and awaited."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return next(i for i, t in enumerate(tasks) if t in done)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:

@@ -1,4 +1,5 @@
-"""An MQTT broker that does not answer must not freeze the agent's event loop.
+"""An MQTT broker that does not answer must not freeze the agent's event loop, nor keep
+the agent from stopping.
 
 paho's `connect()` blocks for up to its 5 s timeout; edge/sources/mqtt.py first finds out
 without blocking whether the broker answers. The silent broker here is a loopback socket
@@ -12,12 +13,16 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from edge.agent import Agent
 from edge.sources import SourceMessage
 from edge.sources.mqtt import MqttSource
-from gateway.config import MqttSourceSettings
+from gateway import config
+from gateway.config import AgentConfig, MqttSourceSettings
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -57,3 +62,30 @@ async def test_a_silent_broker_does_not_block_the_loop(silent_port: int) -> None
         await source.stop()
     assert not source.connected and not got
     assert worst < 0.5, f"the loop stalled for {worst:.2f}s"
+
+
+async def test_an_agent_whose_broker_is_down_stops_when_told(
+    tmp_path: Path, silent_port: int
+) -> None:
+    cfg = config.parse(
+        AgentConfig,
+        {
+            "site": "s",
+            "agent": "a",
+            "data_dir": str(tmp_path / "agent"),
+            "nats": {"url": f"nats://127.0.0.1:{silent_port}"},
+            "sources": [{"url": f"mqtt://127.0.0.1:{silent_port}", "topics": ["x/#"]}],
+        },
+    )
+    agent, stop = Agent(cfg), asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+
+    async def sources() -> int:
+        return len(agent.sources)
+
+    await eventually(sources, lambda n: n == 1, timeout=10)  # started, trying the broker
+    assert not task.done() and not agent.ready.is_set()
+    stop.set()
+    started = time.monotonic()
+    await asyncio.wait_for(task, timeout=10)  # it waited for the broker forever before
+    assert time.monotonic() - started < 3.0
