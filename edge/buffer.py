@@ -242,7 +242,10 @@ class SqliteBuffer:
             meta["instance"] = uuid.uuid4().hex[:12]
             db.execute("INSERT INTO meta VALUES ('instance', ?)", (meta["instance"],))
         self.instance = meta["instance"]
-        self._next_batch = int(meta.get("next_batch", "1"))
+        # A batch's row is its batch number (see _insert_batch); a file whose meta was lost
+        # (salvage) must still never hand out a row it holds.
+        top = db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()[0]
+        self._next_batch = max(int(meta.get("next_batch", "1")), top + 1)
         rows = db.execute("SELECT device, seq, holes FROM high_water").fetchall()
         self.high_water.clear()
         self.high_water.update((key, seq) for key, seq, _ in rows)
@@ -389,7 +392,7 @@ class SqliteBuffer:
         with self._transaction():
             freed += self._expire(now, counters, result)
             if batch is not None and refuse is None:
-                refuse, dropped_bytes = self._make_room(len(stored), counters, result)
+                refuse, dropped_bytes = self._make_room(len(stored), freed, counters, result)
                 freed += dropped_bytes
             if batch is not None:
                 if refuse is None:
@@ -410,23 +413,28 @@ class SqliteBuffer:
             self._add_counters(counters)
         if batch is not None:
             self._next_batch += 1
-            self._bytes += (len(stored) if result.stored else 0) - freed
+        # Also without a batch (a flush of dead letters only): its expiry freed room too.
+        self._bytes += (len(stored) if result.stored else 0) - freed
         if result.dropped:
             log.warning("buffer dropped readings: %s", dict(result.dropped))
         return result
 
     def _make_room(
-        self, size: int, counters: Counter[str], result: CommitResult
+        self, size: int, expired: int, counters: Counter[str], result: CommitResult
     ) -> tuple[str | None, int]:
-        """Apply the overflow policy for an incoming batch of `size` bytes."""
-        if self._bytes + size <= self.max_bytes:
+        """Apply the overflow policy for an incoming batch of `size` bytes. `expired`: bytes
+        this transaction already freed, not yet subtracted from `_bytes` (it may roll back);
+        without it a flush that expires old batches also drops, refuses or blocks the new
+        one as if they still took room."""
+        used = self._bytes - expired
+        if used + size <= self.max_bytes:
             return None, 0
         if self.overflow == "block":
-            raise BufferFull(f"buffer full ({self._bytes} of {self.max_bytes} bytes)")
+            raise BufferFull(f"buffer full ({used} of {self.max_bytes} bytes)")
         if self.overflow == "drop_newest" or size > self.max_bytes:
             return "overflow", 0
         freed = 0
-        while self._bytes - freed + size > self.max_bytes:
+        while used - freed + size > self.max_bytes:
             got = self._drop_oldest_row("overflow", counters, result)
             if got is None:
                 break
@@ -483,10 +491,14 @@ class SqliteBuffer:
     def _insert_batch(
         self, batch: PendingBatch, stored: bytes, batch_id: str, now: int, intake: SourceCounts
     ) -> None:
+        # The row is the durable batch number, never reused: SQLite's default (MAX(id) + 1)
+        # gives a dropped or deleted newest batch's row to the next batch, and then an ack
+        # (delete_batches) or attempt mark for the old batch would hit the new one.
         self._conn.execute(
-            "INSERT INTO batches(batch_id, content_type, created_ns, readings, bytes, payload,"
-            " sources, compressed) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+            "INSERT INTO batches(id, batch_id, content_type, created_ns, readings, bytes,"
+            " payload, sources, compressed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (
+                self._next_batch,
                 batch_id,
                 batch.content_type,
                 now,
