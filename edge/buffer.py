@@ -572,10 +572,12 @@ class SqliteBuffer:
         """Step 3: remember, durably, that these batches may reach the stream from now on."""
         ids = list(rows)
         if ids:  # one statement (and one implicit transaction) for the whole window
-            now = time.time_ns()
+            # Only batches still stored: one a drop policy removed since it was read would
+            # leave a mark its trigger can no longer delete.
             self._conn.execute(
-                "INSERT OR IGNORE INTO attempted VALUES " + ",".join("(?, ?)" for _ in ids),
-                [v for row in ids for v in (row, now)],
+                "INSERT OR IGNORE INTO attempted SELECT id, ? FROM batches"
+                f" WHERE id IN ({','.join('?' * len(ids))})",
+                [time.time_ns(), *ids],
             )
 
     def delete_batches(self, batches: Iterable[StoredBatch]) -> int:

@@ -162,6 +162,18 @@ def test_a_batch_dropped_while_in_flight_is_not_counted_published_too(tmp_path: 
     assert buf._bytes == buf.stats().bytes  # the room kept in memory freed only batch 2
 
 
+def test_marking_a_batch_dropped_since_it_was_read_leaves_no_mark(tmp_path: Path) -> None:
+    buf = _policy(tmp_path / "b.sqlite3", "drop_oldest")
+    for _ in range(6):
+        _add(buf, 5, 10_000)
+    read = buf.oldest_batches(2)
+    _add(buf, 5, 10_000)  # drops batch 1
+    buf.mark_attempted(b.row for b in read)
+    marked = [r[0] for r in buf.connection.execute("SELECT id FROM attempted ORDER BY id")]
+    assert marked == [read[1].row]
+    assert buf.oldest_batches(1)[0].attempted_ns is not None
+
+
 def test_accounting_reconciles_across_reopen_with_dead_letters_and_duplicates(
     tmp_path: Path,
 ) -> None:
