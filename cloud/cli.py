@@ -12,7 +12,7 @@ from gateway import config
 from gateway.cli import group
 from gateway.connect import nats_connection
 from gateway.errors import ConfigError
-from gateway.runtime import run_until_signalled
+from gateway.runtime import first_of, run_until_signalled
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
@@ -159,11 +159,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(args.nats, "watch") as nc:
-            task = asyncio.create_task(watch(nc, Console(), args.duration, key_filter))
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            task.cancel()
-            stopper.cancel()
+            await first_of(watch(nc, Console(), args.duration, key_filter), stop.wait())
 
     run_until_signalled(service)
     return 0

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -43,6 +42,7 @@ from edge.uplink import Uplink
 from gateway import __version__, subjects
 from gateway.config import AgentConfig, MqttSourceSettings
 from gateway.retry import connect_forever
+from gateway.runtime import first_of
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Agent:
             ]
             await self._start_metrics()
             await self._start_sources()
-            if await _first_of(self._sources_ready(), stop.wait()) == 0:
+            if await first_of(self._sources_ready(), stop.wait()) == 0:
                 self.ready.set()
                 self._beat_now.set()
                 log.info("agent %s/%s ready", self.config.site, self.config.agent)
@@ -342,19 +342,6 @@ class Agent:
             self._beat_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.config.uplink.heartbeat_s)
-
-
-async def _first_of(*waits: Coroutine[Any, Any, Any]) -> int:
-    """Run the coroutines until one of them finishes; the index of that one. The others
-    are cancelled and awaited."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return next(i for i, t in enumerate(tasks) if t in done)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:

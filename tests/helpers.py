@@ -10,8 +10,19 @@ from typing import TypeVar
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """Prometheus text as {"name{label=value}...": value}, labels sorted."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+            out[key] = s.value
+    return out
 
 
 async def eventually(

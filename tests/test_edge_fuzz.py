@@ -12,13 +12,12 @@ from pathlib import Path
 
 import orjson
 from nats.js.client import JetStreamContext
-from prometheus_client.parser import text_string_to_metric_families
 
 from edge.agent import Agent
 from gateway import subjects
 from gateway.servers import NatsServer
 from gateway.verify import read_telemetry
-from tests.helpers import eventually, publish_qos1
+from tests.helpers import eventually, metric_samples, publish_qos1
 from tests.test_agent_integration import running
 from tests.test_edge_mqtt import make_config
 
@@ -105,13 +104,7 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
 async def scrape(port: int) -> dict[str, float]:
     status, raw = await http_get(port, "/metrics")
     assert status == 200
-    body = raw.decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
-            out[key] = s.value
-    return out
+    return metric_samples(raw.decode())
 
 
 async def test_ten_thousand_mixed_messages_are_all_accounted_for(

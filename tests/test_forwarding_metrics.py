@@ -8,22 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from edge import accounting
 from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
 from edge.forwarding_metrics import ForwardingCollector
 from edge.uplink import Uplink
 from gateway.config import AgentConfig
+from tests.helpers import metric_samples
 
 
 def _samples(registry: CollectorRegistry) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for s in family.samples:
-            key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
-            out[key] = s.value
-    return out
+    return metric_samples(generate_latest(registry).decode())
 
 
 def test_metrics_match_the_accounting_of_the_buffer(tmp_path: Path) -> None:
