@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config
-from gateway.cli import group
+from gateway.commands import group
 from gateway.connect import nats_connection
 from gateway.errors import ConfigError
 from gateway.runtime import first_of, run_until_signalled

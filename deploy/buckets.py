@@ -8,7 +8,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from deploy import records
+from gateway import records
 
 
 async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> None:

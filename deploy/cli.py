@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import orjson
 from nats.js.client import JetStreamContext
 
-from gateway.cli import group
+from gateway.commands import group
 from gateway.connect import nats_connection
 
 T = TypeVar("T")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from nats.js.client import JetStreamContext
 
-from deploy import records
 from deploy.targets import resolve
-from edge.supervisor.remote_config import parse_overlay
+from gateway import records
+from gateway.config import parse_overlay
 
 
 async def push_config(js: JetStreamContext, pattern: str, text: str) -> dict[str, int]:

@@ -9,8 +9,8 @@ from typing import Any
 from nats.js.client import JetStreamContext
 from rich.table import Table
 
-from deploy import records
 from deploy.buckets import read_all
+from gateway import records
 from gateway.errors import GatewayError
 
 

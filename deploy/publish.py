@@ -8,8 +8,9 @@ from pathlib import Path
 from nats.js.api import ObjectMeta
 from nats.js.client import JetStreamContext
 
-from deploy import records, signing
+from deploy import signing
 from deploy.bundle import file_sha256, read_manifest
+from gateway import records
 
 
 async def publish_bundle(js: JetStreamContext, bundle: Path, public_key: Path) -> str:

@@ -21,10 +21,10 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from deploy import records
 from deploy.errors import BundleError, RolloutHalted
-from deploy.records import DesiredState, DeviceStatus
 from deploy.targets import resolve
+from gateway import records
+from gateway.records import DesiredState, DeviceStatus
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from fnmatch import fnmatchcase
 
 from nats.js.client import JetStreamContext
 
-from deploy import records
 from deploy.buckets import read_all
 from deploy.errors import TargetError
+from gateway import records
 
 
 def parse_pattern(pattern: str) -> tuple[str, str]:

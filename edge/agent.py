@@ -28,6 +28,8 @@ from devices.catalog import load_catalog
 from edge import accounting
 from edge.batcher import Batcher, Flush
 from edge.buffer import SourceCounts, SqliteBuffer
+from edge.control.heartbeat import ActualState
+from edge.control.remote_config import RemoteConfig
 from edge.errors import BufferFull
 from edge.forwarding_metrics import ForwardingCollector
 from edge.intake import Intake, IntakeStats, source_names
@@ -35,12 +37,10 @@ from edge.metrics import AgentMetrics, MetricsServer
 from edge.sources import Source, SourceMessage
 from edge.sources.mqtt import MqttSource
 from edge.sources.serial import SerialSource
-from edge.supervisor.actual_state import ActualState
-from edge.supervisor.agent_process import BUNDLE_VERSION_ENV
-from edge.supervisor.remote_config import RemoteConfig
 from edge.uplink import Uplink
 from gateway import __version__, subjects
 from gateway.config import AgentConfig, MqttSourceSettings
+from gateway.records import BUNDLE_VERSION_ENV
 from gateway.retry import connect_forever
 from gateway.runtime import first_of
 

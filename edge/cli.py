@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config
-from gateway.cli import group
+from gateway.commands import group
 from gateway.runtime import run_until_signalled
 
 

@@ -27,7 +27,7 @@ coarse and that jump leaves no holes. A crash loop does it: killed before each c
 the agent is sent the unacknowledged messages after newer ones every time, until a
 series of stride 1 comes as 3, 1, 5, 7, 4, 6. Up to 7 that is what a series of stride 2
 looks like, so 7 leaves no hole and 6 is dropped; no rule that keeps a strided device's
-own gaps out of the holes can do otherwise (tests/test_dedupe_properties.py).
+own gaps out of the holes can do otherwise (tests/edge/test_dedupe_properties.py).
 """
 
 from __future__ import annotations

@@ -280,3 +280,25 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+# What `gateway deploy config` may push to an agent; the rest is device-local.
+PUSHABLE = ("sources", "validation", "filters", "batch", "buffer", "uplink")
+_RESTART_ONLY = {"buffer": ("durability",)}
+
+
+def parse_overlay(text: str) -> dict[str, Any]:
+    """The pushed TOML as a dict; `ConfigError` naming any key that may not be pushed."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    for key, value in doc.items():
+        if key not in PUSHABLE:
+            raise ConfigError(
+                f"{key}: is device-local and cannot be pushed ({', '.join(PUSHABLE)} can)"
+            )
+        for sub in _RESTART_ONLY.get(key, ()):
+            if isinstance(value, dict) and sub in value:
+                raise ConfigError(f"{key}.{sub}: takes effect only at install, not by push")
+    return doc

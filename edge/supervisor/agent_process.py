@@ -19,8 +19,7 @@ import orjson
 from nats.aio.client import Client as NatsClient
 
 from gateway import process, subjects
-
-BUNDLE_VERSION_ENV = "GATEWAY_BUNDLE_VERSION"
+from gateway.records import BUNDLE_VERSION_ENV
 
 
 class AgentProcess:
@@ -40,7 +39,7 @@ class AgentProcess:
         python = version_dir / "venv" / "bin" / "python"
         env = {**os.environ, BUNDLE_VERSION_ENV: version}
         # -I: only the version's venv, never the working directory or PYTHONPATH.
-        args = [str(python), "-I", "-m", "gateway", "edge", "run", "--config", str(config)]
+        args = [str(python), "-I", "-m", "app", "edge", "run", "--config", str(config)]
         self.proc = process.spawn(args, self.log_path, env=env)
         self.version = version
         return self.proc.pid

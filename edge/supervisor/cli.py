@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import group
+from gateway.commands import group
 from gateway.runtime import run_until_signalled
 
 

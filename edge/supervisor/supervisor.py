@@ -36,18 +36,18 @@ from nats.js.errors import (
 from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
 
-from deploy import records, signing
+from deploy import signing
 from deploy.bundle import file_sha256
 from deploy.errors import BundleError
 from deploy.manifest import AGENT_CONFIG
-from deploy.records import DesiredState, DeviceStatus
+from edge.control.remote_config import open_watch
 from edge.supervisor import install
 from edge.supervisor.agent_process import AgentProcess, wait_healthy
-from edge.supervisor.remote_config import open_watch
 from edge.supervisor.render import render_agent_config
-from gateway import config
+from gateway import config, records
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.records import DesiredState, DeviceStatus
 from gateway.retry import connect_forever
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.cli import group
+from gateway.commands import group
 from gateway.errors import ConfigError
 from gateway.runtime import run_until_signalled
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from devices.catalog import Catalog
 from firmware_sim.firmware import DeviceGroup, Message
+from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.profiles import Profile
 from firmware_sim.transports import Endpoint, Transport
-from gateway.ground_truth import GroundTruth
 
 
 @dataclass(slots=True)

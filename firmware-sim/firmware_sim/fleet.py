@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from devices.catalog import Catalog
 from firmware_sim.engine import DeviceSpec, Engine
+from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.profiles import Profile, get_profile
 from firmware_sim.transports import MqttMux, MqttPerDevice, SerialPtys, Transport, TransportName
-from gateway.ground_truth import GroundTruth
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """A whole data path for chaos tests: real servers, the agent as a child process (so that
 SIGKILL is a real crash), an in-process fleet with ground truth, and the checks
-(`gateway.verify.compare` on the TELEMETRY stream, the agent's own accounting)."""
+(`app.verify.compare` on the TELEMETRY stream, the agent's own accounting)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
+from app.demo import Children
+from app.verify import Report, compare, read_telemetry
 from cloud.streams import ensure_streams
 from devices.catalog import load_catalog
 from edge import accounting
 from edge.errors import BufferError
 from gateway.config import StreamSettings
-from gateway.demo import Children
 from gateway.servers import NatsServer
-from gateway.verify import Report, compare, read_telemetry
 
 SITE = "chaos"
 AGENT = "a1"

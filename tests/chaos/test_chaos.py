@@ -1,7 +1,7 @@
 """The six chaos scenarios of the guarantee chain, each bounded in time.
 
 After each: the TELEMETRY stream holds every reading the fleet emitted exactly once
-(`gateway.verify.compare`), except what a drop policy dropped, which equals, to the
+(`app.verify.compare`), except what a drop policy dropped, which equals, to the
 reading, what the agent's own accounting reports; and the accounting reconciles.
 """
 
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _assert_exact(r: Rig, report: object, dropped: int = 0) -> None:
-    from gateway.verify import Report
+    from app.verify import Report
 
     assert isinstance(report, Report)
     assert report.duplicates == 0, report.summary()

@@ -72,7 +72,7 @@ async def test_kill_9_at_random_moments_leaves_every_window_exact(
     batches = make_batches(rng, agents=4, devices=5, seconds=240, batch_size=40)
     conf = tmp_path / "cloud.toml"
     conf.write_text(CONFIG)
-    argv = [sys.executable, "-m", "gateway", "cloud", "aggregate", "--nats", cloud_server.url,
+    argv = [sys.executable, "-m", "app", "cloud", "aggregate", "--nats", cloud_server.url,
             "--config", str(conf)]  # fmt: skip
     log = tmp_path / "aggregator.log"
 
@@ -147,7 +147,7 @@ async def test_cluster_node_killed_mid_ingest_nothing_missing_windows_exact(
 @pytest.mark.slow
 async def test_cluster_up_command_gives_r3_streams_and_stops_cleanly(tmp_path: Path) -> None:
     log = tmp_path / "cluster.log"
-    argv = [sys.executable, "-m", "gateway", "cloud", "cluster", "up", "--data-dir",
+    argv = [sys.executable, "-m", "app", "cloud", "cluster", "up", "--data-dir",
             str(tmp_path / "cluster")]  # fmt: skip
     proc = process.spawn(argv, log)
     try:

@@ -47,7 +47,7 @@ T0 = 1_700_000_000 * 10**9 // (60 * 10**9) * (60 * 10**9)  # on a minute boundar
 
 async def gateway(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
+        sys.executable, "-m", "app", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -187,7 +187,7 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
     nats_port, http_port = free_port(), free_port()
     log = tmp_path / "up.log"
     proc = process.spawn(
-        [sys.executable, "-m", "gateway", "cloud", "up", "--data-dir", str(tmp_path / "cloud"),
+        [sys.executable, "-m", "app", "cloud", "up", "--data-dir", str(tmp_path / "cloud"),
          "--port", str(nats_port), "--http-port", str(http_port), "--workers", "2"],
         log,
     )  # fmt: skip

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import build_parser, main
 from deploy.errors import RolloutHalted, TargetError
 from deploy.rollout import plan_steps
 from deploy.targets import matching, parse_pattern
 from edge.supervisor.render import dump_toml
 from gateway import config
-from gateway.cli import build_parser, main
 from gateway.config import AgentConfig
 
 
@@ -106,8 +106,8 @@ def test_rendered_agent_config_reads_back_equal() -> None:
 
 
 def test_records_round_trip_and_reject_garbage() -> None:
-    from deploy.records import DesiredState, DeviceStatus
     from gateway.errors import GatewayError
+    from gateway.records import DesiredState, DeviceStatus
 
     st = DeviceStatus("s", "a", "healthy", "2.0", failed={"3.0": "not healthy"})
     assert DeviceStatus.decode(st.encode()) == st

@@ -10,17 +10,17 @@ import orjson
 import pytest
 from nats.js.client import JetStreamContext
 
+from app.cli import main
+from app.verify import read_telemetry
 from deploy.buckets import ensure_buckets
 from deploy.config_push import push_config
 from deploy.fleet import FleetRow, fleet_rows
 from edge.agent import Agent
-from gateway.cli import main
 from gateway.config import MqttSourceSettings
 from gateway.errors import ConfigError
 from gateway.servers import NatsServer
-from gateway.verify import read_telemetry
+from tests.edge.test_agent_integration import agent_config, running
 from tests.helpers import eventually, json_payloads, publish_qos1
-from tests.test_agent_integration import agent_config, running
 
 
 async def _row(js: JetStreamContext) -> FleetRow | None:

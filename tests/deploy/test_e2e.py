@@ -15,17 +15,17 @@ import pytest
 from firmware_sim.fleet import Fleet, FleetSettings
 from nats.js.client import JetStreamContext
 
-from deploy import records
+from app.verify import compare, read_telemetry
 from deploy.buckets import ensure_buckets
 from deploy.errors import RolloutHalted
 from deploy.fleet import fleet_rows
 from deploy.publish import publish_bundle
-from deploy.records import DeviceStatus
 from deploy.rollout import RolloutOptions, rollout
 from devices.catalog import load_catalog
 from edge.supervisor.supervisor import Supervisor
+from gateway import records
+from gateway.records import DeviceStatus
 from gateway.servers import NatsServer
-from gateway.verify import compare, read_telemetry
 from tests.deploy.conftest import BundleFactory, build_wheel, copy_project
 from tests.deploy.device import make_device, supervising
 from tests.helpers import eventually

@@ -32,15 +32,15 @@ from nats.errors import Error as NatsError
 from rich.console import Console
 from rich.live import Live
 
+from app.chaos import FaultInjector
+from app.verify import Report, compare, read_telemetry
 from cloud.streams import ensure_streams
 from cloud.views.watch import Latest, follow_latest, render
 from devices.catalog import load_catalog
 from gateway import process, subjects
-from gateway.chaos import FaultInjector
 from gateway.config import CloudConfig
 from gateway.connect import nats_connection
 from gateway.servers import NatsServer
-from gateway.verify import Report, compare, read_telemetry
 
 SITE = "demo"
 AGENT = "agent1"
@@ -89,7 +89,7 @@ class Children:
         self.restarts = 0
 
     def start(self, name: str, *args: str) -> None:
-        cmd = [sys.executable, "-m", "gateway", *args]
+        cmd = [sys.executable, "-m", "app", *args]
         self.procs[name] = process.spawn(cmd, self.root / f"{name}.log")
         self.args[name] = args
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from firmware_sim.ground_truth import GroundTruth
 
 from gateway.connect import nats_connection
-from gateway.ground_truth import GroundTruth
 
 
 def register(sub: Any) -> None:
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.verify import Report
+    from app.verify import Report
 
     truth = GroundTruth.load(args.truth)
     report: Report = asyncio.run(_verify_async(args, truth))
@@ -48,7 +48,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 async def _verify_async(args: argparse.Namespace, truth: GroundTruth) -> Any:
-    from gateway.verify import compare, read_dead_letters, read_telemetry
+    from app.verify import compare, read_dead_letters, read_telemetry
 
     tele = f"telemetry.{args.site}.>" if args.site else "telemetry.>"
     dlq = f"dlq.{args.site}.>" if args.site else "dlq.>"

@@ -14,10 +14,10 @@ from gateway import config
 from gateway.config import AgentConfig, StreamSettings
 from gateway.connect import nats_connection
 from gateway.servers import NatsServer
+from tests.edge.test_agent_integration import running
+from tests.edge.test_mqtt_source import stream_seqs
+from tests.edge.test_serial_source import Adapter, frames
 from tests.helpers import eventually
-from tests.test_agent_integration import running
-from tests.test_edge_mqtt import stream_seqs
-from tests.test_edge_serial import Adapter, frames
 
 FRAMES = 12_000
 

@@ -27,7 +27,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--data-dir", str(tmp_path / "demo"), *args],
+        [sys.executable, "-m", "app", "demo", "--data-dir", str(tmp_path / "demo"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from app.cli import main
 from edge.decoders.frame import encode_frame
-from gateway.cli import main
 
 NOW_MS = time.time_ns() // 1_000_000
 

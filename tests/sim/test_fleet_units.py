@@ -12,20 +12,20 @@ import orjson
 import pytest
 from firmware_sim import payloads
 from firmware_sim.firmware import DeviceGroup
+from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.mqtt import parse_packets, publish_packet
 from firmware_sim.payloads import Sample
 from firmware_sim.profiles import get_profile, load_profiles
 
+from app.deadletters import attribute
+from app.verify import DeadLetterContents, StreamContents, compare
 from devices.catalog import Catalog, load_catalog
 from devices.signals import SignalBank
 from edge.decoders import DECODERS, Context
 from edge.decoders.json_readings import decode_json
 from edge.errors import DecodeError
 from gateway.config import parse
-from gateway.deadletters import attribute
 from gateway.errors import ConfigError
-from gateway.ground_truth import GroundTruth
-from gateway.verify import DeadLetterContents, StreamContents, compare
 
 T0 = 1_700_000_000_123_456_000
 
@@ -211,7 +211,7 @@ def test_mqtt_packets_parse_across_split_reads() -> None:
 
 
 def test_fleet_run_cli_serial_summary(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "gateway", "fleet", "run", "--transport", "serial"]
+    cmd = [sys.executable, "-m", "app", "fleet", "run", "--transport", "serial"]
     cmd += ["--types", "gps_tracker,env_th", "--devices", "3", "--duration", "1.5", "--json"]
     cmd += ["--truth", str(tmp_path / "t.json"), "--ports-file", str(tmp_path / "p.json")]
     out = subprocess.run(cmd, capture_output=True, timeout=60, check=True)
@@ -223,7 +223,7 @@ def test_fleet_run_cli_serial_summary(tmp_path: Path) -> None:
 
 
 def test_fleet_run_cli_rejects_a_bad_broker_url() -> None:
-    cmd = [sys.executable, "-m", "gateway", "fleet", "run", "--broker", "http://x"]
+    cmd = [sys.executable, "-m", "app", "fleet", "run", "--broker", "http://x"]
     out = subprocess.run(cmd, capture_output=True, timeout=60)
     assert out.returncode == 2 and b"expected mqtt://HOST:PORT" in out.stderr
 

@@ -11,12 +11,12 @@ import nats
 import pytest
 from nats.js.client import JetStreamContext
 
+from app.verify import read_telemetry
 from cloud.streams import ensure_streams
 from edge.agent import Agent
 from gateway import config, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
 from gateway.servers import NatsServer
-from gateway.verify import read_telemetry
 from tests.helpers import eventually, json_payloads, publish_qos1
 
 

@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DemoOptions, run_demo
+    from app.demo import DemoOptions, run_demo
 
     opts = DemoOptions(
         devices=args.devices,

@@ -19,9 +19,9 @@ from edge.sources.serial import SerialSource
 from gateway import config, subjects
 from gateway.config import AgentConfig
 from gateway.servers import NatsServer
+from tests.edge.test_agent_integration import running
+from tests.edge.test_mqtt_source import stream_seqs
 from tests.helpers import eventually
-from tests.test_agent_integration import running
-from tests.test_edge_mqtt import stream_seqs
 
 NOW_MS = 1_795_000_000_000
 T = TypeVar("T")

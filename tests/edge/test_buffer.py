@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from app.cli import main
 from edge import accounting
 from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
 from edge.errors import BufferFull
-from gateway.cli import main
 
 
 def _open(path: Path, max_bytes: int = 1 << 20) -> SqliteBuffer:

@@ -1,7 +1,7 @@
 """Serial devices on pseudo-terminals, read through pyserial as /dev/ttyUSB0 would be.
 
 Here the readers are plain pyserial ports in threads, one per device, all reading at the
-same time; `tests/test_fleet_verify.py` has the agent's serial sources read 32 of them.
+same time; `tests/app/test_fleet_verify.py` has the agent's serial sources read 32 of them.
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from firmware_sim.ground_truth import ATTRIBUTABLE, GroundTruth, payload_digest, reading_digest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from app.deadletters import attribute
 from gateway import codec, subjects
-from gateway.deadletters import attribute
 from gateway.errors import CodecError
-from gateway.ground_truth import ATTRIBUTABLE, GroundTruth, payload_digest, reading_digest
 
 Key = tuple[str, str]
 

@@ -7,7 +7,7 @@ import pytest
 from gateway import config
 from gateway.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_parser, main
+from app.cli import build_parser, main
 
 
 def test_every_command_is_registered() -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import orjson
 from nats.js.client import JetStreamContext
 
+from app.verify import read_telemetry
 from edge.agent import Agent
 from gateway import subjects
 from gateway.servers import NatsServer
-from gateway.verify import read_telemetry
+from tests.edge.test_agent_integration import running
+from tests.edge.test_mqtt_source import make_config
 from tests.helpers import eventually, metric_samples, publish_qos1
-from tests.test_agent_integration import running
-from tests.test_edge_mqtt import make_config
 
 MESSAGES = 10_000
 DEVICES = 8

@@ -19,6 +19,9 @@ import orjson
 from gateway import subjects
 from gateway.errors import GatewayError
 
+# The supervisor tells the agent it starts which bundle version it runs, for its heartbeat.
+BUNDLE_VERSION_ENV = "GATEWAY_BUNDLE_VERSION"
+
 DESIRED_BUCKET = "DEPLOY_DESIRED"
 CONFIG_BUCKET = "DEPLOY_CONFIG"
 STATUS_BUCKET = "DEPLOY_STATUS"

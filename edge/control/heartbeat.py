@@ -9,7 +9,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from deploy.records import AGENTS_BUCKET, AgentState, device_key
+from gateway.records import AGENTS_BUCKET, AgentState, device_key
 
 
 def agent_state(snap: dict[str, Any]) -> AgentState:

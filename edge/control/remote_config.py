@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,34 +23,15 @@ from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from deploy.records import CONFIG_BUCKET, device_key
 from gateway import config
-from gateway.config import AgentConfig
+from gateway.config import AgentConfig, parse_overlay
 from gateway.errors import ConfigError
+from gateway.records import CONFIG_BUCKET, device_key
 
 log = logging.getLogger(__name__)
 
-PUSHABLE = ("sources", "validation", "filters", "batch", "buffer", "uplink")
 STATE_FILE = "remote-config.json"
 _RETRY_S = 10.0
-_RESTART_ONLY = {"buffer": ("durability",)}
-
-
-def parse_overlay(text: str) -> dict[str, Any]:
-    """The pushed TOML as a dict; `ConfigError` naming any key that may not be pushed."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}") from None
-    for key, value in doc.items():
-        if key not in PUSHABLE:
-            raise ConfigError(
-                f"{key}: is device-local and cannot be pushed ({', '.join(PUSHABLE)} can)"
-            )
-        for sub in _RESTART_ONLY.get(key, ()):
-            if isinstance(value, dict) and sub in value:
-                raise ConfigError(f"{key}.{sub}: takes effect only at install, not by push")
-    return doc
 
 
 def layered(base: AgentConfig, overlay: dict[str, Any], origin: str) -> AgentConfig:

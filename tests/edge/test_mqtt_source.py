@@ -17,9 +17,9 @@ from gateway import config
 from gateway.config import AgentConfig
 from gateway.servers import NatsServer
 from tests.conftest import mosquitto_binary
+from tests.edge.test_agent_integration import _seqs_in_stream, running
 from tests.helpers import eventually, json_payloads, publish_qos1
 from tests.mosquitto import Mosquitto
-from tests.test_agent_integration import _seqs_in_stream, running
 
 NOW_NS = 1_800_000_000_000_000_000
 

@@ -16,18 +16,18 @@ from typing import TypeVar
 import orjson
 import pytest
 from firmware_sim.fleet import Fleet, FleetSettings
+from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.profiles import Profile, get_profile
 from firmware_sim.transports import TransportName
 from nats.js.client import JetStreamContext
 
+from app.verify import Report, compare, read_dead_letters, read_telemetry
 from devices.catalog import load_catalog
 from edge.agent import Agent
 from gateway.config import AgentConfig
-from gateway.ground_truth import GroundTruth
 from gateway.servers import NatsServer
-from gateway.verify import Report, compare, read_dead_letters, read_telemetry
+from tests.edge.test_agent_integration import agent_config, running
 from tests.helpers import eventually
-from tests.test_agent_integration import agent_config, running
 
 T = TypeVar("T")
 
@@ -111,7 +111,7 @@ async def test_faulty_fleet_verifies_through_agent_and_jetstream(
     # The command line says the same, and says so when the truth disagrees.
     path = tmp_path / "truth.json"
     truth.save(path)
-    cmd = [sys.executable, "-m", "gateway", "verify", "--truth", str(path)]
+    cmd = [sys.executable, "-m", "app", "verify", "--truth", str(path)]
     cmd += ["--nats", cloud_server.url, "--json"]
     ok = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, timeout=60)
     assert ok.returncode == 0, ok.stderr.decode()
