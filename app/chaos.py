@@ -2,7 +2,7 @@
 start it again, stop the cloud `nats-server` for a few seconds, SIGKILL the edge broker
 and restart it. Ports are kept across restarts, so clients find the servers again.
 
-Every fault is one of the failures the guarantee chain is built for (DESIGN.md); the
+Every fault is one of the failures the guarantee chain is built for (docs/architecture.md); the
 demo's summary then shows that the stream still holds every reading exactly once.
 """
 

@@ -186,7 +186,7 @@ async def _wait_windows_closed(js: Any, latest: Latest, timeout: float) -> int:
     """Wait until the aggregator has closed every window the live view shows."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if latest and all(r["closed"] for r in latest.values()):
+        if latest and all(r.closed for r in latest.values()):
             break
         await asyncio.sleep(0.5)
     info = await js.stream_info(subjects.AGG_STREAM)

@@ -21,6 +21,7 @@ from nats.js.client import JetStreamContext
 
 from app.deadletters import attribute
 from gateway import codec, subjects
+from gateway.deadletter import DeadLetterHeaders
 from gateway.errors import CodecError
 
 Key = tuple[str, str]
@@ -55,7 +56,7 @@ class DeadLetterContents:
     downstream: int = 0  # the cloud's own dead letters about readings already stored
 
     def add(self, subject: str, payload: bytes, reason: str, source: str = "") -> None:
-        """One dead letter; `source` is its `Gateway-Dead-Letter-Source` header. Those the
+        """One dead letter; `source` is its `DeadLetterHeaders.source`. Those the
         aggregator writes (source `telemetry.…`: late readings, say) are about readings
         TELEMETRY already holds, not about what the devices sent, so they are set apart."""
         if source.startswith("telemetry."):
@@ -122,9 +123,8 @@ async def read_dead_letters(
     dead = DeadLetterContents()
 
     def handle(msg: Any) -> None:
-        headers = msg.headers or {}
-        reason = headers.get("Gateway-Dead-Letter-Reason", "unknown")
-        dead.add(msg.subject, msg.data, reason, headers.get("Gateway-Dead-Letter-Source", ""))
+        letter = DeadLetterHeaders.from_headers(msg.headers)
+        dead.add(msg.subject, msg.data, letter.reason, letter.source)
 
     await _read_stream(js, subjects.DLQ_STREAM, subject, handle, fetch)
     return dead

@@ -86,7 +86,7 @@ def fill(buf: SqliteBuffer, batches: list[tuple[bytes, int]]) -> None:
 
 
 async def drain_ours(nc: Any, buf: SqliteBuffer, cfg: AgentConfig) -> float:
-    uplink = Uplink(cfg, buf, asyncio.Event())
+    uplink = Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())
     started = time.perf_counter()
     await uplink.forward_remaining(nc, timeout=600)
     elapsed = time.perf_counter() - started

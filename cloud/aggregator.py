@@ -41,12 +41,15 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from cloud.errors import Abandoned
 from cloud.httpd import serve_app
 from cloud.metrics import AggregatorMetrics, metrics_app
+from cloud.records import WindowRecord
 from cloud.streams import STATE_BUCKET, ensure_streams
 from cloud.tracker import Tracker
 from gateway import codec, envelope, subjects
 from gateway.config import CloudConfig
+from gateway.deadletter import DeadLetterHeaders
 from gateway.errors import CodecError, InvalidTokenError
 
 log = logging.getLogger(__name__)
@@ -54,10 +57,6 @@ SOURCE = "/iot-gateway/cloud/aggregator"
 RETRY_S = 0.5
 GIVE_UP_S = 3.0
 RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
-
-
-class Abandoned(Exception):
-    """A publish given up on while stopping; nothing after it may be checkpointed."""
 
 
 @dataclass(slots=True)
@@ -76,9 +75,8 @@ def partition_of(subject: str, partitions: int) -> int:
     return zlib.crc32(subject.encode()) % partitions
 
 
-def agg_msg_id(record: dict[str, Any]) -> str:
-    subject = subjects.agg(record["window"], record["site"], record["device"], record["metric"])
-    return f"{subject}@{record['start_ns']}:{record['count']}"
+def agg_msg_id(record: WindowRecord) -> str:
+    return record.msg_id()
 
 
 class Aggregator:
@@ -310,12 +308,7 @@ class Aggregator:
             content_type=content_type,
         )
         headers.update(
-            {
-                "Gateway-Dead-Letter-Reason": reason,
-                "Gateway-Dead-Letter-Detail": detail,
-                "Gateway-Dead-Letter-Source": subject,
-                "Gateway-Source-Seq": str(sseq),
-            }
+            DeadLetterHeaders(reason, source=subject, detail=detail, source_seq=sseq).to_headers()
         )
         await self._publish(js, dlq, data, headers)
 
@@ -354,30 +347,31 @@ class Aggregator:
         await self._put_latest(records)
         return len(records)
 
-    async def _publish_record(self, js: JetStreamContext, record: dict[str, Any]) -> None:
-        subject = subjects.agg(record["window"], record["site"], record["device"], record["metric"])
-        await self._publish(js, subject, orjson.dumps(record), {"Nats-Msg-Id": agg_msg_id(record)})
+    async def _publish_record(self, js: JetStreamContext, record: WindowRecord) -> None:
+        await self._publish(
+            js, record.subject(), record.to_json(), {"Nats-Msg-Id": agg_msg_id(record)}
+        )
 
     async def _publish_live(self) -> None:
         await self._put_latest(self.tracker.live())
 
-    async def _put_latest(self, records: list[dict[str, Any]]) -> None:
+    async def _put_latest(self, records: list[WindowRecord]) -> None:
         """Best effort: the KV bucket is a convenience for live views, AGG is the record."""
-        newest: dict[str, dict[str, Any]] = {}
+        newest: dict[str, WindowRecord] = {}
         for r in records:
-            key = f"{r['window']}.{r['site']}.{r['device']}.{r['metric']}"
-            if key not in newest or newest[key]["start_ns"] <= r["start_ns"]:
+            key = r.latest_key()
+            if key not in newest or newest[key].start_ns <= r.start_ns:
                 newest[key] = r
         # Never replace a newer window on display by an older one closing late.
-        items = [(k, r) for k, r in newest.items() if r["start_ns"] >= self._shown.get(k, 0)]
-        self._shown.update((k, r["start_ns"]) for k, r in items)
+        items = [(k, r) for k, r in newest.items() if r.start_ns >= self._shown.get(k, 0)]
+        self._shown.update((k, r.start_ns) for k, r in items)
         # A KV put is a publish to the bucket's subject; without awaiting each PubAck, the
         # live view costs one buffered write per series instead of one round trip.
         nc = self._nc
         assert nc is not None, "run() sets the connection"
         with contextlib.suppress(NatsError):
             for key, r in items:
-                await nc.publish(f"$KV.{subjects.LATEST_BUCKET}.{key}", orjson.dumps(r))
+                await nc.publish(subjects.kv_subject(subjects.LATEST_BUCKET, key), r.to_json())
 
     async def _checkpoint(self, state: KeyValue) -> None:
         if self.last_seq < self.tracker.replay_until:

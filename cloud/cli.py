@@ -166,6 +166,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from cloud.records import WindowRecord
     from cloud.views.query import Selector, parse_time, query, to_csv, to_json
 
     sel = Selector(
@@ -177,7 +178,7 @@ def _query(args: argparse.Namespace) -> int:
         parse_time(args.end) if args.end else None,
     )
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[WindowRecord]:
         async with nats_connection(args.nats, "query") as nc:
             return await query(nc.jetstream(), sel)
 

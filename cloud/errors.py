@@ -11,3 +11,7 @@ class QueryError(GatewayError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"query failed: {reason}")
         self.reason = reason
+
+
+class Abandoned(GatewayError):
+    """A publish given up on while stopping; nothing after it may be checkpointed."""

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud.records import WindowRecord
 from cloud.windows import I64, U32, GroupStats, group_stats, window_index
 from gateway.codec import Batch, SeriesKey
 
@@ -219,7 +220,7 @@ class Tracker:
             result.skipped = n - result.accepted
         return result
 
-    def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[WindowRecord]:
         """Records of closed windows whose content changed since last emitted (and of all
         open windows of agents in `idle`); marks them emitted and drops final readings.
 
@@ -227,7 +228,7 @@ class Tracker:
         every window they hold, so those windows become final: a dead agent must not pin
         the replay point of every later restart. The moved watermark is checkpointed like
         any other, so restarts after it decide as this run does."""
-        out: list[dict[str, Any]] = []
+        out: list[WindowRecord] = []
         for subject, agent in self.agents.items():
             flush = subject in idle and not agent.flushed
             if subject in gone and any(len(ws) for ws in agent.widths):
@@ -251,7 +252,7 @@ class Tracker:
         ]
         return max(ends)
 
-    def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[dict[str, Any]]:
+    def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[WindowRecord]:
         width = ws.width_ns
         win = window_index(ws.rows.time, width)
         keys, inverse, counts = np.unique(
@@ -273,7 +274,7 @@ class Tracker:
             else np.zeros(0, dtype=bool)
         )
         emit = closed & changed
-        records: list[dict[str, Any]] = []
+        records: list[WindowRecord] = []
         if emit.any():
             rows = ws.rows.take(emit[inverse])
             stats = group_stats(
@@ -289,9 +290,9 @@ class Tracker:
                 ws.emitted.pop((int(s), int(w)), None)
         return records
 
-    def live(self) -> list[dict[str, Any]]:
+    def live(self) -> list[WindowRecord]:
         """Records of the open windows of every width that took readings since last asked."""
-        out: list[dict[str, Any]] = []
+        out: list[WindowRecord] = []
         for agent in self.agents.values():
             for ws in agent.widths:
                 if not ws.live_dirty or not len(ws):
@@ -307,10 +308,10 @@ class Tracker:
 
     def records(
         self, agent: AgentState, ws: WidthState, stats: GroupStats, *, closed: bool
-    ) -> list[dict[str, Any]]:
+    ) -> list[WindowRecord]:
         label = window_label(ws.width_s)
         width = ws.width_ns
-        out = []
+        out: list[WindowRecord] = []
         cols = [
             stats.count.tolist(),
             stats.min.tolist(),
@@ -329,26 +330,26 @@ class Tracker:
             device, metric, unit = agent.series[sid]
             count, mn, mx, total, mean, std, p50, p95, first, last = (c[i] for c in cols)
             out.append(
-                {
-                    "site": agent.site,
-                    "device": device,
-                    "metric": metric,
-                    "unit": unit,
-                    "window": label,
-                    "start_ns": win * width,
-                    "end_ns": (win + 1) * width,
-                    "count": count,
-                    "min": mn,
-                    "max": mx,
-                    "sum": total,
-                    "mean": mean,
-                    "stddev": std,
-                    "p50": p50,
-                    "p95": p95,
-                    "first": first,
-                    "last": last,
-                    "closed": closed,
-                }
+                WindowRecord(
+                    site=agent.site,
+                    device=device,
+                    metric=metric,
+                    unit=unit,
+                    window=label,
+                    start_ns=win * width,
+                    end_ns=(win + 1) * width,
+                    count=count,
+                    min=mn,
+                    max=mx,
+                    sum=total,
+                    mean=mean,
+                    stddev=std,
+                    p50=p50,
+                    p95=p95,
+                    first=first,
+                    last=last,
+                    closed=closed,
+                )
             )
         return out
 

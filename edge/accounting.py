@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import BufferError
+from edge.errors import BufferStoreError
 
 
 @dataclass(slots=True)
@@ -105,12 +105,12 @@ def depth(db: sqlite3.Connection, now_ns: int | None = None) -> Depth:
 def open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only view of a (possibly running) agent's buffer; WAL lets it read alongside."""
     if not Path(path).exists():
-        raise BufferError(f"no buffer at {path}")
+        raise BufferStoreError(f"no buffer at {path}")
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         db.execute("SELECT 1 FROM counters LIMIT 1")
     except sqlite3.DatabaseError as exc:
-        raise BufferError(f"cannot read buffer {path}: {exc}") from exc
+        raise BufferStoreError(f"cannot read buffer {path}: {exc}") from exc
     return db
 
 

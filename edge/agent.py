@@ -17,10 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import asdict
-from typing import Any
 
-import orjson
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
@@ -28,18 +25,17 @@ from devices.catalog import load_catalog
 from edge import accounting
 from edge.batcher import Batcher, Flush
 from edge.buffer import SourceCounts, SqliteBuffer
-from edge.control.heartbeat import ActualState
+from edge.control.heartbeat import ActualState, AgentSnapshot, IntakeCounts
 from edge.control.remote_config import RemoteConfig
 from edge.errors import BufferFull
 from edge.forwarding_metrics import ForwardingCollector
 from edge.intake import Intake, IntakeStats, source_names
 from edge.metrics import AgentMetrics, MetricsServer
-from edge.sources import Source, SourceMessage
-from edge.sources.mqtt import MqttSource
+from edge.sources import Source, SourceMessage, registry
 from edge.sources.serial import SerialSource
 from edge.uplink import Uplink
 from gateway import __version__, subjects
-from gateway.config import AgentConfig, MqttSourceSettings
+from gateway.config import AgentConfig
 from gateway.records import BUNDLE_VERSION_ENV
 from gateway.retry import connect_forever
 from gateway.runtime import first_of
@@ -52,13 +48,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.buffer = SqliteBuffer(
-            config.data_dir / "buffer.sqlite3",
-            max_bytes=config.buffer.max_bytes,
-            durability=config.buffer.durability,
-            overflow=config.buffer.overflow,
-            max_age_s=config.buffer.max_age_s,
-        )
+        self.buffer = SqliteBuffer.from_settings(config.data_dir / "buffer.sqlite3", config.buffer)
         self._counts = SourceCounts()  # per source, for the open batch
         self._held: tuple[Flush, str, SourceCounts] | None = None  # block policy: not durable
         self._blocked = False
@@ -69,7 +59,9 @@ class Agent:
         self._wake_uplink = asyncio.Event()
         self._wake_flusher = asyncio.Event()
         self._beat_now = asyncio.Event()
-        self.uplink = Uplink(config, self.buffer, self._wake_uplink)
+        self.uplink = Uplink(
+            config.site, config.agent, config.uplink, self.buffer, self._wake_uplink
+        )
         self.batcher: Batcher | None = None
         self.sources: list[Source] = []
         self.ready = asyncio.Event()
@@ -111,17 +103,12 @@ class Agent:
             await _cancel_until_done(self._tasks)
 
     async def _start_sources(self) -> None:
-        client_id_base = f"gw-{self.config.site}-{self.config.agent}"
+        base = f"gw-{self.config.site}-{self.config.agent}"
         names = source_names(self.config)
         for i, (name, settings) in enumerate(zip(names, self.config.sources, strict=True)):
-            src: Source
-            if isinstance(settings, MqttSourceSettings):
-                client_id = settings.client_id or (
-                    client_id_base if i == 0 else f"{client_id_base}-{i}"
-                )
-                src = MqttSource(name, settings, client_id, self._queue.put_nowait)
-            else:
-                src = SerialSource(name, settings, self._queue.put_nowait)
+            client_id = base if i == 0 else f"{base}-{i}"
+            ctx = registry.SourceContext(name, client_id, self._queue.put_nowait)
+            src = registry.build(settings, ctx)
             await src.start()
             self.sources.append(src)
 
@@ -154,33 +141,29 @@ class Agent:
             ]
 
     def _use_config(self, cfg: AgentConfig) -> None:
-        self.config = self.uplink.config = cfg
-        self.buffer.max_bytes = cfg.buffer.max_bytes
-        self.buffer.max_age_ns = int(cfg.buffer.max_age_s * 1e9)
-        self.buffer.overflow = cfg.buffer.overflow
+        """The one path by which settings reach the running parts: each part takes its
+        own section through its `reconfigure`. (Sources hold connections: `apply_config`
+        restarts them around this call when theirs changed.)"""
+        self.config = cfg
+        self.buffer.reconfigure(cfg.buffer)
+        self.uplink.reconfigure(cfg.uplink)
         if self.batcher is not None:
-            self.batcher.settings = cfg.batch
+            self.batcher.reconfigure(cfg.batch)
+        if self.intake is not None:
+            self.intake.reconfigure(cfg)
 
     async def apply_config(self, cfg: AgentConfig) -> None:
         """Apply a pushed config in place. The buffer stays open; sources are restarted
         only if their settings changed, after what they delivered is durable and acked."""
         self._drain_and_flush()
-        changed_sources = cfg.sources != self.config.sources
-        new_intake = changed_sources or (cfg.validation, cfg.filters) != (
-            self.config.validation,
-            self.config.filters,
-        )
-        if changed_sources:
+        restart = cfg.sources != self.config.sources
+        if restart:
             for src in self.sources:
                 await src.stop()
             self._drain_and_flush()  # arrived meanwhile: durable, the broker redelivers
             self.sources = []
-        self._use_config(cfg)
-        if new_intake:  # the queue is empty here: no message meets two configs
-            stats = self.stats
-            self.intake = Intake(cfg, load_catalog(cfg.catalog), self.metrics)
-            self.intake.stats = stats
-        if changed_sources:
+        self._use_config(cfg)  # the queue is empty here: no message meets two configs
+        if restart:
             await self._start_sources()
         self._beat_now.set()
 
@@ -307,37 +290,34 @@ class Agent:
         assert self.intake is not None, "agent is not running"
         return self.intake.stats
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> AgentSnapshot:
         buf = self.buffer.stats()
-        return {
-            "site": self.config.site,
-            "agent": self.config.agent,
-            "version": __version__,
-            "bundle": os.environ.get(BUNDLE_VERSION_ENV, ""),
-            "pid": os.getpid(),
-            "config_revision": self.remote.revision,
-            "last_error": self.remote.error,
-            "ready": self.ready.is_set(),
-            "time_ns": time.time_ns(),
-            "intake": {
-                "messages": self.stats.messages,
-                "readings": self.stats.readings,
-                "duplicates_dropped": self.stats.duplicates_dropped,
-                "dead_letters": dict(self.stats.dead_letters),
-                "filtered": dict(self.stats.filtered),
-            },
-            "buffer": asdict(buf),
-            "uplink": self.uplink.metrics(buf.readings),
-            "blocked": self._held is not None,
-            "accounting": accounting.report(self.buffer.connection),
-        }
+        s = self.stats
+        return AgentSnapshot(
+            site=self.config.site,
+            agent=self.config.agent,
+            version=__version__,
+            bundle=os.environ.get(BUNDLE_VERSION_ENV, ""),
+            pid=os.getpid(),
+            config_revision=self.remote.revision,
+            last_error=self.remote.error,
+            ready=self.ready.is_set(),
+            time_ns=time.time_ns(),
+            intake=IntakeCounts(
+                s.messages, s.readings, s.duplicates_dropped, dict(s.dead_letters), dict(s.filtered)
+            ),
+            buffer=buf,
+            uplink=self.uplink.metrics(buf.readings),
+            blocked=self._held is not None,
+            accounting=accounting.report(self.buffer.connection),
+        )
 
     async def _heartbeat(self, nc: NatsClient) -> None:
         subject = subjects.status(self.config.site, self.config.agent)
         while True:
             with contextlib.suppress(NatsError, OSError):
                 snap = self.snapshot()
-                await nc.publish(subject, orjson.dumps(snap))
+                await nc.publish(subject, snap.to_json())
                 await self.actual.report(nc, snap)
             self._beat_now.clear()
             with contextlib.suppress(TimeoutError):

@@ -68,6 +68,10 @@ class Batcher:
         self._seqs = SeqFilter(high_water, {} if holes is None else holes)
         self._open: _Open | None = None
 
+    def reconfigure(self, settings: BatchSettings) -> None:
+        """New limits: the open batch is due by them from now on."""
+        self.settings = settings
+
     def _current(self) -> _Open:
         if self._open is None:
             self._open = _Open(codec.ColumnBuilder(self.site, self.agent), time.monotonic())

@@ -1,6 +1,6 @@
 """The durable store-and-forward buffer: SQLite in WAL mode.
 
-Order of durable steps (the guarantee chain, DESIGN.md):
+Order of durable steps (the guarantee chain, docs/architecture.md):
   1. `commit()` writes, in ONE transaction, the encoded batch, the dead letters of the same
      flush, the per-device high-water sequence numbers and the accounting counters.
   2. Only after that commit does the agent acknowledge the MQTT messages to the broker.
@@ -45,7 +45,8 @@ from pathlib import Path
 import lz4.block
 import orjson
 
-from edge.errors import BufferError, BufferFull
+from edge.errors import BufferFull, BufferStoreError
+from gateway.config import BufferSettings
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,23 @@ class SqliteBuffer:
         self._next_batch = 0
         self._bytes = 0
 
+    @classmethod
+    def from_settings(cls, path: Path, settings: BufferSettings) -> SqliteBuffer:
+        return cls(
+            path,
+            max_bytes=settings.max_bytes,
+            durability=settings.durability,
+            overflow=settings.overflow,
+            max_age_s=settings.max_age_s,
+        )
+
+    def reconfigure(self, settings: BufferSettings) -> None:
+        """Take new bounds and overflow policy in place (the store stays open); they apply
+        from the next commit. `durability` is fixed at construction (restart-only)."""
+        self.max_bytes = settings.max_bytes
+        self.max_age_ns = int(settings.max_age_s * 1e9)
+        self.overflow = settings.overflow
+
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +331,7 @@ class SqliteBuffer:
     @property
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise BufferError("buffer is not open")
+            raise BufferStoreError("buffer is not open")
         return self._db
 
     # -- writing ---------------------------------------------------------------------------
@@ -333,7 +351,7 @@ class SqliteBuffer:
         """Make a flush durable in one transaction (step 1 of the guarantee chain).
 
         Raises `BufferFull` under the `block` policy when the batch does not fit, and
-        `BufferError` when the disk refuses even the small bookkeeping write."""
+        `BufferStoreError` when the disk refuses even the small bookkeeping write."""
         if intake is None:  # callers that do not track sources
             intake = SourceCounts(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
         holes = holes or {}
@@ -350,13 +368,13 @@ class SqliteBuffer:
             result = self._commit_once(flush, None)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
-                raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+                raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
             log.error(
                 "disk full writing the buffer %s; applying the %s policy", self.path, self.overflow
             )
             result = self._commit_disk_full(flush)
         except sqlite3.Error as exc:
-            raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+            raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
         self.high_water.update(high_water)
         for key, new in holes.items():
             if new:
@@ -374,11 +392,15 @@ class SqliteBuffer:
                     return self._commit_once(flush, None)
                 except sqlite3.OperationalError as exc:
                     if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
-                        raise BufferError(f"cannot write to buffer {self.path}: {exc}") from exc
+                        raise BufferStoreError(
+                            f"cannot write to buffer {self.path}: {exc}"
+                        ) from exc
         try:  # nothing left to drop, or drop_newest: keep only the bookkeeping
             return self._commit_once(flush, "disk_full")
         except sqlite3.Error as exc:
-            raise BufferError(f"disk full: cannot write even bookkeeping to {self.path}") from exc
+            raise BufferStoreError(
+                f"disk full: cannot write even bookkeeping to {self.path}"
+            ) from exc
 
     def _commit_once(self, flush: _Commit, refuse: str | None) -> CommitResult:
         """One transaction. `refuse` names the reason the batch is dropped instead of stored."""

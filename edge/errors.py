@@ -14,9 +14,13 @@ class DecodeError(GatewayError, ValueError):
         self.detail = detail
 
 
-class BufferError(GatewayError):
+class BufferStoreError(GatewayError):
     """The durable buffer cannot take or give data (disk full, I/O error)."""
 
 
-class BufferFull(BufferError):
+class BufferFull(BufferStoreError):
     """Overflow policy `block`: the flush does not fit; hold it and retry after a drain."""
+
+
+class PublishFailed(GatewayError):
+    """Some batches of a window were not acknowledged; the acknowledged ones are deleted."""

@@ -49,20 +49,39 @@ def source_names(config: AgentConfig) -> list[str]:
 
 
 class Intake:
+    """Reads the `sources`, `validation` and `filters` sections of the config (and `site`,
+    which is fixed); `reconfigure` rebuilds only the parts whose section changed, so a
+    filter keeps its state through a push that leaves the filters as they were."""
+
     def __init__(self, config: AgentConfig, catalog: Catalog, metrics: AgentMetrics) -> None:
         self.site = config.site
+        self.catalog = catalog
         self.metrics = metrics
         self.stats = IntakeStats()
+        self.config = config
         self.validator = Validator(catalog, config.validation)
         self.filters: FilterChain = build_chain(config.filters)
-        self._plans = {
+        self._plans = self._make_plans(config)
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Apply pushed sources, validation and filters; call between messages."""
+        old, self.config = self.config, config
+        if config.validation != old.validation:
+            self.validator = Validator(self.catalog, config.validation)
+        if config.filters != old.filters:
+            self.filters = build_chain(config.filters)
+        if config.sources != old.sources:
+            self._plans = self._make_plans(config)
+
+    def _make_plans(self, config: AgentConfig) -> dict[str, _SourcePlan]:
+        return {
             name: _SourcePlan(
                 DECODERS[s.format],
                 COLUMN_DECODERS.get(s.format),
                 isinstance(s, MqttSourceSettings),
                 None if isinstance(s, MqttSourceSettings) else s.device,
-                metrics.messages.labels(name),
-                metrics.decoded.labels(name),
+                self.metrics.messages.labels(name),
+                self.metrics.decoded.labels(name),
             )
             for name, s in zip(source_names(config), config.sources, strict=True)
         }

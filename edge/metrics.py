@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     generate_latest,
 )
+
+from edge.control.heartbeat import AgentSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class MetricsServer:
     """GET /metrics (Prometheus text format) and GET /healthz (JSON status)."""
 
     def __init__(
-        self, metrics: AgentMetrics, health: Callable[[], dict[str, Any]], host: str, port: int
+        self, metrics: AgentMetrics, health: Callable[[], AgentSnapshot], host: str, port: int
     ) -> None:
         self.metrics = metrics
         self.health = health
@@ -101,6 +101,6 @@ class MetricsServer:
             return b"200 OK", CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
         if path == b"/healthz":
             status = self.health()
-            code = b"200 OK" if status.get("ready") else b"503 Service Unavailable"
-            return code, "application/json", orjson.dumps(status)
+            code = b"200 OK" if status.ready else b"503 Service Unavailable"
+            return code, "application/json", status.to_json()
         return b"404 Not Found", "text/plain", b"try /metrics or /healthz\n"

@@ -14,7 +14,7 @@ duplicate window. One round:
      PubAcks under our own deadline: nats-py's futures have none and can hang forever on a
      server error (nats-io/nats.py#985), so unresolved ones are cancelled;
   4. delete the acknowledged batches in one transaction; on any failure back off
-     (exponential, capped, full jitter) and start again from 1.
+     (exponential, capped, equal jitter: `gateway.retry.Backoff`) and start again from 1.
 
 Batches go out oldest first, so after an outage the backlog drains at full speed while
 live readings queue behind it: per device, the stream stays in seq order within one agent.
@@ -38,8 +38,10 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from edge.buffer import SqliteBuffer, StoredBatch, StoredDeadLetter
+from edge.errors import PublishFailed
 from gateway import envelope, subjects
-from gateway.config import AgentConfig
+from gateway.config import UplinkSettings
+from gateway.deadletter import DeadLetterHeaders
 from gateway.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,6 @@ class _Window:
     send_error: Exception | None = None
 
 
-class PublishFailed(Exception):
-    """Some batches of a window were not acknowledged; the acknowledged ones are deleted."""
-
-
 @dataclass(slots=True)
 class UplinkStats:
     batches_published: int = 0
@@ -80,6 +78,10 @@ class UplinkStats:
     in_flight: int = 0
     latency_ms: float = 0.0  # moving average, a window's first send to its last PubAck
     drain_rate: float = 0.0  # readings/s, moving average over rounds that drained a backlog
+
+
+def _backoff(settings: UplinkSettings) -> Backoff:
+    return Backoff(settings.backoff_first_s, settings.backoff_max_s)
 
 
 async def stored_batch_ids(
@@ -114,38 +116,57 @@ async def stored_batch_ids(
 
 
 class Uplink:
-    def __init__(self, config: AgentConfig, buffer: SqliteBuffer, wake: asyncio.Event) -> None:
-        self.config = config
-        self.settings = config.uplink
+    """Forwards `buffer` for one agent; `settings` may be replaced while it runs
+    (`reconfigure`), each round reading them afresh."""
+
+    def __init__(
+        self,
+        site: str,
+        agent: str,
+        settings: UplinkSettings,
+        buffer: SqliteBuffer,
+        wake: asyncio.Event,
+    ) -> None:
+        self.agent = agent
         self.buffer = buffer
         self.wake = wake
         self.drained = asyncio.Event()  # set whenever batches were deleted (room freed)
         self.stats = UplinkStats()
-        self.subject = subjects.telemetry(config.site, config.agent)
-        self.dlq_subject = subjects.dlq(config.site, config.agent)
-        self.source = envelope.agent_source(config.site, config.agent)
+        self.subject = subjects.telemetry(site, agent)
+        self.dlq_subject = subjects.dlq(site, agent)
+        self.source = envelope.agent_source(site, agent)
         self._dedupe_window_ns: int | None = None
+        self.settings = settings
+        self.backoff = _backoff(settings)
+
+    def reconfigure(self, settings: UplinkSettings) -> None:
+        """Use `settings` from the next round on; a changed backoff starts afresh."""
+        if (settings.backoff_first_s, settings.backoff_max_s) != (
+            self.settings.backoff_first_s,
+            self.settings.backoff_max_s,
+        ):
+            self.backoff = _backoff(settings)
+        self.settings = settings
 
     async def run(self, nc: NatsClient) -> None:
         """Forward the buffer forever; returns only by cancellation."""
         js = nc.jetstream()
-        backoff = Backoff(self.settings.backoff_first_s, self.settings.backoff_max_s)
         while True:
             if not nc.is_connected:  # publishing now would only fill nats-py's pending buffer
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(self.backoff.next())
                 continue
             try:
                 sent = await self._forward_round(js)
             except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
                 self.stats.publish_errors += 1
                 self._dedupe_window_ns = None  # the stream may have been recreated
-                delay = backoff.next()
+                delay = self.backoff.next()
                 log.warning(
                     "publish failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay
                 )
                 await asyncio.sleep(delay)
                 continue
-            backoff.reset()
+            self.backoff.reset()
             if not sent:
                 self.wake.clear()
                 self.buffer.expire()
@@ -326,7 +347,7 @@ class Uplink:
 
     async def _publish_dead_letter(self, js: JetStreamContext, stored: StoredDeadLetter) -> None:
         # created_ns too: buffers made before ids were AUTOINCREMENT reuse rowids.
-        event_id = f"{self.config.agent}:{self.buffer.instance}:dl:{stored.row}:{stored.created_ns}"
+        event_id = f"{self.agent}:{self.buffer.instance}:dl:{stored.row}:{stored.created_ns}"
         hdrs = envelope.headers(
             event_id=event_id,
             source=self.source,
@@ -334,9 +355,9 @@ class Uplink:
             content_type=DEAD_LETTER_CONTENT_TYPE,
             time_ns=stored.created_ns,
         )
-        hdrs["Gateway-Dead-Letter-Reason"] = stored.letter.reason
-        hdrs["Gateway-Dead-Letter-Source"] = stored.letter.source
-        hdrs["Gateway-Dead-Letter-Detail"] = stored.letter.detail[:200].replace("\n", " ")
+        letter = stored.letter
+        detail = letter.detail[:200].replace("\n", " ")
+        hdrs.update(DeadLetterHeaders(letter.reason, letter.source, detail).to_headers())
         await js.publish(
             self.dlq_subject,
             stored.letter.payload,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -248,9 +248,21 @@ def load(model: type[M], path: Path) -> M:
     return parse(model, data, str(path))
 
 
-# Tags of the `type`-discriminated unions: pydantic puts the tag in an error's location
-# (`sources.0.mqtt.topcis`); the user wrote `sources.0.topcis`.
-_UNION_TAGS = {"mqtt", "serial", "deadband", "downsample", "dedupe", "outlier"}
+def _type_tags(*unions: Any) -> frozenset[str]:
+    """The `type` values of every member of `type`-discriminated unions, read from the
+    models themselves so a new source or filter is listed once, in its own model."""
+    tags: set[str] = set()
+    for union in unions:
+        members = get_args(get_args(union)[0])  # Annotated[A | B, ...] -> (A, B)
+        for member in members:
+            model = get_args(member)[0] if get_origin(member) is Annotated else member
+            tags.update(get_args(model.model_fields["type"].annotation))
+    return frozenset(tags)
+
+
+# Pydantic puts a union member's tag in an error's location (`sources.0.mqtt.topcis`);
+# the user wrote `sources.0.topcis`.
+_UNION_TAGS = _type_tags(SourceSettings, FilterSettings)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class Backoff:
-    """Exponential, capped, randomised (full jitter) retry delay."""
+    """Exponential, capped, randomised retry delay: equal jitter, a delay drawn uniformly
+    from the upper half of `min(cap, first * 2**n)`, so it never falls below half of it."""
 
     def __init__(self, first: float = 0.1, cap: float = 10.0) -> None:
         self.first, self.cap, self._n = first, cap, 0

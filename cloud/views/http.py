@@ -23,6 +23,7 @@ from nats.js.errors import BucketNotFoundError
 
 from cloud.errors import QueryError
 from cloud.httpd import serve_app
+from cloud.records import WindowRecord
 from cloud.views.query import Selector, parse_time, query, to_csv
 from gateway import subjects
 from gateway.errors import ConfigError, InvalidTokenError
@@ -80,18 +81,18 @@ async def latest(request: web.Request) -> web.Response:
         kv = await request.app[NC_KEY].jetstream().key_value(subjects.LATEST_BUCKET)
     except BucketNotFoundError:
         return _json([])
-    out = []
+    out: list[WindowRecord] = []
     watcher = await kv.watch(sel.kv_key(), ignore_deletes=True)
     try:
         async for entry in watcher:
             if entry is None:
                 break  # the end of the current values
             if entry.value:
-                out.append(orjson.loads(entry.value))
+                out.append(WindowRecord.from_json(entry.value))
     finally:
         with contextlib.suppress(NatsError, TimeoutError):
             await watcher.stop()  # type: ignore[no-untyped-call]
-    out.sort(key=lambda r: (r["site"], r["device"], r["metric"], r["window"]))
+    out.sort(key=lambda r: (r.site, r.device, r.metric, r.window))
     return _json(out)
 
 

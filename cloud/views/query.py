@@ -14,7 +14,6 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from nats.errors import Error as NatsError
@@ -22,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from cloud.errors import QueryError
+from cloud.records import WindowId, WindowRecord
 from gateway import subjects
 from gateway.errors import ConfigError
 
@@ -59,37 +59,26 @@ class Selector:
     end_ns: int | None = None  # windows starting before
 
     def subject(self) -> str:
-        parts = [self.window, self.site, self.device, self.metric]
-        kinds = ("window", "site", "device", "metric")
-        tokens = [
-            "*" if p is None else subjects.check_token(k, p)
-            for k, p in zip(kinds, parts, strict=True)
-        ]
-        return "agg." + ".".join(tokens)
+        return subjects.agg_filter(self.kv_key())
 
     def kv_key(self) -> str:
         """The same selection as a key filter of the AGG_LATEST bucket."""
-        return self.subject().removeprefix("agg.")
+        return subjects.latest_filter(
+            window=self.window, site=self.site, device=self.device, metric=self.metric
+        )
 
-    def matches(self, record: dict[str, Any]) -> bool:
+    def matches(self, record: WindowRecord) -> bool:
         for field in ("site", "device", "metric", "window"):
             want = getattr(self, field)
-            if want is not None and record.get(field) != want:
+            if want is not None and getattr(record, field) != want:
                 return False
-        start = record.get("start_ns", 0)
+        start = record.start_ns
         if self.start_ns is not None and start < self.start_ns:
             return False
         return self.end_ns is None or start < self.end_ns
 
 
-WindowKey = tuple[str, str, str, str, int]
-
-
-def window_key(r: dict[str, Any]) -> WindowKey:
-    return (r["window"], r["site"], r["device"], r["metric"], r["start_ns"])
-
-
-async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[dict[str, Any]]:
+async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[WindowRecord]:
     """The latest record of every selected window, ordered by series and start.
 
     Raises `QueryError` when JetStream cannot serve it (e.g. no leader during a failover)."""
@@ -99,7 +88,7 @@ async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[
         raise QueryError(str(exc) or type(exc).__name__) from exc
 
 
-async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[str, Any]]:
+async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[WindowRecord]:
     sub = await js.pull_subscribe(
         sel.subject(),
         stream=subjects.AGG_STREAM,
@@ -111,7 +100,7 @@ async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[s
             num_replicas=1,
         ),
     )
-    latest: dict[WindowKey, dict[str, Any]] = {}
+    latest: dict[WindowId, WindowRecord] = {}
     info = await sub.consumer_info()
     try:
         remaining = int(info.num_pending or 0)
@@ -119,9 +108,9 @@ async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[s
             msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
             remaining -= len(msgs)
             for msg in msgs:
-                record = orjson.loads(msg.data)
+                record = WindowRecord.from_json(msg.data)
                 if sel.matches(record):
-                    latest[window_key(record)] = record
+                    latest[record.window_id] = record
     finally:
         with contextlib.suppress(NatsError, TimeoutError):
             await sub.unsubscribe()
@@ -129,16 +118,18 @@ async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[dict[s
     return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[2], k[3], k[0], k[4]))]
 
 
-def to_csv(records: Sequence[dict[str, Any]]) -> str:
+def to_csv(records: Sequence[WindowRecord]) -> str:
+    """Floats as `repr`, which reads back as the same float."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
+    writer = csv.writer(out)
+    writer.writerow(CSV_FIELDS)
     for r in records:
-        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+        values = (getattr(r, k) for k in CSV_FIELDS)
+        writer.writerow(repr(v) if isinstance(v, float) else v for v in values)
     return out.getvalue()
 
 
-def to_json(records: Sequence[dict[str, Any]]) -> str:
+def to_json(records: Sequence[WindowRecord]) -> str:
     return orjson.dumps(list(records)).decode()
 
 

@@ -11,9 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
@@ -21,9 +19,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cloud.records import WindowRecord
 from gateway import subjects
 
-Latest = dict[str, dict[str, Any]]
+Latest = dict[str, WindowRecord]  # AGG_LATEST key -> its record
 
 
 def render(latest: Latest, limit: int = 30, title: str = "latest aggregates") -> Table:
@@ -45,22 +44,22 @@ def render(latest: Latest, limit: int = 30, title: str = "latest aggregates") ->
         table.add_column(
             col, justify="right" if col in ("count", "min", "mean", "max", "last") else "left"
         )
-    rows = sorted(latest.values(), key=lambda r: (r["site"], r["device"], r["metric"]))
+    rows = sorted(latest.values(), key=lambda r: (r.site, r.device, r.metric))
     for r in rows[:limit]:
-        start = datetime.fromtimestamp(r["start_ns"] / 1e9, UTC).strftime("%H:%M:%S")
+        start = datetime.fromtimestamp(r.start_ns / 1e9, UTC).strftime("%H:%M:%S")
         table.add_row(
-            r["site"],
-            r["device"],
-            r["metric"],
-            r["window"],
+            r.site,
+            r.device,
+            r.metric,
+            r.window,
             start,
-            str(r["count"]),
-            f"{r['min']:.2f}",
-            f"{r['mean']:.2f}",
-            f"{r['max']:.2f}",
-            f"{r['last']:.2f}",
-            r["unit"],
-            "closed" if r["closed"] else "open",
+            str(r.count),
+            f"{r.min:.2f}",
+            f"{r.mean:.2f}",
+            f"{r.max:.2f}",
+            f"{r.last:.2f}",
+            r.unit,
+            "closed" if r.closed else "open",
         )
     if len(rows) > limit:
         table.caption = f"... and {len(rows) - limit} more series"
@@ -86,7 +85,7 @@ async def follow_latest(
             if entry.operation in ("DEL", "PURGE"):
                 latest.pop(entry.key, None)
             else:
-                latest[entry.key] = orjson.loads(entry.value)
+                latest[entry.key] = WindowRecord.from_json(entry.value)
             changed()
     finally:
         with contextlib.suppress(NatsError, TimeoutError):

@@ -6,10 +6,11 @@ readings' event times, so a backlog delivered in a burst after an outage is filt
 it was sampled, not by when it arrived.
 """
 
-from edge.filters.base import Filter, FilterChain, build_chain
+from edge.filters.base import Filter, FilterChain
 from edge.filters.deadband import Deadband
 from edge.filters.dedupe import Dedupe
 from edge.filters.downsample import Downsample
 from edge.filters.outlier import Outlier
+from edge.filters.registry import build_chain
 
 __all__ = ["Deadband", "Dedupe", "Downsample", "Filter", "FilterChain", "Outlier", "build_chain"]

@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from gateway.config import FilterSettings
 from gateway.reading import Reading
 
 SeriesKey = tuple[str, str, str]  # site, device, metric
@@ -47,24 +46,3 @@ class FilterChain:
                 return None
             r = out
         return out
-
-
-def build_chain(settings: Sequence[FilterSettings]) -> FilterChain:
-    from edge.filters.deadband import Deadband
-    from edge.filters.dedupe import Dedupe
-    from edge.filters.downsample import Downsample
-    from edge.filters.outlier import Outlier
-
-    made: list[tuple[Filter, frozenset[str]]] = []
-    for s in settings:
-        f: Filter
-        if s.type == "deadband":
-            f = Deadband(s.absolute, s.percent, s.heartbeat_s)
-        elif s.type == "downsample":
-            f = Downsample(s.max_rate_hz)
-        elif s.type == "dedupe":
-            f = Dedupe(s.window)
-        else:
-            f = Outlier(s.window, s.threshold, s.min_samples, s.drop)
-        made.append((f, frozenset(s.metrics)))
-    return FilterChain(made)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edge.filters.base import SeriesKey
+from gateway.config import DeadbandSettings
 from gateway.reading import Quality, Reading
 
 _NS = 1_000_000_000
@@ -21,6 +22,10 @@ class Deadband:
         self.percent = percent
         self.heartbeat_ns = int(heartbeat_s * _NS)
         self._last: dict[SeriesKey, tuple[float, int]] = {}  # value, time passed
+
+    @classmethod
+    def from_settings(cls, s: DeadbandSettings) -> Deadband:
+        return cls(s.absolute, s.percent, s.heartbeat_s)
 
     def _moved(self, value: float, last: float) -> bool:
         if self.absolute is not None:

@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 from edge.decoders.context import NO_SEQ
 from edge.filters.base import SeriesKey
+from gateway.config import DedupeSettings
 from gateway.reading import Reading
 
 
@@ -18,6 +19,10 @@ class Dedupe:
     def __init__(self, window: int) -> None:
         self.window = window
         self._seen: dict[SeriesKey, OrderedDict[int, None]] = {}
+
+    @classmethod
+    def from_settings(cls, s: DedupeSettings) -> Dedupe:
+        return cls(s.window)
 
     def apply(self, r: Reading) -> Reading | None:
         if r.seq == NO_SEQ:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edge.filters.base import SeriesKey
+from gateway.config import DownsampleSettings
 from gateway.reading import Reading
 
 
@@ -12,6 +13,10 @@ class Downsample:
     def __init__(self, max_rate_hz: float) -> None:
         self.min_gap_ns = int(1e9 / max_rate_hz)
         self._last: dict[SeriesKey, int] = {}
+
+    @classmethod
+    def from_settings(cls, s: DownsampleSettings) -> Downsample:
+        return cls(s.max_rate_hz)
 
     def apply(self, r: Reading) -> Reading | None:
         key = (r.site, r.device, r.metric)

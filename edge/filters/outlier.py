@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.filters.base import SeriesKey
+from gateway.config import OutlierSettings
 from gateway.reading import Quality, Reading
 
 
@@ -44,6 +45,10 @@ class Outlier:
         self.min_samples = min_samples
         self.drop = drop
         self._rings: dict[SeriesKey, _Ring] = {}
+
+    @classmethod
+    def from_settings(cls, s: OutlierSettings) -> Outlier:
+        return cls(s.window, s.threshold, s.min_samples, s.drop)
 
     def apply(self, r: Reading) -> Reading | None:
         ring = self._rings.get((r.site, r.device, r.metric))

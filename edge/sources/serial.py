@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -19,8 +18,11 @@ import serial
 
 from edge.sources import Deliver, SourceMessage, cancel_and_wait
 from gateway.config import SerialSourceSettings
+from gateway.retry import Backoff
 
 log = logging.getLogger(__name__)
+
+_REOPEN_FIRST_S = 0.05  # first delay before reopening a port that is gone
 
 
 class SerialSource:
@@ -50,16 +52,15 @@ class SerialSource:
         await cancel_and_wait(task)
 
     async def _run(self) -> None:
-        delay = 0.05
+        backoff = Backoff(_REOPEN_FIRST_S, self.settings.reconnect_max_s)
         while True:
             try:
                 port = self._open()
             except serial.SerialException as exc:
                 log.debug("%s: cannot open %s (%s)", self.name, self.settings.port, exc)
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(self.settings.reconnect_max_s, delay * 2)
+                await asyncio.sleep(backoff.next())
                 continue
-            delay = 0.05
+            backoff.reset()
             try:
                 await self._read_until_gone(port)
             finally:

@@ -36,10 +36,14 @@ class AgentProcess:
 
     def start(self, version_dir: Path, config: Path, version: str) -> int:
         assert not self.alive, "an agent is already running"
-        python = version_dir / "venv" / "bin" / "python"
-        env = {**os.environ, BUNDLE_VERSION_ENV: version}
-        # -I: only the version's venv, never the working directory or PYTHONPATH.
-        args = [str(python), "-I", "-m", "app", "edge", "run", "--config", str(config)]
+        # The version's own console script: every bundle has one, whichever module holds its
+        # command line (`gateway.cli` in bundles built before the app/ shell, `app.cli`
+        # since), so a rollback to an older version still starts. Its shebang is the
+        # version's venv python; PYTHONPATH is dropped so nothing outside it leaks in.
+        command = version_dir / "venv" / "bin" / "gateway"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env[BUNDLE_VERSION_ENV] = version
+        args = [str(command), "edge", "run", "--config", str(config)]
         self.proc = process.spawn(args, self.log_path, env=env)
         self.version = version
         return self.proc.pid

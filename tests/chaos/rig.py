@@ -23,7 +23,7 @@ from app.verify import Report, compare, read_telemetry
 from cloud.streams import ensure_streams
 from devices.catalog import load_catalog
 from edge import accounting
-from edge.errors import BufferError
+from edge.errors import BufferStoreError
 from gateway.config import StreamSettings
 from gateway.servers import NatsServer
 
@@ -129,7 +129,7 @@ class Rig:
         """Readings the agent reports dropping by policy (not redelivered duplicates)."""
         try:
             report = self.accounts()
-        except BufferError:
+        except BufferStoreError:
             return 0
         return sum(
             n

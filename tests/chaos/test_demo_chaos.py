@@ -17,7 +17,7 @@ def test_demo_chaos_injects_faults_and_still_reports_exactly_once(tmp_path: Path
         [
             sys.executable,
             "-m",
-            "gateway",
+            "app",
             "demo",
             "--chaos",
             "--seed",

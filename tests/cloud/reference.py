@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,9 +16,9 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
+from cloud.records import WindowId, WindowRecord
 from gateway import codec, subjects
 
-WindowId = tuple[str, str, str, str, int]  # window label, site, device, metric, start_ns
 Row = tuple[str, str, str, str, float, int, int]  # site, device, metric, unit, value, t, seq
 
 
@@ -59,9 +59,14 @@ def recompute(rows: Iterable[Row], widths_s: Iterable[int]) -> dict[WindowId, di
     return out
 
 
-def assert_windows_equal(
-    got: dict[WindowId, dict[str, Any]], want: dict[WindowId, dict[str, Any]]
-) -> None:
+Got = WindowRecord | dict[str, Any]  # a dict: statistics computed without a record
+
+
+def value_of(got: Got, field: str) -> Any:
+    return got[field] if isinstance(got, dict) else getattr(got, field)
+
+
+def assert_windows_equal(got: Mapping[WindowId, Got], want: dict[WindowId, dict[str, Any]]) -> None:
     """Every window present on both sides, counts/min/max/percentiles/first/last exact."""
     missing = sorted(set(want) - set(got))[:5]
     extra = sorted(set(got) - set(want))[:5]
@@ -69,9 +74,11 @@ def assert_windows_equal(
     for key, w in want.items():
         g = got[key]
         for field in ("count", "min", "max", "p50", "p95", "first", "last", "unit"):
-            assert g[field] == w[field], f"{key} {field}: got {g[field]!r} want {w[field]!r}"
+            v = value_of(g, field)
+            assert v == w[field], f"{key} {field}: got {v!r} want {w[field]!r}"
         for field in ("mean", "stddev"):
-            assert abs(g[field] - w[field]) <= 1e-9 * max(1.0, abs(w[field])), (key, field)
+            v = value_of(g, field)
+            assert abs(v - w[field]) <= 1e-9 * max(1.0, abs(w[field])), (key, field)
 
 
 def make_batches(
@@ -108,8 +115,13 @@ def make_batches(
     return out
 
 
-def windows_of(records: Iterable[dict[str, Any]]) -> dict[WindowId, dict[str, Any]]:
-    return {(r["window"], r["site"], r["device"], r["metric"], r["start_ns"]): r for r in records}
+def windows_of(records: Iterable[WindowRecord]) -> dict[WindowId, WindowRecord]:
+    return {r.window_id: r for r in records}
+
+
+def windows_of_json(docs: Iterable[object]) -> dict[WindowId, WindowRecord]:
+    """Window records as the CLI and the HTTP API give them, each read strictly."""
+    return windows_of(WindowRecord.from_doc(d, strict=True) for d in docs)
 
 
 async def stream_rows(js: JetStreamContext, timeout: float = 30) -> list[Row]:

@@ -11,15 +11,15 @@ from typing import Any
 
 import nats
 import numpy as np
-import orjson
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import NoKeysError
 
-from cloud.aggregator import Abandoned, Aggregator
-from cloud.errors import QueryError
+from cloud.aggregator import Aggregator
+from cloud.errors import Abandoned, QueryError
+from cloud.records import WindowId, WindowRecord
 from cloud.streams import STATE_BUCKET, ensure_streams
 from cloud.views.query import Selector, query
 from cloud.views.watch import render
@@ -69,7 +69,7 @@ async def publish(js: JetStreamContext, batches: list[tuple[str, str, codec.Batc
         await js.publish(subject, codec.encode(batch), headers={"Nats-Msg-Id": msg_id})
 
 
-async def agg_windows(js: JetStreamContext) -> dict[Any, dict[str, Any]]:
+async def agg_windows(js: JetStreamContext) -> dict[WindowId, WindowRecord]:
     try:
         return windows_of(await query(js, Selector()))
     except QueryError:  # e.g. no JetStream leader for a moment after a node was killed
@@ -77,13 +77,13 @@ async def agg_windows(js: JetStreamContext) -> dict[Any, dict[str, Any]]:
 
 
 async def wait_exact(
-    js: JetStreamContext, want: dict[Any, dict[str, Any]], timeout: float = 40
-) -> dict[Any, dict[str, Any]]:
+    js: JetStreamContext, want: dict[WindowId, dict[str, Any]], timeout: float = 40
+) -> dict[WindowId, WindowRecord]:
     """Poll AGG until it holds every window closed with the expected count."""
 
-    def complete(got: dict[Any, dict[str, Any]]) -> bool:
+    def complete(got: dict[WindowId, WindowRecord]) -> bool:
         return got.keys() == want.keys() and all(
-            g["count"] == want[k]["count"] and g["closed"] for k, g in got.items()
+            g.count == want[k]["count"] and g.closed for k, g in got.items()
         )
 
     got = await eventually(lambda: agg_windows(js), complete, timeout=timeout, interval=0.3)
@@ -150,12 +150,12 @@ async def test_late_within_lateness_reemits_beyond_goes_to_dlq(
     async with running(nc, cfg) as agg:
         await publish(js, [on_time])
         first = await eventually(lambda: agg_windows(js), lambda w: len(w) == 1)
-        assert next(iter(first.values()))["count"] == 1
+        assert next(iter(first.values())).count == 1
         await publish(js, [within, advance, beyond])
         await eventually(lambda: dlq_messages(js), lambda m: len(m) == 1)
         assert agg.stats.late_readings == 1
     window0 = (await agg_windows(js))[("10s", "s1", "d1", "temp", t0 - t0 % (10 * sec))]
-    assert (window0["count"], window0["max"]) == (2, 5.0)
+    assert (window0.count, window0.max) == (2, 5.0)
     (letter,) = await dlq_messages(js)
     assert letter.headers["Gateway-Dead-Letter-Reason"] == "late_10s"
     assert codec.decode(letter.data).value.tolist() == [9.0]
@@ -208,7 +208,7 @@ async def test_live_values_and_metrics(nc: NatsClient, js: JetStreamContext) -> 
         kv = await js.key_value(subjects.LATEST_BUCKET)
         keys = partial(latest_keys, js)
         found = await eventually(keys, lambda k: len(k) == 3 * 2 * len(WIDTHS))
-        record = orjson.loads((await kv.get(found[0])).value or b"")
+        record = WindowRecord.from_json((await kv.get(found[0])).value or b"", strict=True)
         render({found[0]: record})  # the live table reads every field it needs
         url = f"http://127.0.0.1:{agg.metrics_port}/metrics"
 

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from cloud.records import WindowId, WindowRecord
 from cloud.tracker import Tracker
 from gateway import codec
 from tests.cloud.reference import make_batches
@@ -33,7 +34,7 @@ def _messages(seed: int) -> Msgs:
 
 def _run(tracker: Tracker, msgs: Msgs, first: int, last: int, every: int) -> tuple[Any, Any]:
     """Feed messages `first..last` (stream seqs, 1-based); `due` every few messages."""
-    records: dict[Any, dict[str, Any]] = {}
+    records: dict[WindowId, WindowRecord] = {}
     late: list[tuple[int, int]] = []
     for sseq in range(first, last + 1):
         subject, batch = msgs[sseq - 1]
@@ -41,13 +42,13 @@ def _run(tracker: Tracker, msgs: Msgs, first: int, last: int, every: int) -> tup
         late += [(sseq, int(r.rows.sum())) for r in result.rejected]
         if sseq % every == 0 or sseq == last:
             for r in tracker.due(set()):
-                records[(r["window"], r["device"], r["metric"], r["start_ns"])] = r
+                records[r.window_id] = r
     return records, late
 
 
-def _finish(tracker: Tracker, records: dict[Any, dict[str, Any]]) -> None:
+def _finish(tracker: Tracker, records: dict[WindowId, WindowRecord]) -> None:
     for r in tracker.due(set(tracker.agents)):
-        records[(r["window"], r["device"], r["metric"], r["start_ns"])] = r
+        records[r.window_id] = r
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -86,7 +87,7 @@ def test_a_gone_agent_has_its_windows_made_final_and_stops_pinning_the_replay() 
     tracker.due(set())
     gone = "telemetry.s1.a0"
     records = tracker.due({gone}, frozenset({gone}))
-    assert records and all(r["device"].startswith("a0-") and r["closed"] for r in records)
+    assert records and all(r.device.startswith("a0-") and r.closed for r in records)
     agents = tracker.checkpoint(len(msgs))["agents"]
     assert agents[gone]["from_seq"] is None
     assert agents["telemetry.s1.a1"]["from_seq"] is not None

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from rich.console import Console
 
+from cloud.records import WindowId, WindowRecord
 from cloud.views.http import http_api
 from cloud.views.watch import watch
 from gateway import process
@@ -30,7 +31,7 @@ from tests.cloud.reference import (
     recompute,
     rows_of,
     stream_rows,
-    windows_of,
+    windows_of_json,
 )
 from tests.cloud.test_aggregator import (
     WIDTHS,
@@ -84,12 +85,12 @@ async def test_query_over_a_stored_hour_equals_recomputation(
     hour = ("--from", iso(T0), "--to", iso(T0 + 3600 * 10**9))
     code, out, err = await gateway("query", "--nats", cloud_server.url, *hour)
     assert code == 0, err
-    got = windows_of(orjson.loads(out))
+    got = windows_of_json(orjson.loads(out))
     assert len(got) == 360 * 4 + 60 * 4
-    assert {k: g["count"] for k, g in got.items()} == {k: w["count"] for k, w in want.items()}
+    assert {k: g.count for k, g in got.items()} == {k: w["count"] for k, w in want.items()}
     for key, w in want.items():
         for field in ("min", "max", "p50", "p95", "first", "last"):
-            assert got[key][field] == w[field], (key, field)
+            assert getattr(got[key], field) == w[field], (key, field)
 
     # One series, one window width, a sub-range, as CSV: floats round-trip exactly.
     sub = ("--from", iso(T0 + 600 * 10**9), "--to", iso(T0 + 1200 * 10**9))
@@ -126,14 +127,14 @@ async def test_http_api_windows_latest_live_and_bad_requests(
         await wait_exact(js, want)
         async with http.get("/api/windows", params={"window": "1m"}) as r:
             assert r.status == 200
-            got = windows_of(await r.json())
+            got = windows_of_json(await r.json())
         assert got.keys() == {k for k in want if k[0] == "1m"}
         async with http.get("/api/windows", params={"device": "a0-d0", "format": "csv"}) as r:
             assert r.headers["Content-Type"].startswith("text/csv")
             assert len(csv_records(await r.text())) == sum(1 for k in want if k[2] == "a0-d0")
         async with http.get("/api/latest", params={"metric": "temp"}) as r:
-            latest = await r.json()
-        assert {(x["device"], x["window"]) for x in latest} == {
+            latest = [WindowRecord.from_doc(x, strict=True) for x in await r.json()]
+        assert {(x.device, x.window) for x in latest} == {
             (f"a0-d{d}", w) for d in range(3) for w in ("10s", "1m")
         }
         for params in ({"site": "a.b"}, {"format": "xml"}, {"from": "yesterday"}):
@@ -147,13 +148,13 @@ async def test_http_api_windows_latest_live_and_bad_requests(
                                 t0=T0 + 3600 * 10**9)  # fmt: skip
             await publish(js, [(s, f"late-{i}", b) for i, (s, _, b) in enumerate(more)])
             event = await asyncio.wait_for(_next_event(r), 20)
-        assert event["device"] == "a0-d2"
+        assert event.device == "a0-d2"
 
 
-async def _next_event(r: aiohttp.ClientResponse) -> dict[str, Any]:
+async def _next_event(r: aiohttp.ClientResponse) -> WindowRecord:
     async for line in r.content:
         if line.startswith(b"data: "):
-            return dict(orjson.loads(line[6:]))
+            return WindowRecord.from_json(line[6:].strip(), strict=True)
     raise AssertionError("event stream ended")
 
 
@@ -210,12 +211,12 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
             finally:
                 await client.close()
 
-            async def windows() -> dict[Any, dict[str, Any]]:
+            async def windows() -> dict[WindowId, WindowRecord]:
                 async with http.get("/api/windows") as r:
-                    return windows_of(await r.json())
+                    return windows_of_json(await r.json())
 
             got = await eventually(
-                windows, lambda w: {k: g["count"] for k, g in w.items()}
+                windows, lambda w: {k: g.count for k, g in w.items()}
                 == {k: x["count"] for k, x in want.items()}, timeout=30,
             )  # fmt: skip
             assert_windows_equal(got, want)

@@ -19,7 +19,7 @@ from deploy.build import BuildOptions, build_bundle, runtime_requirements
 from deploy.signing import generate_keypair
 
 REPO = Path(__file__).resolve().parents[2]
-_SOURCES = ("gateway", "edge", "cloud", "deploy", "devices", "firmware-sim")
+_SOURCES = ("app", "gateway", "edge", "cloud", "deploy", "devices", "firmware-sim")
 _FILES = ("pyproject.toml", "README.md", "requirements.lock")
 
 

@@ -79,7 +79,7 @@ def test_bootstrap_installs_a_device_under_a_temporary_root(
             str(root / "current" / "venv" / "bin" / "python"),
             "-I",
             "-m",
-            "gateway",
+            "app",
             "edge",
             "supervise",
             "--help",

@@ -68,7 +68,7 @@ async def test_block_policy_pauses_serial_reads_until_the_uplink_drains(
                 )
             assert seqs == list(range(1, FRAMES + 1))
             assert not source.paused
-            assert agent.snapshot()["accounting"]["reconciles"]
+            assert agent.snapshot().accounting["reconciles"]
     finally:
         await cloud.stop()
         adapter.unplug()

@@ -13,7 +13,7 @@ from edge import accounting
 from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
 from edge.forwarding_metrics import ForwardingCollector
 from edge.uplink import Uplink
-from gateway.config import AgentConfig
+from gateway.config import UplinkSettings
 from tests.helpers import metric_samples
 
 
@@ -35,7 +35,7 @@ def test_metrics_match_the_accounting_of_the_buffer(tmp_path: Path) -> None:
         )
     oldest = buf.oldest_batches(2)
     buf.delete_batches(oldest)  # as after their PubAck
-    uplink = Uplink(AgentConfig(site="s", agent="a"), buf, asyncio.Event())
+    uplink = Uplink("s", "a", UplinkSettings(), buf, asyncio.Event())
     uplink.stats.batches_published, uplink.stats.in_flight = 2, 3
     uplink.stats.latency_ms, uplink.stats.drain_rate = 250.0, 10.0
     registry = CollectorRegistry()
@@ -78,7 +78,7 @@ def test_no_drain_estimate_before_a_drain_was_measured(tmp_path: Path) -> None:
     buf.open()
     registry = CollectorRegistry()
     registry.register(
-        ForwardingCollector(buf, Uplink(AgentConfig(site="s", agent="a"), buf, asyncio.Event()))
+        ForwardingCollector(buf, Uplink("s", "a", UplinkSettings(), buf, asyncio.Event()))
     )
     m = _samples(registry)
     assert "gateway_agent_uplink_drain_eta_seconds" not in m

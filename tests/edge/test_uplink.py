@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
-from edge.uplink import PublishFailed, Uplink, _Window
+from edge.errors import PublishFailed
+from edge.uplink import Uplink, _Window
 from gateway import config
 from gateway.config import AgentConfig
 from gateway.retry import Backoff
@@ -31,7 +32,7 @@ def _uplink(tmp_path: Path) -> Uplink:
             {},
             SourceCounts(Counter({"mqtt0": 10})),
         )
-    return Uplink(cfg, buf, asyncio.Event())
+    return Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())
 
 
 async def test_a_puback_that_never_comes_is_cut_off_by_our_deadline(tmp_path: Path) -> None:

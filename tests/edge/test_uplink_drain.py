@@ -39,7 +39,7 @@ async def test_backlog_goes_out_once_oldest_first_in_pipelined_windows(
             {},
             SourceCounts(Counter({"mqtt0": 10})),
         )
-    uplink = Uplink(cfg, buf, asyncio.Event())
+    uplink = Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())
 
     async def buffered() -> int:
         return buf.stats().batches

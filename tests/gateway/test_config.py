@@ -23,6 +23,10 @@ def test_example_configs_load(model: type, name: str) -> None:
     [
         ('site = "s"\nagent = "a"\n[batch]\nlinger_ms = "soon"\n', "batch.linger_ms"),
         ('site = "s"\nagent = "a"\n[[sources]]\ntopcis = ["x"]\n', "sources.0.topcis"),
+        (
+            'site = "s"\nagent = "a"\n[[filters]]\ntype = "dedupe"\nwindw = 5\n',
+            "filters.0.windw",
+        ),
         ('site = "s.x"\nagent = "a"\n', "site"),
         ('site = "s"\n', "agent"),
         ("site = [", "not valid TOML"),
