@@ -37,6 +37,7 @@ from edge.uplink import Uplink
 from gateway import __version__, subjects
 from gateway.config import AgentConfig
 from gateway.records import BUNDLE_VERSION_ENV
+from gateway import permissions
 from gateway.retry import connect_forever
 from gateway.runtime import first_of
 
@@ -127,11 +128,9 @@ class Agent:
 
     async def _cloud_link(self) -> None:
         """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat."""
-        settings = self.config.nats
-        creds = str(settings.creds_file) if settings.creds_file else None
-        nc = await connect_forever(
-            settings.url, f"agent-{self.config.agent}", settings.connect_timeout_s, creds
-        )
+        cfg = self.config
+        inbox = permissions.agent_inbox(cfg.site, cfg.agent)  # the only one it may read
+        nc = await connect_forever(cfg.nats, f"agent-{cfg.agent}", inbox)
         self._nc = nc
         async with asyncio.TaskGroup() as tg:
             self._tasks += [

@@ -34,6 +34,9 @@ class NatsSettings(_Model):
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_s: float = 5.0
     creds_file: Path | None = None  # NATS credentials (bootstrap writes etc/nats.creds)
+    # The CA that signed the server's certificate (`gateway cloud up` writes tls/ca.pem);
+    # None: the system's trust store. The connection is TLS either way.
+    ca_file: Path | None = None
 
 
 PayloadFormat = Literal["json", "senml", "line", "frame"]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+
+from gateway.config import NatsSettings
+from gateway.connect import DEFAULT_INBOX, connect
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +33,17 @@ class Backoff:
 
 
 async def connect_forever(
-    url: str, name: str, timeout: float = 5.0, creds: str | None = None
+    settings: NatsSettings, name: str, inbox_prefix: str = DEFAULT_INBOX
 ) -> NatsClient:
-    """Connect, retrying forever with backoff: an edge device boots long before its
-    network is up, and the agent buffers meanwhile. `url` may list several servers (a
-    cluster), comma-separated; `creds` is a NATS credentials file."""
+    """Connect (gateway.connect: TLS + credentials), retrying forever with backoff: an
+    edge device boots long before its network is up, and the agent buffers meanwhile."""
     backoff = Backoff(0.2, 10.0)
     while True:
         try:
-            return await nats.connect(
-                url.split(","),
-                name=name,
-                user_credentials=creds,
-                connect_timeout=timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-            )
-        except (OSError, NatsError, TimeoutError) as exc:
+            return await connect(settings, name, inbox_prefix=inbox_prefix)
+        except (OSError, NatsError, TimeoutError, ssl.SSLError) as exc:
             delay = backoff.next()
-            log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", url, exc, delay)
+            log.warning(
+                "cannot reach NATS at %s (%s); retrying in %.1fs", settings.url, exc, delay
+            )
             await asyncio.sleep(delay)

@@ -3,6 +3,10 @@
 One instance is the cloud tier (JetStream); another, with its MQTT listener on, is the
 default edge broker. Ports are chosen by the server (`-1`) on first start and kept for
 restarts, so clients reconnect to the same address.
+
+The cloud's server is given a `CloudSecurity` (gateway/security.py): TLS is then required
+of every client (no plain-TCP listener) and it runs in operator mode (JWT users of the
+gateway account, full resolver). The edge broker is local to a device and has none.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import time
 from pathlib import Path
 
 from gateway import process
+from gateway.config import NatsSettings
 from gateway.errors import ServerStartError
+from gateway.security import CloudSecurity
 
 _CLIENT_RE = re.compile(r"Listening for client connections on [^\s]*?:(\d+)")
 _MQTT_RE = re.compile(r"Listening for MQTT clients on mqtt://[^\s]*?:(\d+)")
@@ -47,12 +53,14 @@ class NatsServer:
         mqtt: bool = False,
         extra_config: str = "",
         mqtt_options: str = "",
+        security: CloudSecurity | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.name = name
         self.mqtt = mqtt
         self.extra_config = extra_config
         self.mqtt_options = mqtt_options  # inside the mqtt {} block, e.g. 'ack_wait: "5s"'
+        self.security = security
         self.port = -1
         self.mqtt_port = -1
         self._proc: subprocess.Popen[bytes] | None = None
@@ -60,6 +68,12 @@ class NatsServer:
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def client(self, role: str = "admin") -> NatsSettings:
+        """Connection settings for one of the cloud's roles (needs `security`)."""
+        if self.security is None:
+            return NatsSettings(url=self.url)
+        return self.security.settings(self.url, role)
 
     @property
     def mqtt_url(self) -> str:
@@ -87,6 +101,8 @@ class NatsServer:
         ]
         if self.mqtt:
             lines.append(f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}\n{self.mqtt_options} }}")
+        if self.security is not None:
+            lines.append(self.security.server_config(self.data_dir / "jwt"))
         if self.extra_config:
             lines.append(self.extra_config)
         conf = self.data_dir / f"{self.name}.conf"
@@ -181,13 +197,17 @@ class NatsCluster:
     node's URL (`urls`) fail over and come back.
     """
 
-    def __init__(self, data_dir: Path, *, size: int = 3, name: str = "cloud") -> None:
+    def __init__(
+        self, data_dir: Path, security: CloudSecurity, *, size: int = 3, name: str = "cloud"
+    ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.data_dir = Path(data_dir)
         self.name = name
+        self.security = security
         self.nodes = [
-            NatsServer(self.data_dir / f"{name}-{i}", name=f"{name}-{i}") for i in range(size)
+            NatsServer(self.data_dir / f"{name}-{i}", name=f"{name}-{i}", security=security)
+            for i in range(size)
         ]
         self.route_ports: list[int] = []
 
@@ -199,6 +219,9 @@ class NatsCluster:
     def url(self) -> str:
         """Every node's URL, comma-separated (what `--nats` takes)."""
         return ",".join(self.urls)
+
+    def client(self, role: str = "admin") -> NatsSettings:
+        return self.security.settings(self.url, role)
 
     def _configure(self) -> None:
         if not self.route_ports:
@@ -230,11 +253,12 @@ class NatsCluster:
 
     async def wait_jetstream(self, timeout: float = 30.0) -> None:
         """Poll the JetStream API until the cluster answers (a meta leader is elected)."""
-        import nats
         from nats.errors import Error as NatsError
 
+        from gateway.connect import connect
+
         deadline = time.monotonic() + timeout
-        nc = await nats.connect(self.urls, connect_timeout=2)
+        nc = await connect(self.client(), "cluster-wait", reconnect=True)
         try:
             while True:
                 try:

@@ -48,6 +48,7 @@ from gateway import config, records
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.records import DesiredState, DeviceStatus
+from gateway import permissions
 from gateway.retry import connect_forever
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,9 @@ class Supervisor:
         self.device = device
         key = signing.load_public_key((self.root / "etc" / "trusted.pub").read_bytes())
         self.status = DeviceStatus(device.site, device.agent, records.IDLE)
-        nc = await connect_forever(
-            device.nats.url, f"supervisor-{device.agent}", creds=self._creds()
-        )
+        nats_settings = device.nats.model_copy(update={"creds_file": self._creds()})
+        inbox = permissions.agent_inbox(device.site, device.agent)
+        nc = await connect_forever(nats_settings, f"supervisor-{device.agent}", inbox)
         try:
             await self._run(nc, key, stop)
         finally:
@@ -142,10 +143,12 @@ class Supervisor:
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    def _creds(self) -> str | None:
-        """etc/nats.creds, written by bootstrap; empty or absent: no credentials."""
+    def _creds(self) -> Path | None:
+        """etc/nats.creds, written by bootstrap; else the device config's `creds_file`."""
         path = self.root / "etc" / "nats.creds"
-        return str(path) if path.exists() and path.stat().st_size > 0 else None
+        if path.exists() and path.stat().st_size > 0:
+            return path
+        return self.device.nats.creds_file if self.device else None
 
     @property
     def _key(self) -> str:
