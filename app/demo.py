@@ -38,8 +38,10 @@ from cloud.streams import ensure_streams
 from cloud.views.watch import Latest, follow_latest, render
 from devices.catalog import load_catalog
 from gateway import process, subjects
-from gateway.config import CloudConfig
+from gateway.config import CloudConfig, NatsSettings
 from gateway.connect import nats_connection
+from gateway.pki import write_private
+from gateway.security import CloudSecurity
 from gateway.servers import NatsServer
 
 SITE = "demo"
@@ -58,14 +60,16 @@ class DemoOptions:
     seed: int | None = None
 
 
-def agent_config_toml(data_dir: Path, nats_url: str, mqtt_url: str) -> str:
+def agent_config_toml(data_dir: Path, nats: NatsSettings, mqtt_url: str) -> str:
     return f"""\
 site = "{SITE}"
 agent = "{AGENT}"
 data_dir = "{data_dir}"
 
 [nats]
-url = "{nats_url}"
+url = "{nats.url}"
+ca_file = "{nats.ca_file}"
+creds_file = "{nats.creds_file}"
 
 [[sources]]
 type = "mqtt"
@@ -206,7 +210,8 @@ async def _demo_root(opts: DemoOptions) -> AsyncIterator[Path]:
 
 async def demo(opts: DemoOptions, stop: asyncio.Event, console: Console) -> dict[str, Any]:
     async with _demo_root(opts) as root:
-        cloud = NatsServer(root / "cloud", name="cloud")
+        security = CloudSecurity.ensure(root / "cloud-security")  # TLS + identities
+        cloud = NatsServer(root / "cloud", name="cloud", security=security)
         # Under chaos the broker redelivers what a killed agent never acknowledged after
         # 5 s rather than its default 30 s, so the demo's drain does not wait that long.
         edge = NatsServer(
@@ -238,11 +243,19 @@ async def _run(
     say = console.log
     say(f"cloud nats-server (JetStream) on {cloud.url}; edge broker on {edge.mqtt_url}")
     cloud_cfg = CloudConfig()
-    (root / "agent.toml").write_text(agent_config_toml(root / "agent", cloud.url, edge.mqtt_url))
-    async with nats_connection(cloud.url, "demo") as nc:
+    assert cloud.security is not None
+    agent_creds = root / "agent.creds"  # the demo agent's own identity, as enrolled
+    write_private(agent_creds, cloud.security.trust.enroll(SITE, AGENT).encode())
+    agent_nats = cloud.client().model_copy(update={"creds_file": agent_creds})
+    (root / "agent.toml").write_text(agent_config_toml(root / "agent", agent_nats, edge.mqtt_url))
+    agg = cloud.client("aggregator")
+    async with nats_connection(cloud.client(), "demo") as nc:
         js = nc.jetstream()
         await ensure_streams(js, cloud_cfg.streams)
-        children.start("aggregator", "cloud", "aggregate", "--nats", cloud.url)
+        children.start(
+            "aggregator", "cloud", "aggregate", "--nats", cloud.url,
+            "--ca", str(agg.ca_file), "--creds", str(agg.creds_file),
+        )  # fmt: skip
         children.start("agent", "edge", "run", "--config", str(root / "agent.toml"))
         await _wait_agent_ready(nc, children)
         say(f"agent ready; starting {opts.devices} devices")

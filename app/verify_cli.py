@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 from firmware_sim.ground_truth import GroundTruth
 
+from gateway.commands import nats_args, nats_settings
 from gateway.connect import nats_connection
 
 
 def register(sub: Any) -> None:
     v = sub.add_parser("verify", help="compare a fleet's ground truth with TELEMETRY and DLQ")
     v.add_argument("--truth", type=Path, required=True, help="from `gateway fleet run --truth`")
-    v.add_argument("--nats", default="nats://127.0.0.1:4222")
+    nats_args(v)
     v.add_argument("--site", default=None, help="only this site's subjects")
     v.add_argument("--no-dlq", action="store_true", help="check TELEMETRY only")
     v.add_argument("--wait", type=float, default=0.0, help="retry for up to S seconds")
@@ -53,7 +54,7 @@ async def _verify_async(args: argparse.Namespace, truth: GroundTruth) -> Any:
     tele = f"telemetry.{args.site}.>" if args.site else "telemetry.>"
     dlq = f"dlq.{args.site}.>" if args.site else "dlq.>"
     deadline = time.monotonic() + args.wait
-    async with nats_connection(args.nats, "gateway-verify") as nc:
+    async with nats_connection(nats_settings(args), "gateway-verify") as nc:
         js = nc.jetstream()
         while True:
             dead = None if args.no_dlq else await read_dead_letters(js, dlq)

@@ -9,23 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config
-from gateway.commands import group
-from gateway.connect import nats_connection
+from gateway.commands import group, nats_args, nats_settings
+from gateway.connect import cli_settings, nats_connection
 from gateway.errors import ConfigError
 from gateway.runtime import first_of, run_until_signalled
-
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
 def register(sub: Any) -> None:
     watch = sub.add_parser("watch", help="live table of the latest aggregates")
-    watch.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated")
+    nats_args(watch)
     _selector_args(watch)
     watch.add_argument("--duration", type=float, default=None)
     watch.set_defaults(func=_watch)
 
     query = sub.add_parser("query", help="window history from the AGG stream")
-    query.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated")
+    nats_args(query)
     _selector_args(query)
     query.add_argument("--from", dest="start", default=None, help="ISO time or ns since epoch")
     query.add_argument("--to", dest="end", default=None, help="ISO time or ns (exclusive)")
@@ -41,7 +39,7 @@ def register(sub: Any) -> None:
     ):
         c = cloud.add_parser(name, help=text)
         c.add_argument("--config", type=Path, default=None)
-        c.add_argument("--nats", default=None, help="NATS URL(s), comma-separated")
+        nats_args(c, None)
         c.set_defaults(func=func)
         if name in ("aggregate", "up"):
             c.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics")
@@ -59,6 +57,19 @@ def register(sub: Any) -> None:
         if name == "serve":
             c.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
 
+    enroll = cloud.add_parser("enroll", help="issue an agent's NATS credentials (.creds)")
+    enroll.add_argument("--site", required=True)
+    enroll.add_argument("--agent", required=True)
+    enroll.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
+    enroll.add_argument("-o", "--output", type=Path, default=None, help="default: stdout")
+    enroll.set_defaults(func=_enroll)
+    revoke = cloud.add_parser("revoke", help="revoke an agent's credentials, no restart")
+    revoke.add_argument("--site", required=True)
+    revoke.add_argument("--agent", required=True)
+    revoke.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
+    nats_args(revoke)
+    revoke.set_defaults(func=_revoke)
+
     token = cloud.add_parser("token", help="HTTP API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="issue a token (printed once)")
@@ -72,6 +83,8 @@ def register(sub: Any) -> None:
     up.add_argument("--data-dir", type=Path, default=Path("var/cluster"))
     up.add_argument("--config", type=Path, default=None)
     up.add_argument("--nats", default=None, help=argparse.SUPPRESS)
+    up.add_argument("--ca", default=None, help=argparse.SUPPRESS)
+    up.add_argument("--creds", default=None, help=argparse.SUPPRESS)
     up.set_defaults(func=_cluster_up)
 
 
@@ -80,10 +93,15 @@ def _selector_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", default=None, help=f"only this {name}")
 
 
-def _cloud_config(args: argparse.Namespace) -> config.CloudConfig:
+def _cloud_config(args: argparse.Namespace, role: str = "admin") -> config.CloudConfig:
+    """The config file's (or the default) settings, `--nats`/`--ca`/`--creds` over them,
+    and the local ./var/cloud files for what neither gives (gateway.connect)."""
     cfg = config.load(config.CloudConfig, args.config) if args.config else config.CloudConfig()
-    if args.nats:
-        cfg = cfg.model_copy(update={"nats": config.NatsSettings(url=args.nats)})
+    given = cfg.nats
+    nats = cli_settings(
+        args.nats or given.url, args.ca or given.ca_file, args.creds or given.creds_file, role
+    )
+    cfg = cfg.model_copy(update={"nats": nats})
     port = getattr(args, "metrics_port", None)
     if port is not None:
         agg = cfg.aggregator.model_copy(update={"metrics_port": port})
@@ -104,11 +122,11 @@ def _partition(text: str) -> tuple[int, int]:
 def _cloud_aggregate(args: argparse.Namespace) -> int:
     from cloud.aggregator import Aggregator
 
-    cfg = _cloud_config(args)
+    cfg = _cloud_config(args, "aggregator")
     partition, partitions = _partition(args.partition)
 
     async def service(stop: asyncio.Event) -> None:
-        async with nats_connection(cfg.nats.url, f"aggregator-{partition}of{partitions}") as nc:
+        async with nats_connection(cfg.nats, f"aggregator-{partition}of{partitions}") as nc:
             await Aggregator(cfg, partition, partitions).run(nc, stop)
 
     run_until_signalled(service)
@@ -121,7 +139,7 @@ def _cloud_init(args: argparse.Namespace) -> int:
     cfg = _cloud_config(args)
 
     async def go() -> dict[str, str]:
-        async with nats_connection(cfg.nats.url, "cloud-init") as nc:
+        async with nats_connection(cfg.nats, "cloud-init") as nc:
             return await ensure_streams(nc.jetstream(), cfg.streams)
 
     for name, what in asyncio.run(go()).items():
@@ -148,6 +166,32 @@ def _allowed_hosts(args: argparse.Namespace) -> frozenset[str]:
     return DEFAULT_HOSTS | {h.lower() for h in args.allow_host}
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    from gateway.pki import write_private
+    from gateway.security import CloudSecurity
+
+    text = CloudSecurity.ensure(args.data_dir).trust.enroll(args.site, args.agent)
+    if args.output:
+        write_private(args.output, text.encode())
+        print(f"wrote {args.output} (0600) for {args.site}/{args.agent}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from gateway.trust import Trust, agent_name, push_account
+
+    trust = Trust(args.data_dir / "auth")
+    account = trust.revoke(agent_name(args.site, args.agent))
+    settings = cli_settings(args.nats, args.ca, trust.creds_path("sys"))
+    if not args.ca:
+        settings = settings.model_copy(update={"ca_file": args.data_dir / "tls" / "ca.pem"})
+    asyncio.run(push_account(settings, account))
+    print(f"revoked {args.site}/{args.agent}; the server has the new account JWT")
+    return 0
+
+
 def _token_create(args: argparse.Namespace) -> int:
     from cloud.up import api_tokens_file
     from cloud.views.auth import create_token
@@ -163,11 +207,11 @@ def _cloud_serve(args: argparse.Namespace) -> int:
     from cloud.views.auth import ApiAuth
     from cloud.views.http import serve
 
-    cfg = _cloud_config(args)
+    cfg = _cloud_config(args, "views")
     auth = ApiAuth.from_file(api_tokens_file(args.data_dir), _allowed_hosts(args))
 
     async def service(stop: asyncio.Event) -> None:
-        async with nats_connection(cfg.nats.url, "cloud-http") as nc:
+        async with nats_connection(cfg.nats, "cloud-http") as nc:
             await serve(nc, args.http_port, auth, stop)
 
     run_until_signalled(service)
@@ -192,7 +236,7 @@ def _watch(args: argparse.Namespace) -> int:
     key_filter = sel.kv_key()
 
     async def service(stop: asyncio.Event) -> None:
-        async with nats_connection(args.nats, "watch") as nc:
+        async with nats_connection(nats_settings(args, "views"), "watch") as nc:
             await first_of(watch(nc, Console(), args.duration, key_filter), stop.wait())
 
     run_until_signalled(service)
@@ -213,7 +257,7 @@ def _query(args: argparse.Namespace) -> int:
     )
 
     async def go() -> list[WindowRecord]:
-        async with nats_connection(args.nats, "query") as nc:
+        async with nats_connection(nats_settings(args, "views"), "query") as nc:
             return await query(nc.jetstream(), sel)
 
     records = asyncio.run(go())

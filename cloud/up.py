@@ -16,6 +16,7 @@ from cloud.views.auth import DEFAULT_HOSTS, ApiAuth
 from cloud.views.http import http_api
 from gateway.config import AggregatorSettings, CloudConfig, StreamSettings
 from gateway.connect import nats_connection
+from gateway.security import CloudSecurity
 from gateway.servers import NatsCluster, NatsServer
 
 
@@ -42,34 +43,40 @@ async def run_cloud(
     http_port: int,
     allowed_hosts: frozenset[str] = DEFAULT_HOSTS,
 ) -> None:
-    server = NatsServer(data_dir / "nats", name="cloud")
+    security = CloudSecurity.ensure(data_dir)  # CA, certificates, identities: first start
+    server = NatsServer(data_dir / "nats", name="cloud", security=security)
     server.port = port
     await server.start()
     try:
-        async with nats_connection(server.url, "cloud-up") as nc:
+        async with nats_connection(server.client("admin"), "cloud-up") as nc:
             await ensure_streams(nc.jetstream(), cfg.streams)
-            print(f"cloud nats-server (JetStream) on {server.url}", flush=True)
-            async with asyncio.TaskGroup() as tg:
-                for i in range(workers):
-                    agg = Aggregator(_worker_config(cfg, i), i, workers)
-                    tg.create_task(agg.run(nc, stop), name=agg.name)
-                if http_port:
-                    auth = ApiAuth.from_file(api_tokens_file(data_dir), allowed_hosts)
-                    async with http_api(nc, http_port, auth) as bound:
-                        print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
-                        await stop.wait()
+        print(f"cloud nats-server (JetStream, TLS, JWT auth) on {server.url}", flush=True)
+        print(f"CA: {security.tls.ca}; enrol agents: gateway cloud enroll", flush=True)
+        async with (
+            nats_connection(server.client("aggregator"), "cloud-aggregator") as agg_nc,
+            nats_connection(server.client("views"), "cloud-http") as views_nc,
+            asyncio.TaskGroup() as tg,
+        ):
+            for i in range(workers):
+                agg = Aggregator(_worker_config(cfg, i), i, workers)
+                tg.create_task(agg.run(agg_nc, stop), name=agg.name)
+            if http_port:
+                auth = ApiAuth.from_file(api_tokens_file(data_dir), allowed_hosts)
+                async with http_api(views_nc, http_port, auth) as bound:
+                    print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
+                    await stop.wait()
     finally:
         await server.stop()
 
 
 async def run_cluster(cfg: CloudConfig, stop: asyncio.Event, data_dir: Path) -> None:
-    cluster = NatsCluster(data_dir, size=3)
+    cluster = NatsCluster(data_dir, CloudSecurity.ensure(data_dir), size=3)
     await cluster.start()
     try:
         streams: StreamSettings = cfg.streams.model_copy(update={"replicas": 3})
-        async with nats_connection(cluster.url, "cluster-up") as nc:
+        async with nats_connection(cluster.client(), "cluster-up") as nc:
             await ensure_streams(nc.jetstream(), streams)
-        print(f"3-node JetStream cluster, R3 streams; --nats {cluster.url}", flush=True)
+        print(f"3-node JetStream cluster (TLS, JWT), R3 streams; --nats {cluster.url}", flush=True)
         await stop.wait()
     finally:
         await cluster.stop()

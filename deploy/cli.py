@@ -12,11 +12,10 @@ from typing import Any, TypeVar
 import orjson
 from nats.js.client import JetStreamContext
 
-from gateway.commands import group
+from gateway.commands import group, nats_args, nats_settings
 from gateway.connect import nats_connection
 
 T = TypeVar("T")
-_NATS = "nats://127.0.0.1:4222"
 
 
 def register(sub: Any) -> None:
@@ -90,13 +89,13 @@ def register(sub: Any) -> None:
 
 
 def _with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--nats", default=_NATS, help=f"cloud NATS URL (default {_NATS})")
+    nats_args(p)
     return p
 
 
-def _with_js(url: str, fn: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+def _with_js(args: argparse.Namespace, fn: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     async def go() -> T:
-        async with nats_connection(url, "gateway-deploy") as nc:
+        async with nats_connection(nats_settings(args), "gateway-deploy") as nc:
             return await fn(nc.jetstream())
 
     return asyncio.run(go())
@@ -113,7 +112,7 @@ def _keygen(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace) -> int:
     from deploy.buckets import ensure_buckets
 
-    _with_js(args.nats, lambda js: ensure_buckets(js, args.replicas))
+    _with_js(args, lambda js: ensure_buckets(js, args.replicas))
     print("deployment buckets and bundle store are in place")
     return 0
 
@@ -140,7 +139,7 @@ def _bundle(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     from deploy.publish import publish_bundle
 
-    version = _with_js(args.nats, lambda js: publish_bundle(js, args.bundle, args.key))
+    version = _with_js(args, lambda js: publish_bundle(js, args.bundle, args.key))
     print(f"published {version}")
     return 0
 
@@ -171,7 +170,7 @@ def _rollout(args: argparse.Namespace) -> int:
     from deploy.rollout import RolloutOptions, rollout
 
     opts = RolloutOptions(args.bundle, args.to, args.canary, args.batch, args.step_timeout)
-    result = _with_js(args.nats, lambda js: rollout(js, opts, say=print))
+    result = _with_js(args, lambda js: rollout(js, opts, say=print))
     print(f"rollout of {result.version} complete: {len(result.upgraded)} devices")
     return 0
 
@@ -180,7 +179,7 @@ def _config(args: argparse.Namespace) -> int:
     from deploy.config_push import push_config
 
     text = args.file.read_text()
-    revisions = _with_js(args.nats, lambda js: push_config(js, args.to, text))
+    revisions = _with_js(args, lambda js: push_config(js, args.to, text))
     for key, rev in revisions.items():
         print(f"{key}: config revision {rev}")
     return 0
@@ -191,7 +190,7 @@ def _fleet_status(args: argparse.Namespace) -> int:
 
     from deploy.fleet import as_json, fleet_rows, render
 
-    rows = _with_js(args.nats, fleet_rows)
+    rows = _with_js(args, fleet_rows)
     if args.json:
         print(orjson.dumps(as_json(rows)).decode())
     else:

@@ -34,10 +34,9 @@ from edge.metrics import AgentMetrics, MetricsServer
 from edge.sources import Source, SourceMessage, registry
 from edge.sources.serial import SerialSource
 from edge.uplink import Uplink
-from gateway import __version__, subjects
+from gateway import __version__, permissions, subjects
 from gateway.config import AgentConfig
 from gateway.records import BUNDLE_VERSION_ENV
-from gateway import permissions
 from gateway.retry import connect_forever
 from gateway.runtime import first_of
 

@@ -6,7 +6,14 @@ Each area registers its own commands (`gateway edge ...`, `gateway cloud ...`) f
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
+
+from gateway.config import NatsSettings
+from gateway.connect import cli_settings
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
 def group(sub: Any, name: str, help_text: str = "") -> Any:
@@ -17,3 +24,16 @@ def group(sub: Any, name: str, help_text: str = "") -> Any:
         parser = sub.add_parser(name, help=help_text or f"{name} commands")
         groups[name] = parser.add_subparsers(dest=f"{name}_command", required=True)
     return groups[name]
+
+
+def nats_args(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_NATS) -> None:
+    """`--nats URL`, `--ca FILE`, `--creds FILE`: how a tool reaches the cloud (TLS +
+    credentials; without `--ca`/`--creds`, the files `gateway cloud up` wrote under
+    ./var/cloud)."""
+    p.add_argument("--nats", default=default_url, help="NATS URL(s), comma-separated")
+    p.add_argument("--ca", type=Path, default=None, help="CA of the server (PEM)")
+    p.add_argument("--creds", type=Path, default=None, help="NATS credentials file")
+
+
+def nats_settings(args: argparse.Namespace, role: str = "admin") -> NatsSettings:
+    return cli_settings(args.nats or DEFAULT_NATS, args.ca, args.creds, role)

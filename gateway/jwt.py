@@ -128,9 +128,7 @@ def account_jwt(acct: KeyPair, name: str, op: KeyPair, options: AccountOptions) 
     return encode(nats, name, acct.public, op)
 
 
-def user_jwt(
-    user_public: str, name: str, acct: KeyPair, perms: Permissions | None
-) -> str:
+def user_jwt(user_public: str, name: str, acct: KeyPair, perms: Permissions | None) -> str:
     """`perms` None: no restriction within the account (operators' tools)."""
     nats: dict[str, object] = {
         "type": "user", "subs": NO_LIMIT, "data": NO_LIMIT, "payload": NO_LIMIT,

@@ -43,7 +43,5 @@ async def connect_forever(
             return await connect(settings, name, inbox_prefix=inbox_prefix)
         except (OSError, NatsError, TimeoutError, ssl.SSLError) as exc:
             delay = backoff.next()
-            log.warning(
-                "cannot reach NATS at %s (%s); retrying in %.1fs", settings.url, exc, delay
-            )
+            log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", settings.url, exc, delay)
             await asyncio.sleep(delay)

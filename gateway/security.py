@@ -25,9 +25,7 @@ class CloudSecurity:
         return cls(ensure_tls(data_dir / "tls", extra_names), Trust(data_dir / "auth").ensure())
 
     def server_config(self, jwt_dir: Path) -> str:
-        tls = (
-            f'tls {{ cert_file: "{self.tls.cert}", key_file: "{self.tls.key}", timeout: 5 }}'
-        )
+        tls = f'tls {{ cert_file: "{self.tls.cert}", key_file: "{self.tls.key}", timeout: 5 }}'
         return tls + "\n" + self.trust.server_config(jwt_dir)
 
     def settings(self, url: str, role: str = "admin") -> NatsSettings:

@@ -23,6 +23,8 @@ from pathlib import Path
 import orjson
 
 from gateway import jwt, permissions
+from gateway.config import NatsSettings
+from gateway.connect import connect
 from gateway.errors import GatewayError
 from gateway.jwt import AccountOptions, KeyPair
 from gateway.pki import write_private
@@ -175,6 +177,21 @@ class Trust:
                 f"system_account: {sys_pub}",
                 f'resolver {{ type: full, dir: "{jwt_dir}", allow_delete: false, '
                 'interval: "2m", timeout: "2s" }',
-                f'resolver_preload {{ {sys_pub}: "{sys_jwt}", {acct_pub}: "{self.account_jwt()}" }}',
+                f'resolver_preload {{ {sys_pub}: "{sys_jwt}", '
+                f'{acct_pub}: "{self.account_jwt()}" }}',
             ]
         )
+
+
+async def push_account(sys_settings: NatsSettings, account_jwt: str) -> None:
+    """Give the running server (cluster) an updated account JWT over the system account;
+    nats-server applies it at once (disconnecting revoked users) and its full resolver
+    stores it. Raises `TrustError` with the server's answer if it refused."""
+    nc = await connect(sys_settings, "gateway-trust", reconnect=False)
+    try:
+        reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=5)
+    finally:
+        await nc.close()
+    doc = orjson.loads(reply.data)
+    if not isinstance(doc, dict) or "error" in doc:
+        raise TrustError(f"the server refused the account update: {reply.data.decode()!r}")

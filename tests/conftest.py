@@ -1,7 +1,9 @@
 """Fixtures that chain: temporary dir -> real nats-server -> client -> JetStream.
 
 Servers are real processes on free loopback ports (`-1`), ready when their log says so,
-stopped by PID at the end of each test.
+stopped by PID at the end of each test. The cloud server runs on the secure defaults
+(TLS required, JWT identities: gateway/security.py), as `gateway cloud up` does; `nc` is
+the operators' `admin` identity, agents get their own (`tests.helpers.enroll`).
 """
 
 from __future__ import annotations
@@ -10,19 +12,20 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
 from cloud.streams import ensure_streams
 from gateway.config import StreamSettings
+from gateway.connect import connect
 from gateway.servers import NatsServer
+from tests.helpers import cloud_security
 
 
 @pytest.fixture
 async def cloud_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(tmp_path / "cloud", name="cloud")
+    server = NatsServer(tmp_path / "cloud", name="cloud", security=cloud_security(tmp_path))
     await server.start()
     try:
         yield server
@@ -43,7 +46,7 @@ async def edge_broker(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 @pytest.fixture
 async def nc(cloud_server: NatsServer) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(cloud_server.url, max_reconnect_attempts=-1)
+    client = await connect(cloud_server.client("admin"), "test")
     try:
         yield client
     finally:

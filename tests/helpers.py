@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import orjson
@@ -12,7 +13,25 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config import NatsSettings
+from gateway.pki import write_private
+from gateway.security import CloudSecurity
+from gateway.servers import NatsCluster, NatsServer
+
 T = TypeVar("T")
+
+
+def cloud_security(tmp_path: Path) -> CloudSecurity:
+    """The cloud tier's CA, certificates and identities for a test (made once per dir)."""
+    return CloudSecurity.ensure(tmp_path / "cloud-security")
+
+
+def enroll(server: NatsServer, site: str, agent: str) -> NatsSettings:
+    """An agent's own connection settings: `gateway cloud enroll`'s creds + the CA."""
+    assert server.security is not None, "the cloud server runs with security"
+    path = server.data_dir / "enrolled" / f"{site}.{agent}.creds"
+    write_private(path, server.security.trust.enroll(site, agent).encode())
+    return server.client().model_copy(update={"creds_file": path})
 
 
 def metric_samples(text: str) -> dict[str, float]:
@@ -79,3 +98,15 @@ def publish_qos1(port: int, topic: str, payloads: list[bytes], client_id: str = 
 
 def json_payloads(device: str, seqs: range, site: str = "s1") -> list[bytes]:
     return [orjson.dumps(reading(device, s, float(s), site=site)) for s in seqs]
+
+
+def agent_nats(server: NatsServer, site: str = "s1", agent: str = "a1") -> dict[str, str]:
+    """The `[nats]` table of an agent's config: enrolled as `site`/`agent`, TLS via the CA."""
+    s = enroll(server, site, agent)
+    return {"url": s.url, "ca_file": str(s.ca_file), "creds_file": str(s.creds_file)}
+
+
+def cli_nats(server: NatsServer | NatsCluster, role: str = "admin") -> list[str]:
+    """`--nats URL --ca CA --creds CREDS` for a `gateway ...` command run by a test."""
+    s = server.client(role)
+    return ["--nats", s.url, "--ca", str(s.ca_file), "--creds", str(s.creds_file)]

@@ -44,11 +44,10 @@ from edge.control.remote_config import open_watch
 from edge.supervisor import install
 from edge.supervisor.agent_process import AgentProcess, wait_healthy
 from edge.supervisor.render import render_agent_config
-from gateway import config, records
+from gateway import config, permissions, records
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.records import DesiredState, DeviceStatus
-from gateway import permissions
 from gateway.retry import connect_forever
 
 log = logging.getLogger(__name__)

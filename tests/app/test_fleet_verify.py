@@ -27,7 +27,7 @@ from edge.agent import Agent
 from gateway.config import AgentConfig
 from gateway.servers import NatsServer
 from tests.edge.test_agent_integration import agent_config, running
-from tests.helpers import eventually
+from tests.helpers import agent_nats, cli_nats, eventually
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ async def _run_fleet(
         transport=transport,
     )
     fleet = Fleet(settings, load_catalog(), JSON_CHAOS)
-    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)):
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(8.0, stop.set)
@@ -112,7 +112,7 @@ async def test_faulty_fleet_verifies_through_agent_and_jetstream(
     path = tmp_path / "truth.json"
     truth.save(path)
     cmd = [sys.executable, "-m", "app", "verify", "--truth", str(path)]
-    cmd += ["--nats", cloud_server.url, "--json"]
+    cmd += [*cli_nats(cloud_server), "--json"]
     ok = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, timeout=60)
     assert ok.returncode == 0, ok.stderr.decode()
     assert orjson.loads(ok.stdout.splitlines()[-1])["ok"] is True
@@ -162,7 +162,7 @@ async def test_every_format_and_32_serial_devices_through_the_agent(
     sources += [{"type": "serial", "port": p, "format": "frame", "baudrate": 9600} for p in ports]
     cfg = AgentConfig.model_validate(
         {"site": "s1", "agent": "a1", "data_dir": str(tmp_path / "agent"),
-         "nats": {"url": cloud_server.url}, "sources": sources,
+         "nats": agent_nats(cloud_server), "sources": sources,
          "batch": {"max_readings": 500, "linger_ms": 50}}
     )  # fmt: skip
     async with running(Agent(cfg)):

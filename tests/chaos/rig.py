@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 from firmware_sim.fleet import Fleet, FleetSettings
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
@@ -25,7 +24,9 @@ from devices.catalog import load_catalog
 from edge import accounting
 from edge.errors import BufferStoreError
 from gateway.config import StreamSettings
+from gateway.connect import connect
 from gateway.servers import NatsServer
+from tests.helpers import agent_nats, cloud_security
 
 SITE = "chaos"
 AGENT = "a1"
@@ -61,9 +62,11 @@ class Rig:
     def write_config(self) -> Path:
         o = self.options
         path = self.root / "agent.toml"
+        n = agent_nats(self.cloud, SITE, AGENT)
         path.write_text(
             f'site = "{SITE}"\nagent = "{AGENT}"\ndata_dir = "{self.root / "agent"}"\n'
-            f'[nats]\nurl = "{self.cloud.url}"\n'
+            f'[nats]\nurl = "{n["url"]}"\nca_file = "{n["ca_file"]}"\n'
+            f'creds_file = "{n["creds_file"]}"\n'
             f'[[sources]]\nurl = "{self.edge.mqtt_url}"\ntopics = ["sensors/#"]\n'
             f"[batch]\nmax_readings = {o.max_readings}\nlinger_ms = {o.linger_ms}\n"
             f'[buffer]\nmax_bytes = {o.max_bytes}\noverflow = "{o.overflow}"\n'
@@ -153,7 +156,7 @@ class Rig:
         """After the cloud server restarted: a fresh client, so no state is carried over."""
         with contextlib.suppress(NatsError, OSError, TimeoutError):
             await self.nc.close()
-        self.nc = await nats.connect(self.cloud.url, max_reconnect_attempts=-1)
+        self.nc = await connect(self.cloud.client(), "rig")
         self.js = self.nc.jetstream()
 
 
@@ -167,14 +170,14 @@ def _sigkill(proc: Any) -> None:
 async def rig(
     tmp_path: Path, options: AgentOptions | None = None, duplicate_window_s: float = 120.0
 ) -> AsyncIterator[Rig]:
-    cloud = NatsServer(tmp_path / "cloud", name="cloud")
+    cloud = NatsServer(tmp_path / "cloud", name="cloud", security=cloud_security(tmp_path))
     # A short ack_wait: the broker redelivers what a killed agent never acknowledged after
     # 3 s instead of 30 s, so the tests need not wait that long.
     edge = NatsServer(tmp_path / "edge", name="edge", mqtt=True, mqtt_options='ack_wait: "3s"')
     children = Children(tmp_path)
     await cloud.start()
     await edge.start()
-    nc = await nats.connect(cloud.url, max_reconnect_attempts=-1)
+    nc = await connect(cloud.client(), "rig")
     try:
         js = nc.jetstream()
         await ensure_streams(js, StreamSettings(duplicate_window_s=duplicate_window_s))

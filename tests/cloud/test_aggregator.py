@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -25,6 +24,7 @@ from cloud.views.query import Selector, query
 from cloud.views.watch import render
 from gateway import codec, config, subjects
 from gateway.config import CloudConfig, StreamSettings
+from gateway.connect import connect
 from gateway.servers import NatsServer
 from tests.cloud.reference import (
     assert_windows_equal,
@@ -237,7 +237,7 @@ async def test_stop_with_the_server_gone_ends_in_bounded_time(
     cloud_server: NatsServer, js: JetStreamContext
 ) -> None:
     batches = make_batches(np.random.default_rng(8), agents=1, seconds=30)
-    client = await nats.connect(cloud_server.url, max_reconnect_attempts=-1)
+    client = await connect(cloud_server.client("aggregator"), "test")
     agg = Aggregator(cloud_config(idle_close_s=60))
     stop = asyncio.Event()
     task = asyncio.create_task(agg.run(client, stop))

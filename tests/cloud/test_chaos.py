@@ -12,7 +12,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -22,10 +21,12 @@ from nats.js.client import JetStreamContext
 from cloud.streams import ensure_streams
 from gateway import codec, process, subjects
 from gateway.config import StreamSettings
+from gateway.connect import connect
+from gateway.security import CloudSecurity
 from gateway.servers import NatsCluster, NatsServer
 from tests.cloud.reference import make_batches, recompute, rows_of, stream_rows
 from tests.cloud.test_aggregator import WIDTHS, cloud_config, running, wait_exact
-from tests.helpers import eventually
+from tests.helpers import cli_nats, cloud_security, eventually
 
 CONFIG = """
 [aggregator]
@@ -72,8 +73,8 @@ async def test_kill_9_at_random_moments_leaves_every_window_exact(
     batches = make_batches(rng, agents=4, devices=5, seconds=240, batch_size=40)
     conf = tmp_path / "cloud.toml"
     conf.write_text(CONFIG)
-    argv = [sys.executable, "-m", "app", "cloud", "aggregate", "--nats", cloud_server.url,
-            "--config", str(conf)]  # fmt: skip
+    argv = [sys.executable, "-m", "app", "cloud", "aggregate",
+            *cli_nats(cloud_server, "aggregator"), "--config", str(conf)]  # fmt: skip
     log = tmp_path / "aggregator.log"
 
     async def trickle() -> None:
@@ -111,14 +112,12 @@ async def test_kill_9_at_random_moments_leaves_every_window_exact(
 async def test_cluster_node_killed_mid_ingest_nothing_missing_windows_exact(
     tmp_path: Path,
 ) -> None:
-    cluster = NatsCluster(tmp_path / "cluster")
+    cluster = NatsCluster(tmp_path / "cluster", cloud_security(tmp_path))
     await cluster.start()
     clients: list[NatsClient] = []
     try:
         for _ in range(2):
-            clients.append(
-                await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-            )
+            clients.append(await connect(cluster.client(), "test"))
         pub_nc, agg_nc = clients
         js = pub_nc.jetstream()
         await ensure_streams(js, StreamSettings(replicas=3))
@@ -159,7 +158,8 @@ async def test_cluster_up_command_gives_r3_streams_and_stops_cleanly(tmp_path: P
             return ""
 
         url = await eventually(urls, bool, timeout=60)
-        client = await nats.connect(url.split(","))
+        settings = CloudSecurity.ensure(tmp_path / "cluster").settings(url)
+        client = await connect(settings, "test")
         try:
             info = await client.jetstream().stream_info(subjects.TELEMETRY_STREAM)
             assert info.config.num_replicas == 3

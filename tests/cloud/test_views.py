@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import numpy as np
 import orjson
 import pytest
@@ -22,10 +21,13 @@ from nats.js.client import JetStreamContext
 from rich.console import Console
 
 from cloud.records import WindowId, WindowRecord
+from cloud.up import api_tokens_file
 from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
 from cloud.views.watch import watch
 from gateway import process
+from gateway.connect import connect
+from gateway.security import CloudSecurity
 from gateway.servers import NatsServer, free_port
 from tests.cloud.reference import (
     assert_windows_equal,
@@ -43,7 +45,7 @@ from tests.cloud.test_aggregator import (
     running,
     wait_exact,
 )
-from tests.helpers import eventually
+from tests.helpers import cli_nats, eventually
 
 T0 = 1_700_000_000 * 10**9 // (60 * 10**9) * (60 * 10**9)  # on a minute boundary
 
@@ -85,7 +87,7 @@ async def test_query_over_a_stored_hour_equals_recomputation(
         want = recompute(await stream_rows(js), WIDTHS)  # from the raw TELEMETRY stream
         await wait_exact(js, want, timeout=60)
     hour = ("--from", iso(T0), "--to", iso(T0 + 3600 * 10**9))
-    code, out, err = await gateway("query", "--nats", cloud_server.url, *hour)
+    code, out, err = await gateway("query", *cli_nats(cloud_server, "views"), *hour)
     assert code == 0, err
     got = windows_of_json(orjson.loads(out))
     assert len(got) == 360 * 4 + 60 * 4
@@ -97,8 +99,8 @@ async def test_query_over_a_stored_hour_equals_recomputation(
     # One series, one window width, a sub-range, as CSV: floats round-trip exactly.
     sub = ("--from", iso(T0 + 600 * 10**9), "--to", iso(T0 + 1200 * 10**9))
     sel = ("--device", "a0-d1", "--metric", "hum", "--window", "10s")
-    code, out, err = await gateway("query", "--nats", cloud_server.url, *sel, *sub, "--format",
-                                   "csv")  # fmt: skip
+    views = cli_nats(cloud_server, "views")
+    code, out, err = await gateway("query", *views, *sel, *sub, "--format", "csv")
     assert code == 0, err
     rows = csv_records(out)
     expect = {
@@ -111,7 +113,7 @@ async def test_query_over_a_stored_hour_equals_recomputation(
         w = expect[("10s", r["site"], r["device"], r["metric"], r["start_ns"])]
         assert (r["count"], r["p95"], r["last"]) == (w["count"], w["p95"], w["last"])
 
-    code, _, err = await gateway("query", "--nats", cloud_server.url, "--site", "bad.site")
+    code, _, err = await gateway("query", *cli_nats(cloud_server, "views"), "--site", "bad.site")
     assert code == 2 and "invalid site" in err
 
 
@@ -178,14 +180,14 @@ async def test_watch_shows_only_the_selected_series(nc: NatsClient, js: JetStrea
 async def test_cloud_init_is_idempotent_and_applies_changes(
     cloud_server: NatsServer, tmp_path: Any
 ) -> None:
-    code, out, err = await gateway("cloud", "init", "--nats", cloud_server.url)
+    code, out, err = await gateway("cloud", "init", *cli_nats(cloud_server))
     assert code == 0, err
     assert "TELEMETRY: created" in out and "AGG_STATE: created" in out
-    code, out, _ = await gateway("cloud", "init", "--nats", cloud_server.url)
+    code, out, _ = await gateway("cloud", "init", *cli_nats(cloud_server))
     assert "TELEMETRY: unchanged" in out and "created" not in out
     conf = tmp_path / "cloud.toml"
     conf.write_text("[streams]\ntelemetry_max_age_s = 3600\nagg_max_bytes = 1000000\n")
-    code, out, _ = await gateway("cloud", "init", "--nats", cloud_server.url, "--config",
+    code, out, _ = await gateway("cloud", "init", *cli_nats(cloud_server), "--config",
                                  str(conf))  # fmt: skip
     assert "TELEMETRY: updated" in out and "AGG: updated" in out and "DLQ: unchanged" in out
 
@@ -193,13 +195,17 @@ async def test_cloud_init_is_idempotent_and_applies_changes(
 async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) -> None:
     nats_port, http_port = free_port(), free_port()
     log = tmp_path / "up.log"
+    security = CloudSecurity.ensure(tmp_path / "cloud")  # what cloud up then finds and uses
+    _, token = create_token(api_tokens_file(tmp_path / "cloud"), "viewer")
     proc = process.spawn(
         [sys.executable, "-m", "app", "cloud", "up", "--data-dir", str(tmp_path / "cloud"),
          "--port", str(nats_port), "--http-port", str(http_port), "--workers", "2"],
         log,
     )  # fmt: skip
     try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{http_port}") as http:
+        async with aiohttp.ClientSession(
+            f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}
+        ) as http:
 
             async def health() -> bool:
                 try:
@@ -211,7 +217,7 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
             await eventually(health, bool, timeout=30)
             batches = make_batches(np.random.default_rng(25), agents=3, seconds=30, t0=T0)
             want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
-            client = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+            client = await connect(security.settings(f"nats://127.0.0.1:{nats_port}"), "t")
             try:
                 await publish(client.jetstream(), batches)
             finally:

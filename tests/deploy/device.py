@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.supervisor.supervisor import Supervisor, SupervisorSettings
+from gateway.pki import write_private
+from gateway.servers import NatsServer
+from tests.helpers import agent_nats
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +25,20 @@ def make_device(
     root: Path,
     site: str,
     agent: str,
-    nats_url: str,
+    cloud: NatsServer,
     mqtt_url: str,
     topics: list[str],
     public_key: Path,
 ) -> Device:
+    """A device root as `gateway deploy bootstrap` leaves it: its own enrolled creds in
+    etc/nats.creds (0600), the cloud's CA named in device.toml."""
     (root / "etc").mkdir(parents=True)
+    nats = agent_nats(cloud, site, agent)
+    write_private(root / "etc" / "nats.creds", Path(nats["creds_file"]).read_bytes())
     topic_list = ", ".join(f'"{t}"' for t in topics)
     (root / "etc" / "device.toml").write_text(
         f'site = "{site}"\nagent = "{agent}"\ndata_dir = "{root / "data"}"\n\n'
-        f'[nats]\nurl = "{nats_url}"\n\n'
+        f'[nats]\nurl = "{nats["url"]}"\nca_file = "{nats["ca_file"]}"\n\n'
         f'[[sources]]\nurl = "{mqtt_url}"\ntopics = [{topic_list}]\n\n'
         "[batch]\nlinger_ms = 100\n\n[uplink]\nheartbeat_s = 0.5\n"
     )

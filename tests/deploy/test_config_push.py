@@ -20,7 +20,7 @@ from gateway.config import MqttSourceSettings
 from gateway.errors import ConfigError
 from gateway.servers import NatsServer
 from tests.edge.test_agent_integration import agent_config, running
-from tests.helpers import eventually, json_payloads, publish_qos1
+from tests.helpers import cli_nats, eventually, json_payloads, publish_qos1
 
 
 async def _row(js: JetStreamContext) -> FleetRow | None:
@@ -41,14 +41,14 @@ async def test_invalid_push_is_rejected_valid_push_applies_in_place(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     await ensure_buckets(js)
-    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)) as agent:
         await eventually(lambda: _row(js), lambda r: r is not None and r.online)
         db = agent.buffer._db
 
         bad_file = tmp_path / "bad.toml"
         bad_file.write_text("[batch]\nmax_readings = 0\n")
-        argv = ["deploy", "config", "--to", "s1/*", str(bad_file), "--nats", cloud_server.url]
+        argv = ["deploy", "config", "--to", "s1/*", str(bad_file), *cli_nats(cloud_server)]
         assert await asyncio.to_thread(main, argv) == 0
         bad = {"s1.a1": int(capsys.readouterr().out.split()[-1])}
         row = await eventually(lambda: _row(js), lambda r: r is not None and bool(r.last_error))
@@ -59,9 +59,7 @@ async def test_invalid_push_is_rejected_valid_push_applies_in_place(
         assert agent.config.batch.max_readings == 50  # the previous config runs on
         # The operator sees it in `gateway fleet status --json`.
         capsys.readouterr()
-        code = await asyncio.to_thread(
-            main, ["fleet", "status", "--json", "--nats", cloud_server.url]
-        )
+        code = await asyncio.to_thread(main, ["fleet", "status", "--json", *cli_nats(cloud_server)])
         assert code == 0
         (status,) = orjson.loads(capsys.readouterr().out.splitlines()[-1])
         assert status["agent"] == "a1" and status["online"]

@@ -98,7 +98,7 @@ async def test_rollout_canary_rollback_tamper_no_loss(
             tmp_path / agent,
             SITE,
             agent,
-            cloud_server.url,
+            cloud_server,
             edge_broker.mqtt_url,
             [f"sensors/+/{SITE}/{n}" for n in names[2 * i : 2 * i + 2]],
             pub,

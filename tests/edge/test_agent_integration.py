@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.js.client import JetStreamContext
 
@@ -16,18 +15,20 @@ from cloud.streams import ensure_streams
 from edge.agent import Agent
 from gateway import config, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
+from gateway.connect import connect
 from gateway.servers import NatsServer
-from tests.helpers import eventually, json_payloads, publish_qos1
+from tests.helpers import agent_nats, cloud_security, eventually, json_payloads, publish_qos1
 
 
-def agent_config(tmp_path: Path, nats_url: str, mqtt_port: int) -> AgentConfig:
+def agent_config(tmp_path: Path, cloud: NatsServer, mqtt_port: int) -> AgentConfig:
+    """Agent s1/a1, enrolled with its own credentials, TLS to `cloud`."""
     return config.parse(
         AgentConfig,
         {
             "site": "s1",
             "agent": "a1",
             "data_dir": str(tmp_path / "agent"),
-            "nats": {"url": nats_url},
+            "nats": agent_nats(cloud),
             "sources": [{"url": f"mqtt://127.0.0.1:{mqtt_port}", "topics": ["sensors/#"]}],
             "batch": {"max_readings": 50, "linger_ms": 50},
         },
@@ -54,7 +55,7 @@ async def _seqs_in_stream(js: JetStreamContext) -> list[int]:
 async def test_readings_reach_jetstream_once_with_envelope(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
 ) -> None:
-    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)):
         await asyncio.to_thread(
             publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", json_payloads("d1", range(1, 201))
@@ -82,11 +83,10 @@ async def test_batch_survives_agent_restart_and_is_published_once(
     tmp_path: Path, edge_broker: NatsServer
 ) -> None:
     # The cloud is down while the agent runs: readings can only go to the durable buffer.
-    cloud = NatsServer(tmp_path / "cloud", name="cloud")
+    cloud = NatsServer(tmp_path / "cloud", name="cloud", security=cloud_security(tmp_path))
     await cloud.start()
-    cloud_url = cloud.url
     await cloud.stop()
-    cfg = agent_config(tmp_path, cloud_url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud, edge_broker.mqtt_port)
     agent = Agent(cfg)
     async with running(agent):
         await asyncio.to_thread(
@@ -101,7 +101,7 @@ async def test_batch_survives_agent_restart_and_is_published_once(
     probe.buffer.close()
     await cloud.start()
     try:
-        nc = await nats.connect(cloud.url)
+        nc = await connect(cloud.client(), "test")
         js = nc.jetstream()
         await ensure_streams(js, StreamSettings())
         await js.publish(
@@ -124,7 +124,7 @@ async def _buffered(agent: Agent) -> int:
 async def test_redelivered_readings_are_dropped_by_high_water(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
 ) -> None:
-    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)) as agent:
         payloads = json_payloads("d1", range(1, 21))
         await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", payloads)
@@ -146,7 +146,7 @@ async def test_bad_payload_becomes_a_dead_letter_in_dlq(
     js: JetStreamContext,
     bad: bytes,
 ) -> None:
-    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)) as agent:
         await asyncio.to_thread(
             publish_qos1,

@@ -17,7 +17,7 @@ from gateway.servers import NatsServer
 from tests.edge.test_agent_integration import running
 from tests.edge.test_mqtt_source import stream_seqs
 from tests.edge.test_serial_source import Adapter, frames
-from tests.helpers import eventually
+from tests.helpers import agent_nats, cloud_security, eventually
 
 FRAMES = 12_000
 
@@ -29,7 +29,7 @@ async def _state(agent: Agent, source: SerialSource) -> tuple[bool, int]:
 async def test_block_policy_pauses_serial_reads_until_the_uplink_drains(
     tmp_path: Path,
 ) -> None:
-    cloud = NatsServer(tmp_path / "cloud", name="cloud")
+    cloud = NatsServer(tmp_path / "cloud", name="cloud", security=cloud_security(tmp_path))
     await cloud.start()
     await cloud.stop()  # known address, nothing listening: the agent can only buffer
     link = tmp_path / "ttyUSB-sensor"
@@ -41,7 +41,7 @@ async def test_block_policy_pauses_serial_reads_until_the_uplink_drains(
             "site": "s1",
             "agent": "a1",
             "data_dir": str(tmp_path / "agent"),
-            "nats": {"url": cloud.url},
+            "nats": agent_nats(cloud),
             "sources": [{"type": "serial", "port": str(link)}],
             "batch": {"max_readings": 100, "linger_ms": 20},
             "buffer": {"max_bytes": 1 << 16, "overflow": "block"},
@@ -59,7 +59,7 @@ async def test_block_policy_pauses_serial_reads_until_the_uplink_drains(
             assert taken < FRAMES and not writer.done()  # the device is held back
             assert agent.stats.dead_letters == {}
             await cloud.start()
-            async with nats_connection(cloud.url, "test") as nc:
+            async with nats_connection(cloud.client(), "test") as nc:
                 js = nc.jetstream()
                 await ensure_streams(js, StreamSettings())
                 await asyncio.wait_for(writer, 60)

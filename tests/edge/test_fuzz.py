@@ -115,7 +115,7 @@ async def test_ten_thousand_mixed_messages_are_all_accounted_for(
     mix.build(MESSAGES)
     cfg = make_config(
         tmp_path,
-        cloud_server.url,
+        cloud_server,
         port,
         sources=[
             {"url": f"mqtt://127.0.0.1:{port}", "topics": [f"fuzz/{fmt}"], "format": fmt}

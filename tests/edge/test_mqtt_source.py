@@ -18,7 +18,7 @@ from gateway.config import AgentConfig
 from gateway.servers import NatsServer
 from tests.conftest import mosquitto_binary
 from tests.edge.test_agent_integration import _seqs_in_stream, running
-from tests.helpers import eventually, json_payloads, publish_qos1
+from tests.helpers import agent_nats, eventually, json_payloads, publish_qos1
 from tests.mosquitto import Mosquitto
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -44,12 +44,12 @@ async def broker_port(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         await mosq.stop()
 
 
-def make_config(tmp_path: Path, nats_url: str, port: int, **extra: Any) -> AgentConfig:
+def make_config(tmp_path: Path, cloud: NatsServer, port: int, **extra: Any) -> AgentConfig:
     raw: dict[str, Any] = {
         "site": "s1",
         "agent": "a1",
         "data_dir": str(tmp_path / "agent"),
-        "nats": {"url": nats_url},
+        "nats": agent_nats(cloud),
         "sources": [{"url": f"mqtt://127.0.0.1:{port}", "topics": ["sensors/#"]}],
         "batch": {"max_readings": 500, "linger_ms": 20},
         "metrics": {"port": 0},
@@ -67,7 +67,7 @@ async def test_broker_feeds_agent_in_every_format(
 ) -> None:
     cfg = make_config(
         tmp_path,
-        cloud_server.url,
+        cloud_server,
         broker_port,
         sources=[
             {"url": f"mqtt://127.0.0.1:{broker_port}", "topics": ["json/#"]},
@@ -95,7 +95,7 @@ async def test_broker_feeds_agent_in_every_format(
 async def test_readings_published_while_agent_is_stopped_arrive_after_restart(
     tmp_path: Path, broker_port: int, cloud_server: NatsServer, js: JetStreamContext
 ) -> None:
-    cfg = make_config(tmp_path, cloud_server.url, broker_port)
+    cfg = make_config(tmp_path, cloud_server, broker_port)
     async with running(Agent(cfg)):  # first run: creates the persistent session
         await asyncio.to_thread(
             publish_qos1, broker_port, "sensors/s1/d1", json_payloads("d1", range(1, 11))
@@ -116,7 +116,7 @@ async def test_agent_reconnects_when_the_broker_restarts(
     broker = NatsServer(tmp_path / "edge", name="edge", mqtt=True)
     await broker.start()
     try:
-        cfg = make_config(tmp_path, cloud_server.url, broker.mqtt_port)
+        cfg = make_config(tmp_path, cloud_server, broker.mqtt_port)
         async with running(Agent(cfg)) as agent:
             await asyncio.to_thread(
                 publish_qos1, broker.mqtt_port, "sensors/s1/d1", json_payloads("d1", range(1, 51))

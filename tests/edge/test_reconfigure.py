@@ -54,7 +54,7 @@ async def test_a_pushed_uplink_section_takes_effect_in_the_running_agent(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
 ) -> None:
     await ensure_buckets(js)
-    cfg = agent_config(tmp_path, cloud_server.url, edge_broker.mqtt_port)
+    cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)) as agent:
         backoff = agent.uplink.backoff
         reads = _record_reads(agent.buffer)

@@ -21,7 +21,7 @@ from gateway.config import AgentConfig
 from gateway.servers import NatsServer
 from tests.edge.test_agent_integration import running
 from tests.edge.test_mqtt_source import stream_seqs
-from tests.helpers import eventually
+from tests.helpers import agent_nats, eventually
 
 NOW_MS = 1_795_000_000_000
 T = TypeVar("T")
@@ -54,14 +54,14 @@ def frames(seqs: range) -> bytes:
     )
 
 
-def serial_config(tmp_path: Path, nats_url: str, link: Path, **source: object) -> AgentConfig:
+def serial_config(tmp_path: Path, cloud: NatsServer, link: Path, **source: object) -> AgentConfig:
     return config.parse(
         AgentConfig,
         {
             "site": "s1",
             "agent": "a1",
             "data_dir": str(tmp_path / "agent"),
-            "nats": {"url": nats_url},
+            "nats": agent_nats(cloud),
             "sources": [{"type": "serial", "port": str(link), **source}],
             "batch": {"max_readings": 100, "linger_ms": 20},
         },
@@ -74,7 +74,7 @@ async def test_port_closed_and_reopened_mid_stream_loses_no_complete_frame(
     link = tmp_path / "ttyUSB-sensor"
     adapter = Adapter(link)
     adapter.plug()
-    cfg = serial_config(tmp_path, cloud_server.url, link, reconnect_max_s=0.2)
+    cfg = serial_config(tmp_path, cloud_server, link, reconnect_max_s=0.2)
     async with running(Agent(cfg)) as agent:
         source = agent.sources[0]
         assert isinstance(source, SerialSource)
@@ -110,7 +110,7 @@ async def test_bad_lines_become_dead_letters_and_the_stream_goes_on(
     link = tmp_path / "ttyS-x"
     adapter = Adapter(link)
     adapter.plug()
-    cfg = serial_config(tmp_path, cloud_server.url, link, max_line=64)
+    cfg = serial_config(tmp_path, cloud_server, link, max_line=64)
     async with running(Agent(cfg)) as agent:
         source = agent.sources[0]
         assert isinstance(source, SerialSource)
