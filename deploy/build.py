@@ -12,6 +12,7 @@ Steps (each a plain command or file operation; nothing is installed on the build
 from __future__ import annotations
 
 import platform as host_platform
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,31 @@ def project_wheel(opts: BuildOptions, stage: Path) -> Path:
     return wheels[0]
 
 
+# Pinned runtime dependencies published only as source (pure Python): built once into a
+# py3-none-any wheel, which then installs on every target like any other wheel.
+PURE_SDISTS = ("nkeys",)
+PURE_SDIST_DEPS = ("PyNaCl",)  # theirs, downloaded as binary wheels like the rest
+
+
+def binary_requirements(project: Path) -> list[str]:
+    """The runtime requirements to download as binary wheels (all but `PURE_SDISTS`)."""
+    keep = [r for r in runtime_requirements(project) if _name(r) not in PURE_SDISTS]
+    return keep + list(PURE_SDIST_DEPS)
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[=<>!~\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def pure_wheels(lock: Path, dest: Path, find_links: Sequence[Path] = ()) -> Path:
+    """Wheels of `PURE_SDISTS`, pinned by `lock`, built into `dest`."""
+    _pip(
+        ["wheel", "--quiet", "--no-deps", "-w", str(dest), "-c", str(lock),
+         *_index_args(find_links), *PURE_SDISTS]
+    )  # fmt: skip
+    return dest
+
+
 def download_dependencies(opts: BuildOptions, target: str, dest: Path) -> None:
     lock = opts.requirements or opts.project / "requirements.lock"
     _pip(
@@ -140,9 +166,10 @@ def download_dependencies(opts: BuildOptions, target: str, dest: Path) -> None:
             str(lock),
             *platform_args(target),
             *_index_args(opts.find_links),
-            *runtime_requirements(opts.project),
+            *binary_requirements(opts.project),
         ]
     )
+    pure_wheels(lock, dest, opts.find_links)
 
 
 def build_bundle(opts: BuildOptions) -> Path:

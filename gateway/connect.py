@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -19,6 +19,13 @@ from nats.errors import Error as NatsError
 from gateway.config import NatsSettings
 
 DEFAULT_INBOX = "_INBOX"
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+# What closing or draining a connection may raise once the server is gone. AttributeError:
+# nats-py 2.16 over TLS flushes its pending bytes into asyncio's already-closed SSL
+# transport (`'NoneType' object has no attribute '_write_appdata'`).
+CLOSE_ERRORS: tuple[type[BaseException], ...] = (
+    NatsError, TimeoutError, OSError, AttributeError,
+)  # fmt: skip
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -34,11 +41,14 @@ async def connect(
     *,
     inbox_prefix: str = DEFAULT_INBOX,
     reconnect: bool = True,
+    error_cb: ErrorCallback | None = None,
 ) -> NatsClient:
     """Connect once (raising on failure). `settings.url` may list several servers (a
     cluster), comma-separated; `inbox_prefix` is an agent's own (gateway.permissions)."""
+    extra = {"error_cb": error_cb} if error_cb else {}
     return await nats.connect(
         settings.url.split(","),
+        **extra,
         name=name,
         tls=tls_context(settings.ca_file),
         user_credentials=str(settings.creds_file) if settings.creds_file else None,
@@ -56,7 +66,7 @@ async def nats_connection(settings: NatsSettings, name: str) -> AsyncIterator[Na
     try:
         yield nc
     finally:
-        with contextlib.suppress(NatsError, TimeoutError, OSError):
+        with contextlib.suppress(*CLOSE_ERRORS):
             await nc.drain()
 
 

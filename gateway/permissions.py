@@ -45,6 +45,7 @@ def agent(site: str, agent_name: str) -> Permissions:
         subjects.kv_subject(records.AGENTS_BUCKET, key),
         subjects.kv_subject(records.STATUS_BUCKET, key),
         f"{JS}.INFO",
+        f"{JS}.STREAM.NAMES",  # a subscription looks up its stream by subject
         "$JS.FC.>",  # flow-control replies of the push consumers (KV watches)
     ]
     for stream in STREAMS_AGENT_READS:

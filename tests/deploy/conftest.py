@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from deploy.build import BuildOptions, build_bundle, runtime_requirements
+from deploy.build import (
+    BuildOptions,
+    binary_requirements,
+    build_bundle,
+    pure_wheels,
+)
 from deploy.signing import generate_keypair
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,8 +54,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(d),
         "-c",
         str(REPO / "requirements.lock"),
-        *runtime_requirements(REPO),
+        *binary_requirements(REPO),
     )
+    pure_wheels(REPO / "requirements.lock", d)
     return d
 
 

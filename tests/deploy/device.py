@@ -38,7 +38,8 @@ def make_device(
     topic_list = ", ".join(f'"{t}"' for t in topics)
     (root / "etc" / "device.toml").write_text(
         f'site = "{site}"\nagent = "{agent}"\ndata_dir = "{root / "data"}"\n\n'
-        f'[nats]\nurl = "{nats["url"]}"\nca_file = "{nats["ca_file"]}"\n\n'
+        f'[nats]\nurl = "{nats["url"]}"\nca_file = "{nats["ca_file"]}"\n'
+        f'creds_file = "{root / "etc" / "nats.creds"}"\n\n'
         f'[[sources]]\nurl = "{mqtt_url}"\ntopics = [{topic_list}]\n\n'
         "[batch]\nlinger_ms = 100\n\n[uplink]\nheartbeat_s = 0.5\n"
     )
