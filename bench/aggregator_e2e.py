@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
 import numpy as np
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -27,6 +26,8 @@ from cloud.aggregator import Aggregator
 from cloud.streams import ensure_streams
 from gateway import codec, config, subjects
 from gateway.config import CloudConfig, StreamSettings
+from gateway.connect import connect
+from gateway.security import CloudSecurity
 from gateway.servers import NatsServer
 
 
@@ -79,8 +80,9 @@ async def ours(nc: NatsClient, messages: int, readings: int) -> float:
 
 async def main(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with NatsServer(Path(tmp), name="bench") as server:
-            nc = await nats.connect(server.url)
+        security = CloudSecurity.ensure(Path(tmp) / "security")  # TLS + JWT: the defaults
+        async with NatsServer(Path(tmp), name="bench", security=security) as server:
+            nc = await connect(server.client(), "bench")
             js = nc.jetstream()
             await ensure_streams(js, StreamSettings())
             readings = await fill(js, args.batches, args.per_batch, args.agents)

@@ -29,7 +29,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import nats
 import numpy as np
 import orjson
 from nats.js.client import JetStreamContext
@@ -40,6 +39,8 @@ from edge.heap import retain_freed_heap
 from edge.uplink import Uplink
 from gateway import codec, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
+from gateway.connect import connect
+from gateway.security import CloudSecurity
 from gateway.servers import NatsServer
 
 SITE, AGENT = "bench", "a1"
@@ -121,8 +122,9 @@ async def run(readings: int, per_batch: int, rounds: int, root: Path) -> dict[st
     ours: list[float] = []
     bare: list[float] = []
     disk: list[int] = []
-    async with NatsServer(root / "cloud", name="cloud") as server:
-        nc = await nats.connect(server.url)
+    security = CloudSecurity.ensure(root / "cloud-security")  # TLS + JWT: the defaults
+    async with NatsServer(root / "cloud", name="cloud", security=security) as server:
+        nc = await connect(server.client(), "bench")
         js = nc.jetstream()
         await ensure_streams(js, StreamSettings())
         for r in range(rounds):

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import nats
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,7 +37,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud.streams import ensure_streams
 from edge.agent import Agent
 from gateway import config
-from gateway.config import AgentConfig, StreamSettings
+from gateway.config import AgentConfig, NatsSettings, StreamSettings
+from gateway.connect import connect
+from gateway.pki import write_private
+from gateway.security import CloudSecurity
 from gateway.servers import NatsServer
 from tests.mosquitto import Mosquitto
 
@@ -106,8 +108,8 @@ def bare_subscriber(port: int, client_id: str, n: int) -> float:
     return elapsed
 
 
-async def naive_bridge(port: int, client_id: str, nats_url: str, n: int) -> float:
-    nc = await nats.connect(nats_url)
+async def naive_bridge(port: int, client_id: str, nats: NatsSettings, n: int) -> float:
+    nc = await connect(nats, "naive-bridge")
     js = nc.jetstream()
     start = time.perf_counter()
     async with aiomqtt.Client(
@@ -141,14 +143,19 @@ async def agent_run(cfg: AgentConfig, readings: int) -> float:
     return elapsed
 
 
-def agent_config(tmp: Path, name: str, port: int, nats_url: str, fmt: str) -> AgentConfig:
+def agent_config(tmp: Path, name: str, port: int, cloud: NatsServer, fmt: str) -> AgentConfig:
+    """Agent `name`, enrolled with its own credentials (the secure defaults)."""
+    assert cloud.security is not None
+    creds = tmp / f"{name}.creds"
+    write_private(creds, cloud.security.trust.enroll("site1", name).encode())
+    nats = cloud.client().model_copy(update={"creds_file": creds})
     return config.parse(
         AgentConfig,
         {
             "site": "site1",
             "agent": name,
             "data_dir": str(tmp / name),
-            "nats": {"url": nats_url},
+            "nats": nats.model_dump(mode="json"),
             "sources": [
                 {
                     "url": f"mqtt://127.0.0.1:{port}",
@@ -204,10 +211,11 @@ Rates = dict[str, list[float]]  # scenario -> readings/s, one per round
 
 async def measure(args: argparse.Namespace, tmp: Path) -> Rates:
     mosq = Mosquitto(tmp / "mosquitto", max_inflight=1000)
-    cloud = NatsServer(tmp / "cloud", name="cloud")
+    security = CloudSecurity.ensure(tmp / "cloud-security")  # TLS + JWT: the defaults
+    cloud = NatsServer(tmp / "cloud", name="cloud", security=security)
     await mosq.start()
     await cloud.start()
-    nc = await nats.connect(cloud.url)
+    nc = await connect(cloud.client(), "bench")
     await ensure_streams(nc.jetstream(), StreamSettings())
     await nc.close()
     port, n = mosq.port, args.messages
@@ -247,10 +255,10 @@ async def measure(args: argparse.Namespace, tmp: Path) -> Rates:
                 n,
                 asyncio.to_thread(bare_subscriber, port, bare_id, n),
             )
-            await run("naive", naive_id, msgs, n, naive_bridge(port, naive_id, cloud.url, n))
-            cfg = agent_config(tmp, f"agent{r}", port, cloud.url, "json")
+            await run("naive", naive_id, msgs, n, naive_bridge(port, naive_id, cloud.client(), n))
+            cfg = agent_config(tmp, f"agent{r}", port, cloud, "json")
             await run("agent", f"bench-agent{r}", msgs, n, agent_run(cfg, n))
-            cfg = agent_config(tmp, f"senml{r}", port, cloud.url, "senml")
+            cfg = agent_config(tmp, f"senml{r}", port, cloud, "senml")
             await run("senml", f"bench-senml{r}", packs, total, agent_run(cfg, total))
     finally:
         await cloud.stop()
