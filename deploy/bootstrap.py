@@ -10,7 +10,8 @@ called): that is how the tests run it, and how to inspect it before trusting it.
 What it does, in order:
   1. checks the bundle file against the sha256 written into the script;
   2. creates the system user `iot-gateway` (no login, no home of its own);
-  3. writes ROOT/etc/device.toml and nats.creds (0600) and trusted.pub (0644);
+  3. writes ROOT/etc/device.toml and nats.creds (0600), trusted.pub and the cloud's CA,
+     ca.pem (0644);
   4. installs the bundle's wheels for this machine into ROOT/versions/<v>/venv, offline,
      and points ROOT/current at it;
   5. installs the supervisor's systemd unit and enables it (without PREFIX).
@@ -40,6 +41,7 @@ class BootstrapOptions:
     public_key: str  # PEM
     bundle: Path
     creds: str = ""
+    ca: str = ""  # PEM of the CA that signed the cloud's certificate (`gateway cloud up`)
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     root: PurePosixPath = DEFAULT_ROOT
 
@@ -48,6 +50,8 @@ def device_toml(opts: BootstrapOptions) -> str:
     s = json.dumps  # a JSON string is a valid TOML string, quotes and all escaped
     creds = opts.root / "etc" / "nats.creds"
     creds_line = f"creds_file = {s(str(creds))}\n" if opts.creds else ""
+    if opts.ca:
+        creds_line += f"ca_file = {s(str(opts.root / 'etc' / 'ca.pem'))}\n"
     text = f"""\
 # This device's own config: identity, cloud, sensors. Bundles bring defaults for the rest
 # and `gateway deploy config` may push sources/batch/buffer/uplink over it.
@@ -114,6 +118,10 @@ cat > "$ROOT/etc/trusted.pub" <<'GATEWAY_EOF'
 {opts.public_key.strip()}
 GATEWAY_EOF
 chmod 644 "$ROOT/etc/trusted.pub"
+cat > "$ROOT/etc/ca.pem" <<'GATEWAY_EOF'
+{opts.ca.strip()}
+GATEWAY_EOF
+chmod 644 "$ROOT/etc/ca.pem"
 
 # 4. The first version, offline.
 V="$ROOT/versions/$VERSION"

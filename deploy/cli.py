@@ -62,7 +62,8 @@ def register(sub: Any) -> None:
     p.add_argument("--site", required=True)
     p.add_argument("--agent", required=True)
     p.add_argument("--nats-url", required=True)
-    p.add_argument("--creds", type=Path, default=None, help="NATS credentials file")
+    p.add_argument("--creds", type=Path, default=None, help="from `gateway cloud enroll`")
+    p.add_argument("--ca", type=Path, default=None, help="the cloud's CA (tls/ca.pem)")
     p.add_argument("--key", type=Path, required=True, help="ed25519 public key (PEM)")
     p.add_argument("--bundle", type=Path, required=True, help="first bundle to install")
     p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
@@ -155,6 +156,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             public_key=args.key.read_text(),
             bundle=args.bundle,
             creds=args.creds.read_text() if args.creds else "",
+            ca=args.ca.read_text() if args.ca else "",
             mqtt_url=args.mqtt_url,
         )
     )

@@ -15,6 +15,8 @@ from deploy.systemd import UNIT_NAME
 from gateway import config
 from tests.deploy.conftest import BundleFactory
 
+FAKE_CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
 
 def _script(tmp_path: Path, bundle: Path, pub: Path) -> Path:
     text = install_script(
@@ -25,6 +27,7 @@ def _script(tmp_path: Path, bundle: Path, pub: Path) -> Path:
             public_key=pub.read_text(),
             bundle=bundle,
             creds="-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n",
+            ca=FAKE_CA,
         )
     )
     script = tmp_path / "install.sh"
@@ -70,6 +73,9 @@ def test_bootstrap_installs_a_device_under_a_temporary_root(
     assert device["site"] == "farm-7" and device["nats"]["url"] == "tls://cloud.example:4222"
     assert device["data_dir"] == "/opt/iot-gateway/data"
     assert (root / "etc" / "trusted.pub").read_text() == keys[1].read_text()
+    assert stat.S_IMODE((root / "etc" / "ca.pem").stat().st_mode) == 0o644
+    assert (root / "etc" / "ca.pem").read_text() == FAKE_CA
+    assert device["nats"]["ca_file"] == "/opt/iot-gateway/etc/ca.pem"
     assert (root / "current").resolve() == root / "versions" / "1.0.0"
     unit = (prefix / "etc" / "systemd" / "system" / UNIT_NAME).read_text()
     assert "ExecStart=/opt/iot-gateway/current/venv/bin/gateway edge supervise" in unit

@@ -17,7 +17,7 @@ from nats.js.client import JetStreamContext
 
 from app.verify import compare, read_telemetry
 from deploy.buckets import ensure_buckets
-from deploy.errors import RolloutHalted
+from deploy.errors import BundleError, RolloutHalted
 from deploy.fleet import fleet_rows
 from deploy.publish import publish_bundle
 from deploy.rollout import RolloutOptions, rollout
@@ -85,8 +85,15 @@ async def test_rollout_canary_rollback_tamper_no_loss(
     v1, v2 = make_bundle("1.0.0"), make_bundle("2.0.0")
     v3 = make_bundle("3.0.0", wheel=never_ready_wheel(tmp_path / "v3"))
     v4 = tamper(make_bundle("4.0.0"), tmp_path / "v4-tampered.bundle")
-    for b in (v1, v2, v3, v4):
+    for b in (v1, v2, v3):
         await publish_bundle(js, b, pub)
+    with pytest.raises(BundleError) as not_published:  # publish checks every digest
+        await publish_bundle(js, v4, pub)
+    assert not_published.value.reason == "digest_mismatch"
+    # Should it reach the store another way (a holder of admin credentials), the device
+    # refuses it all the same.
+    store = await js.object_store(records.BUNDLE_STORE)
+    await store.put("4.0.0", v4.read_bytes())
 
     fleet = Fleet(
         FleetSettings("127.0.0.1", edge_broker.mqtt_port, devices=6, site=SITE, rate_hz=10.0),
