@@ -74,6 +74,7 @@ def register(sub: Any) -> None:
     p.add_argument("--bundle", required=True, help="the published version")
     p.add_argument("--to", required=True, help="SITE_GLOB/AGENT_GLOB")
     p.add_argument("--canary", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="allow a downgrade")
     p.add_argument("--batch", type=float, default=100.0, help="percent of targets per step")
     p.add_argument("--step-timeout", type=float, default=300.0)
     p.set_defaults(func=_rollout)
@@ -171,7 +172,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def _rollout(args: argparse.Namespace) -> int:
     from deploy.rollout import RolloutOptions, rollout
 
-    opts = RolloutOptions(args.bundle, args.to, args.canary, args.batch, args.step_timeout)
+    opts = RolloutOptions(
+        args.bundle, args.to, args.canary, args.batch, args.step_timeout, force=args.force
+    )
     result = _with_js(args, lambda js: rollout(js, opts, say=print))
     print(f"rollout of {result.version} complete: {len(result.upgraded)} devices")
     return 0

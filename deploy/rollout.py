@@ -39,6 +39,7 @@ class RolloutOptions:
     batch_percent: float = 100.0
     step_timeout_s: float = 300.0
     poll_s: float = 0.5
+    force: bool = False  # allow moving devices to an older version (a downgrade)
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ async def rollout(
         say(f"step {n}/{len(steps)}: {opts.version} -> {', '.join(step)}")
         previous = {key: await _desired_version(desired, key) for key in step}
         for key in step:
-            state = DesiredState(opts.version, rollout_id, sha, time.time_ns())
+            state = DesiredState(opts.version, rollout_id, sha, time.time_ns(), opts.force)
             await desired.put(key, state.encode())
         failures = await _wait_step(status, step, opts)
         if failures:
@@ -107,7 +108,9 @@ async def _desired_version(kv: KeyValue, key: str) -> str:
 async def _restore(kv: KeyValue, key: str, version: str, rollout_id: str) -> None:
     if version:
         await kv.put(
-            key, DesiredState(version, f"revert:{rollout_id}", "", time.time_ns()).encode()
+            # A revert may go backwards: it restores what the operator had set before.
+            key,
+            DesiredState(version, f"revert:{rollout_id}", "", time.time_ns(), True).encode(),
         )
     else:
         await kv.delete(key)

@@ -11,6 +11,7 @@ A config revision is the KV revision of its DEPLOY_CONFIG entry, so it only ever
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -73,6 +74,14 @@ class DesiredState(_Record):
     rollout: str = ""
     bundle_sha256: str = ""  # of the bundle file, as published
     updated_ns: int = 0
+    force: bool = False  # an operator's downgrade (or a rollout's revert): allowed backwards
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Orders version labels: runs of digits as numbers (`1.10.0` after `1.9.0`), the
+    rest as text, a number before text at the same place."""
+    parts = re.findall(r"\d+|[^\d.+_-]+", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
 @dataclass(frozen=True, slots=True)

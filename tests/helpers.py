@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -110,3 +111,13 @@ def cli_nats(server: NatsServer | NatsCluster, role: str = "admin") -> list[str]
     """`--nats URL --ca CA --creds CREDS` for a `gateway ...` command run by a test."""
     s = server.client(role)
     return ["--nats", s.url, "--ca", str(s.ca_file), "--creds", str(s.creds_file)]
+
+
+async def gateway(*args: str) -> tuple[int, str, str]:
+    """Run `gateway ARGS...` (`python -m app`); its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return int(proc.returncode or 0), out.decode(), err.decode()

@@ -37,7 +37,7 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
 
 from deploy import signing
-from deploy.bundle import file_sha256
+from deploy.bundle import file_sha256, read_manifest
 from deploy.errors import BundleError
 from deploy.manifest import AGENT_CONFIG
 from edge.control.remote_config import open_watch
@@ -47,7 +47,7 @@ from edge.supervisor.render import render_agent_config
 from gateway import config, permissions, records
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
-from gateway.records import DesiredState, DeviceStatus
+from gateway.records import DesiredState, DeviceStatus, version_key
 from gateway.retry import connect_forever
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,23 @@ class Supervisor:
         running = install.current_version(self.root) or ""
         if version == running or version in self.memory.failed:
             return
+        if running and not desired.force and version_key(version) <= version_key(running):
+            # Anti-rollback: reported, but not remembered as failed, so a forced downgrade
+            # of the same version is still possible later.
+            reason = f"refused {version}: not newer than {running} (a downgrade needs --force)"
+            await self._report(state=records.REFUSED, target=version, error=reason)
+            return
         log.info("deploying %s (running %s)", version, running or "nothing")
         await self._report(state=records.INSTALLING, target=version, error="")
         try:
             bundle = await self._fetch(js, version)
             if desired.bundle_sha256 and file_sha256(bundle) != desired.bundle_sha256:
                 raise BundleError("digest_mismatch", "bundle differs from the one published")
+            manifest = await asyncio.to_thread(read_manifest, bundle, key)
+            if manifest.version != version:  # reported, never installed under a wrong name
+                raise BundleError(
+                    "version_mismatch", f"published as {version} but is {manifest.version}"
+                )
             await asyncio.to_thread(install.install_bundle, self.root, bundle, key)
         except BundleError as exc:
             await self._fail(version, records.REFUSED, running, f"refused {version}: {exc}")

@@ -15,7 +15,7 @@ from cloud.errors import TokenFileError
 from cloud.views.auth import ApiAuth, create_token, load_tokens
 from cloud.views.http import http_api
 from gateway.servers import free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, gateway
 
 
 async def test_401_without_token_200_with_and_host_check(nc: NatsClient, tmp_path: Path) -> None:
@@ -56,13 +56,11 @@ async def test_cloud_up_token_never_in_logs_metrics_or_healthz(tmp_path: Path) -
     """`gateway cloud up` with a token created by `gateway cloud token create`: requests
     with and without it, then its output, log files, /metrics and /healthz are grepped."""
     data = tmp_path / "cloud"
-    create = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "cloud", "token", "create", "--role", "viewer",
-        "--data-dir", str(data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    code, out, _ = await gateway(
+        "cloud", "token", "create", "--role", "viewer", "--data-dir", str(data)
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(create.communicate(), 60)
-    token = out.decode().strip()
-    assert create.returncode == 0 and token.startswith("gw_")
+    token = out.strip()
+    assert code == 0 and token.startswith("gw_")
     http_port, metrics_port = free_port(), free_port()
     log = tmp_path / "up.log"
     sink = await asyncio.to_thread(log.open, "wb")

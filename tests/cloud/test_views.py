@@ -45,18 +45,9 @@ from tests.cloud.test_aggregator import (
     running,
     wait_exact,
 )
-from tests.helpers import cli_nats, eventually
+from tests.helpers import cli_nats, eventually, gateway
 
 T0 = 1_700_000_000 * 10**9 // (60 * 10**9) * (60 * 10**9)  # on a minute boundary
-
-
-async def gateway(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return int(proc.returncode or 0), out.decode(), err.decode()
 
 
 def iso(ns: int) -> str:

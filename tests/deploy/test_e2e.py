@@ -147,6 +147,18 @@ async def test_rollout_canary_rollback_tamper_no_loss(
             assert rows["pi-1"].version_desired == "2.0.0"  # the halted rollout set it back
             assert rows["pi-1"].version_actual == "2.0.0" and rows["pi-1"].online
             assert "4.0.0" in rows["pi-1"].last_error
+
+            # Anti-rollback: an older signed version is refused unless forced.
+            with pytest.raises(RolloutHalted) as older:
+                await rollout(js, RolloutOptions("1.0.0", f"{SITE}/*", canary=1, step_timeout_s=60))
+            assert "not newer than 2.0.0" in older.value.failures[f"{SITE}.pi-1"]
+            assert (await statuses(js))["pi-1"].state == records.REFUSED
+            # A signed 1.0.0 stored under the name 5.0.0: reported, not crash-looped.
+            await store.put("5.0.0", v1.read_bytes())
+            with pytest.raises(RolloutHalted) as mislabelled:
+                await rollout(js, RolloutOptions("5.0.0", f"{SITE}/*", canary=1, step_timeout_s=60))
+            assert "published as 5.0.0 but is 1.0.0" in mislabelled.value.failures[f"{SITE}.pi-1"]
+            assert (await statuses(js))["pi-1"].version == "2.0.0"
             await asyncio.sleep(1.0)  # a little more streaming on the final versions
         finally:
             fleet_stop.set()

@@ -22,16 +22,7 @@ from gateway.connect import CLOSE_ERRORS, connect
 from gateway.errors import GatewayError
 from gateway.security import CloudSecurity
 from gateway.servers import free_port
-from tests.helpers import eventually
-
-
-async def gateway(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return int(proc.returncode or 0), out.decode(), err.decode()
+from tests.helpers import eventually, gateway
 
 
 @contextlib.asynccontextmanager
