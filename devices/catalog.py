@@ -86,6 +86,33 @@ class Catalog(_Model):
         return None
 
 
+class RangeSpec(_Model):
+    """A metric's unit and valid range in a validation-only type (`types.toml`)."""
+
+    unit: str
+    min: float
+    max: float
+
+
+class ValidationType(_Model):
+    description: str = ""
+    metrics: dict[str, RangeSpec] = Field(min_length=1)
+
+
+class ValidationTypes(_Model):
+    types: dict[str, ValidationType]
+
+
+def load_validation_types(path: Path | None = None) -> ValidationTypes:
+    """The validation-only device types shipped in `devices/types.toml`, or those at `path`."""
+    if path is None:
+        text = resources.files("devices").joinpath("types.toml").read_text()
+        origin = "devices/types.toml"
+    else:
+        text, origin = Path(path).read_text(), str(path)
+    return parse(ValidationTypes, tomllib.loads(text), origin)
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
     """Load the catalog shipped with the package, or the one at `path`."""
     if path is None:

@@ -84,7 +84,6 @@ class MappingSettings(_Model):
         return v
 
 
-
 class MqttSourceSettings(_Model):
     type: Literal["mqtt"] = "mqtt"
     url: str = "mqtt://127.0.0.1:1883"
@@ -142,11 +141,24 @@ def _default_sources() -> list[SourceSettings]:
     return [MqttSourceSettings()]
 
 
+class TypeBinding(_Model):
+    """Devices (glob patterns over the device token) bound to a device type: ranges and
+    units are then those of (type, metric). The first binding that matches wins."""
+
+    devices: list[str] = Field(min_length=1)
+    type: str  # a type of devices/catalog.toml or devices/types.toml
+
+
 class ValidationSettings(_Model):
     out_of_range: Literal["reject", "flag"] = "reject"
     unknown_metrics: Literal["accept", "reject"] = "accept"
     max_future_s: Annotated[float, Field(gt=0)] = 300.0
-    max_past_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    # A device time older than this is replaced by the receive time; None keeps every
+    # plausible one (after device_time_floor): a device that buffered for a week is right.
+    max_past_s: Annotated[float, Field(gt=0)] | None = None
+    # Device times before this date are a clock that was never set (1970 after a reboot).
+    device_time_floor: dt.date = dt.date(2000, 1, 1)
+    types: list[TypeBinding] = Field(default_factory=list)
     # Before this date the agent's own clock is taken as never synchronised (no RTC).
     clock_floor: dt.date = dt.date(2025, 1, 1)
     clock_sync_file: Path | None = None  # e.g. /run/systemd/timesync/synchronized

@@ -82,7 +82,6 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{check_token('bucket', bucket)}.{key}"
 
 
-
 # The escape of `encode_token`: `__` and two upper-case hex digits stand for one UTF-8 byte.
 _ESCAPED = re.compile(r"__([0-9A-F]{2})")
 _PLAIN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")

@@ -13,10 +13,10 @@ from edge.decoders.context import Context, SeriesColumns
 from edge.decoders.frame import decode_frame
 from edge.decoders.json_readings import decode_json
 from edge.decoders.line_protocol import decode_line
-from edge.decoders.senml import decode_senml, decode_senml_columns
 from edge.decoders.mapped import MappedJson, MappedLine, TopicDefaults
 from edge.decoders.mapping import CompiledMapping
 from edge.decoders.plain import PlainValue
+from edge.decoders.senml import decode_senml, decode_senml_columns
 from gateway.config import MappingSettings
 from gateway.reading import Reading
 
@@ -50,15 +50,16 @@ def build_decoder(key: str, fmt: str, mapping: MappingSettings | None) -> Decode
         return make(compiled)
     return TopicDefaults(compiled, DECODERS[fmt])
 
+
 __all__ = [
     "COLUMN_DECODERS",
     "DECODERS",
     "MAPPED_DECODERS",
-    "build_decoder",
     "ColumnDecoder",
     "Context",
     "Decoder",
     "SeriesColumns",
+    "build_decoder",
     "decode_frame",
     "decode_json",
     "decode_line",

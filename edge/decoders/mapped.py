@@ -30,7 +30,9 @@ _MAX_DEPTH = 16
 Decoder = Any  # Callable[[bytes, Context], list[Reading]]; kept loose to avoid a cycle
 
 
-def _leaves(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
+def _leaves(
+    obj: dict[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], float]]:
     """(key path, value) of every numeric, boolean or ON/OFF leaf, in document order."""
     if len(prefix) >= _MAX_DEPTH:
         raise DecodeError("too_deep", f"over {_MAX_DEPTH} levels at {'.'.join(prefix)!r}")
@@ -69,7 +71,9 @@ class MappedJson:
         root = m.readings(doc)
         if not isinstance(root, dict):
             where = m.settings.readings
-            raise DecodeError("no_readings", f"{where!r} gives {type(root).__name__}, not an object")
+            raise DecodeError(
+                "no_readings", f"{where!r} gives {type(root).__name__}, not an object"
+            )
         out: list[Reading] = []
         for keys, value in _leaves(root):
             leaf = {**values, "path": "_".join(keys), "key": keys[-1]}
@@ -81,7 +85,9 @@ class MappedJson:
             if m.device_per_leaf:
                 device = m.identity(ctx, leaf)[1]
             unit = m.unit(rule, doc)
-            out.append(make_reading(site, device, rule.name, value * rule.scale, unit, time_ns, seq))
+            out.append(
+                make_reading(site, device, rule.name, value * rule.scale, unit, time_ns, seq)
+            )
             if len(out) > MAX_READINGS_PER_MESSAGE:
                 raise DecodeError("too_many_readings", f"over {MAX_READINGS_PER_MESSAGE}")
         if not out:
@@ -120,7 +126,9 @@ class MappedLine:
                     continue
                 unit = point.tags.get("unit") or m.unit(rule, None)
                 out.append(
-                    make_reading(site, device, rule.name, float(v) * rule.scale, unit, time_ns, NO_SEQ)
+                    make_reading(
+                        site, device, rule.name, float(v) * rule.scale, unit, time_ns, NO_SEQ
+                    )
                 )
             if len(out) > MAX_READINGS_PER_MESSAGE:
                 raise DecodeError("too_many_readings", f"over {MAX_READINGS_PER_MESSAGE}")
@@ -142,5 +150,7 @@ class TopicDefaults:
             return []
         values = m.topics.parts(ctx.topic)
         site, device = m.identity(ctx, values)
-        readings: list[Reading] = self.decoder(payload, Context(site, ctx.received_ns, ctx.topic, device))
+        readings: list[Reading] = self.decoder(
+            payload, Context(site, ctx.received_ns, ctx.topic, device)
+        )
         return readings

@@ -215,7 +215,9 @@ class CompiledMapping:
 
     def _wanted(self, raw_path: str, name: str) -> bool:
         def hit(globs: tuple[str, ...]) -> bool:
-            return any(fnmatch.fnmatchcase(raw_path, g) or fnmatch.fnmatchcase(name, g) for g in globs)
+            return any(
+                fnmatch.fnmatchcase(raw_path, g) or fnmatch.fnmatchcase(name, g) for g in globs
+            )
 
         if self.include and not hit(self.include):
             return False
@@ -255,4 +257,3 @@ def _token(kind: str, name: str) -> str:
         return encode_token(kind, name)
     except InvalidTokenError as exc:
         raise DecodeError(f"invalid_{kind}", str(exc)) from None
-

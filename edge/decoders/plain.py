@@ -46,4 +46,6 @@ class PlainValue:
         if rule is None:
             return []
         unit = m.unit(rule, None)
-        return [make_reading(site, device, rule.name, value * rule.scale, unit, ctx.received_ns, NO_SEQ)]
+        return [
+            make_reading(site, device, rule.name, value * rule.scale, unit, ctx.received_ns, NO_SEQ)
+        ]
