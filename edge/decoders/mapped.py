@@ -22,7 +22,7 @@ import orjson
 
 from edge.decoders.context import MAX_READINGS_PER_MESSAGE, NO_SEQ, Context, make_reading
 from edge.decoders.line_protocol import parse_line
-from edge.decoders.mapping import CompiledMapping, on_off
+from edge.decoders.mapping import CompiledMapping, MappedDecoder, on_off
 from edge.errors import DecodeError
 from gateway.reading import Reading
 
@@ -49,15 +49,12 @@ def _leaves(
                 yield (*prefix, key), flag
 
 
-class MappedJson:
-    def __init__(self, mapping: CompiledMapping) -> None:
-        self.m = mapping
-
+class MappedJson(MappedDecoder):
     def __call__(self, payload: bytes, ctx: Context) -> list[Reading]:
         m = self.m
-        if m.topics.ignored(ctx.topic):
+        parts = self.topic_parts(ctx)
+        if parts is None:
             return []
-        parts = m.topics.parts(ctx.topic)
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -95,15 +92,12 @@ class MappedJson:
         return out
 
 
-class MappedLine:
-    def __init__(self, mapping: CompiledMapping) -> None:
-        self.m = mapping
-
+class MappedLine(MappedDecoder):
     def __call__(self, payload: bytes, ctx: Context) -> list[Reading]:
         m = self.m
-        if m.topics.ignored(ctx.topic):
+        parts = self.topic_parts(ctx)
+        if parts is None:
             return []
-        parts = m.topics.parts(ctx.topic)
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -137,19 +131,18 @@ class MappedLine:
         return out
 
 
-class TopicDefaults:
+class TopicDefaults(MappedDecoder):
     """Another format's decoder, given the site and device the topic pattern names."""
 
     def __init__(self, mapping: CompiledMapping, decoder: Decoder) -> None:
-        self.m = mapping
+        super().__init__(mapping)
         self.decoder = decoder
 
     def __call__(self, payload: bytes, ctx: Context) -> list[Reading]:
-        m = self.m
-        if m.topics.ignored(ctx.topic):
+        values = self.topic_parts(ctx)
+        if values is None:
             return []
-        values = m.topics.parts(ctx.topic)
-        site, device = m.identity(ctx, values)
+        site, device = self.m.identity(ctx, values)
         readings: list[Reading] = self.decoder(
             payload, Context(site, ctx.received_ns, ctx.topic, device)
         )

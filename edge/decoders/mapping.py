@@ -251,6 +251,19 @@ class CompiledMapping:
         return self.when is None or bool(self.when(doc))
 
 
+class MappedDecoder:
+    """What every mapped decoder does first: skip ignored topics, name the topic's parts."""
+
+    def __init__(self, mapping: CompiledMapping) -> None:
+        self.m = mapping
+
+    def topic_parts(self, ctx: Context) -> dict[str, str] | None:
+        """None for a topic that is not a device's (`ignore_topics`)."""
+        if self.m.topics.ignored(ctx.topic):
+            return None
+        return self.m.topics.parts(ctx.topic)
+
+
 @functools.lru_cache(maxsize=4096)  # the same few names recur in every message
 def _token(kind: str, name: str) -> str:
     try:

@@ -7,7 +7,7 @@ or `mapping.unit`; the time is the receive time (such payloads carry none)."""
 from __future__ import annotations
 
 from edge.decoders.context import NO_SEQ, Context, make_reading
-from edge.decoders.mapping import CompiledMapping, on_off
+from edge.decoders.mapping import MappedDecoder, on_off
 from edge.errors import DecodeError
 from gateway.reading import Reading
 
@@ -30,15 +30,12 @@ def parse_value(payload: bytes) -> float:
         raise DecodeError("not_a_value", repr(text[:32])) from None
 
 
-class PlainValue:
-    def __init__(self, mapping: CompiledMapping) -> None:
-        self.m = mapping
-
+class PlainValue(MappedDecoder):
     def __call__(self, payload: bytes, ctx: Context) -> list[Reading]:
         m = self.m
-        if m.topics.ignored(ctx.topic):
+        values = self.topic_parts(ctx)
+        if values is None:
             return []
-        values = m.topics.parts(ctx.topic)
         site, device = m.identity(ctx, values)
         value = parse_value(payload)
         leaf = {**values, "path": values.get("metric", ""), "key": values.get("metric", "")}

@@ -14,6 +14,7 @@ from nats.js.client import JetStreamContext
 
 from devices.catalog import load_catalog
 from edge.agent import Agent
+from edge.decode_cli import subscribed
 from edge.decoders import Context, build_decoder
 from edge.validation import Validator
 from gateway.config import AgentConfig
@@ -34,22 +35,12 @@ def _decode(cfg: AgentConfig, sample: Sample, now: int) -> list[Reading]:
     validator = Validator(load_catalog(), cfg.validation)
     for i, s in enumerate(cfg.sources):
         assert s.type == "mqtt"
-        if not any(_subscribed(t, sample.topic) for t in s.topics):
+        if not any(subscribed(t, sample.topic) for t in s.topics):
             continue
         decoder = build_decoder(f"sources.{i}.mapping", s.format, s.mapping)
         readings = decoder(sample.payload, Context.for_topic(cfg.site, sample.topic, now))
         return [validator.check(r, now).reading for r in readings]
     raise AssertionError(f"no source of {sample.profile} subscribes to {sample.topic}")
-
-
-def _subscribed(sub: str, topic: str) -> bool:
-    s, t = sub.split("/"), topic.split("/")
-    for i, level in enumerate(s):
-        if level == "#":
-            return True
-        if i >= len(t) or (level != "+" and level != t[i]):
-            return False
-    return len(s) == len(t)
 
 
 def _check(got: list[Reading], want: list[Expected], t0: int, t1: int) -> None:
