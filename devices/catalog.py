@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -86,11 +86,40 @@ class Catalog(_Model):
         return None
 
 
+class RangeSpec(_Model):
+    """A metric's unit and valid range in a validation-only type (`types.toml`)."""
+
+    unit: str
+    min: float
+    max: float
+
+
+class ValidationType(_Model):
+    description: str = ""
+    metrics: dict[str, RangeSpec] = Field(min_length=1)
+
+
+class ValidationTypes(_Model):
+    types: dict[str, ValidationType]
+
+
+def load_validation_types(path: Path | None = None) -> ValidationTypes:
+    """The validation-only device types shipped in `devices/types.toml`, or those at `path`."""
+    return _load(ValidationTypes, "types.toml", path)
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
     """Load the catalog shipped with the package, or the one at `path`."""
+    return _load(Catalog, "catalog.toml", path)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load(model: type[M], shipped: str, path: Path | None) -> M:
     if path is None:
-        text = resources.files("devices").joinpath("catalog.toml").read_text()
-        origin = "devices/catalog.toml"
+        text = resources.files("devices").joinpath(shipped).read_text()
+        origin = f"devices/{shipped}"
     else:
         text, origin = Path(path).read_text(), str(path)
-    return parse(Catalog, tomllib.loads(text), origin)
+    return parse(model, tomllib.loads(text), origin)

@@ -15,13 +15,13 @@ from typing import Any
 from devices.catalog import Catalog
 from edge.batcher import Batcher
 from edge.buffer import DeadLetter
-from edge.decoders import COLUMN_DECODERS, DECODERS, ColumnDecoder, Context, Decoder
+from edge.decoders import COLUMN_DECODERS, ColumnDecoder, Context, Decoder, build_decoder
 from edge.errors import DecodeError
 from edge.filters import FilterChain, build_chain
 from edge.metrics import AgentMetrics
 from edge.sources import SourceMessage
 from edge.validation import Validator
-from gateway.config import AgentConfig, MqttSourceSettings
+from gateway.config import AgentConfig, MappingSettings, MqttSourceSettings, SourceSettings
 
 
 @dataclass(slots=True)
@@ -41,6 +41,10 @@ class _SourcePlan:
     device: str | None  # serial: the configured device
     messages: Any  # the source's pre-labelled counters
     decoded: Any
+
+
+def _mapping(s: SourceSettings) -> MappingSettings | None:
+    return s.mapping if isinstance(s, MqttSourceSettings) else None
 
 
 def source_names(config: AgentConfig) -> list[str]:
@@ -76,14 +80,14 @@ class Intake:
     def _make_plans(self, config: AgentConfig) -> dict[str, _SourcePlan]:
         return {
             name: _SourcePlan(
-                DECODERS[s.format],
-                COLUMN_DECODERS.get(s.format),
+                build_decoder(f"sources.{i}.mapping", s.format, _mapping(s)),
+                None if _mapping(s) else COLUMN_DECODERS.get(s.format),
                 isinstance(s, MqttSourceSettings),
                 None if isinstance(s, MqttSourceSettings) else s.device,
                 self.metrics.messages.labels(name),
                 self.metrics.decoded.labels(name),
             )
-            for name, s in zip(source_names(config), config.sources, strict=True)
+            for i, (name, s) in enumerate(zip(source_names(config), config.sources, strict=True))
         }
 
     def handle(self, msg: SourceMessage, batcher: Batcher) -> None:

@@ -39,7 +39,52 @@ class NatsSettings(_Model):
     ca_file: Path | None = None
 
 
-PayloadFormat = Literal["json", "senml", "line", "frame"]
+PayloadFormat = Literal["json", "senml", "line", "frame", "mapped", "value"]
+
+
+# -- mapping what real devices send (docs/devices.md) ---------------------------------------
+class MetricMapping(_Model):
+    """Per metric (by its name after normalisation): a new name, its unit, a scale."""
+
+    name: str | None = None
+    unit: str = ""
+    unit_path: str | None = None  # JMESPath to the unit in the payload (Tasmota `TempUnit`)
+    scale: float = 1.0  # value x scale (Shelly Gen1 energy in watt-minutes -> Wh: 1/60)
+
+
+class MappingSettings(_Model):
+    """Where site, device, metric, value, unit and time come from, for payloads that are not
+    our own schema. Templates (`{device}-{channel}`) name topic-pattern parts, `paths`
+    values, line-protocol tags and, for metrics, `{path}` / `{key}` / `{parent}` of a JSON
+    leaf. Patterns, templates and JMESPath expressions are checked when the agent starts."""
+
+    topic_patterns: list[str] = Field(default_factory=list)
+    ignore_topics: list[str] = Field(default_factory=list)
+    paths: dict[str, str] = Field(default_factory=dict)  # template name -> JMESPath
+    site: str | None = None  # template; default: the agent's site
+    device: str = "{device}"
+    metric: str = "{path}"
+    metric_case: Literal["keep", "lower", "snake"] = "snake"
+    readings: str = "@"  # JMESPath to the object whose numeric leaves are readings
+    when: str | None = None  # JMESPath: a message where it is false is not a device's
+    include: list[str] = Field(default_factory=list)  # globs over key paths / metric names
+    skip: list[str] = Field(default_factory=list)
+    time_path: str | None = None  # JMESPath; none: the receive time
+    # "auto" (epoch by magnitude, or ISO 8601), "s", "ms", "us", "ns", "iso8601", or a
+    # strftime pattern such as "%d.%m.%Y %H:%M:%S"
+    time_format: str = "auto"
+    time_zone: str = "UTC"  # for times that carry no offset (Tasmota sends local time)
+    seq_path: str | None = None
+    unit: str = ""  # for metrics with no unit of their own
+    units: dict[str, str] = Field(default_factory=dict)  # device's spelling -> ours (C -> Cel)
+    metrics: dict[str, MetricMapping] = Field(default_factory=dict)
+
+    @field_validator("time_format")
+    @classmethod
+    def _time_format(cls, v: str) -> str:
+        if v not in ("auto", "s", "ms", "us", "ns", "iso8601") and "%" not in v:
+            raise ValueError("use auto, s, ms, us, ns, iso8601 or a strftime pattern")
+        return v
 
 
 class MqttSourceSettings(_Model):
@@ -52,6 +97,16 @@ class MqttSourceSettings(_Model):
     password: str | None = None
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = 1000
 
+    # What the payloads mean (formats `mapped` and `value` need it; the others may use
+    # its topic patterns for site and device).
+    mapping: MappingSettings | None = None
+
+    @model_validator(mode="after")
+    def _mapping_needed(self) -> MqttSourceSettings:
+        if self.format in ("mapped", "value") and self.mapping is None:
+            raise ValueError(f"format {self.format!r} needs a [mapping] table")
+        return self
+
 
 class SerialSourceSettings(_Model):
     """A serial port (pyserial), one frame per line."""
@@ -59,7 +114,7 @@ class SerialSourceSettings(_Model):
     type: Literal["serial"]
     port: str  # e.g. /dev/ttyUSB0, or a stable symlink such as /dev/serial/by-id/...
     device: str | None = None  # the device name for frames that carry none
-    format: PayloadFormat = "frame"
+    format: Literal["json", "senml", "line", "frame"] = "frame"
     baudrate: Annotated[int, Field(ge=50, le=4_000_000)] = 9600
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
@@ -89,11 +144,24 @@ def _default_sources() -> list[SourceSettings]:
     return [MqttSourceSettings()]
 
 
+class TypeBinding(_Model):
+    """Devices (glob patterns over the device token) bound to a device type: ranges and
+    units are then those of (type, metric). The first binding that matches wins."""
+
+    devices: list[str] = Field(min_length=1)
+    type: str  # a type of devices/catalog.toml or devices/types.toml
+
+
 class ValidationSettings(_Model):
     out_of_range: Literal["reject", "flag"] = "reject"
     unknown_metrics: Literal["accept", "reject"] = "accept"
     max_future_s: Annotated[float, Field(gt=0)] = 300.0
-    max_past_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    # A device time older than this is replaced by the receive time; None keeps every
+    # plausible one (after device_time_floor): a device that buffered for a week is right.
+    max_past_s: Annotated[float, Field(gt=0)] | None = None
+    # Device times before this date are a clock that was never set (1970 after a reboot).
+    device_time_floor: dt.date = dt.date(2000, 1, 1)
+    types: list[TypeBinding] = Field(default_factory=list)
     # Before this date the agent's own clock is taken as never synchronised (no RTC).
     clock_floor: dt.date = dt.date(2025, 1, 1)
     clock_sync_file: Path | None = None  # e.g. /run/systemd/timesync/synchronized

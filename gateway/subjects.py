@@ -80,3 +80,44 @@ def kv_subject(bucket: str, key: str) -> str:
     if not _KV_KEY.fullmatch(key) or key.startswith(".") or key.endswith("."):
         raise InvalidTokenError("key", key, "not a valid KV key")
     return f"$KV.{check_token('bucket', bucket)}.{key}"
+
+
+# The escape of `encode_token`: `__` and two upper-case hex digits stand for one UTF-8 byte.
+_ESCAPED = re.compile(r"__([0-9A-F]{2})")
+_PLAIN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def encode_token(kind: str, name: str) -> str:
+    """Any non-empty name as a valid subject token, by a reversible rule (`decode_token`
+    undoes it), so two different names never become the same token.
+
+    Letters, digits and `-` stay; every other byte of the UTF-8 name becomes `__XX` (two
+    upper-case hex digits): `urn:dev:ow:1` -> `urn__3Adev__3Aow__3A1`, `kitchen/weather`
+    -> `kitchen__2Fweather`. A `_` stays too, unless `_XX` follows it (then it is escaped
+    itself, as `__5F`), so a valid token without `__XX` in it is unchanged.
+    `InvalidTokenError` if the name is empty or its token is over 64 characters (cutting
+    it short would let two names meet)."""
+    if not isinstance(name, str):
+        raise InvalidTokenError(kind, repr(name), "not a string")
+    out: list[str] = []
+    for i, ch in enumerate(name):
+        if ch in _PLAIN_CHARS or (ch == "_" and not _ESCAPED.match("_" + name[i + 1 : i + 4])):
+            out.append(ch)
+        else:
+            out.extend(f"__{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    return check_token(kind, "".join(out))
+
+
+def decode_token(token: str) -> str:
+    """The name `encode_token` made `token` from."""
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        m = _ESCAPED.match(token, i)
+        if m:
+            raw.append(int(m.group(1), 16))
+            i = m.end()
+        else:
+            raw.extend(token[i].encode())
+            i += 1
+    return raw.decode("utf-8", "surrogatepass")

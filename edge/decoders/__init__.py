@@ -13,7 +13,11 @@ from edge.decoders.context import Context, SeriesColumns
 from edge.decoders.frame import decode_frame
 from edge.decoders.json_readings import decode_json
 from edge.decoders.line_protocol import decode_line
+from edge.decoders.mapped import MappedJson, MappedLine, TopicDefaults
+from edge.decoders.mapping import CompiledMapping
+from edge.decoders.plain import PlainValue
 from edge.decoders.senml import decode_senml, decode_senml_columns
+from gateway.config import MappingSettings
 from gateway.reading import Reading
 
 Decoder = Callable[[bytes, Context], list[Reading]]
@@ -27,14 +31,35 @@ DECODERS: dict[str, Decoder] = {
 }
 # Formats that carry many readings per message also decode straight into columns.
 COLUMN_DECODERS: dict[str, ColumnDecoder] = {"senml": decode_senml_columns}
+# Formats read through a source's `[mapping]` (docs/devices.md): built per source.
+MAPPED_DECODERS: dict[str, Callable[[CompiledMapping], Decoder]] = {
+    "mapped": MappedJson,
+    "value": PlainValue,
+    "line": MappedLine,
+}
+
+
+def build_decoder(key: str, fmt: str, mapping: MappingSettings | None) -> Decoder:
+    """The decoder of one source: `DECODERS[fmt]`, or, with a mapping, the mapped form of
+    the format. `ConfigError` naming `key` (`sources.0.mapping`) if the mapping is wrong."""
+    if mapping is None:
+        return DECODERS[fmt]
+    compiled = CompiledMapping(key, mapping)
+    make = MAPPED_DECODERS.get(fmt)
+    if make is not None:
+        return make(compiled)
+    return TopicDefaults(compiled, DECODERS[fmt])
+
 
 __all__ = [
     "COLUMN_DECODERS",
     "DECODERS",
+    "MAPPED_DECODERS",
     "ColumnDecoder",
     "Context",
     "Decoder",
     "SeriesColumns",
+    "build_decoder",
     "decode_frame",
     "decode_json",
     "decode_line",

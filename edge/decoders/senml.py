@@ -56,7 +56,7 @@ class Record:
 def decode_senml(payload: bytes, ctx: Context) -> list[Reading]:
     readings = []
     for name, unit, value, time_ns, seq in _numeric_records(payload, ctx):
-        device, metric = split_name(name, ctx.device)
+        device, metric = split_name(name, ctx.device, unit)
         readings.append(make_reading(ctx.site, device, metric, value, unit, time_ns, seq))
     return readings
 
@@ -69,7 +69,7 @@ def decode_senml_columns(payload: bytes, ctx: Context) -> list[SeriesColumns] | 
     records = _numeric_records(payload, ctx)
     groups: dict[tuple[str | None, str], tuple[str, list[int]]] = {}
     for i, (name, unit, value, time_ns, seq) in enumerate(records):
-        device, metric = split_name(name, ctx.device)
+        device, metric = split_name(name, ctx.device, unit)
         group = groups.get((device, metric))
         if group is None:  # the shared checks, once per series
             make_reading(ctx.site, device, metric, value, unit, time_ns, seq)
@@ -114,8 +114,24 @@ def _numeric_records(payload: bytes, ctx: Context) -> list[_Numeric]:
     return out
 
 
+# A name that is a device URN alone (RFC 8428 5.1.1: `urn:dev:ow:10e2073a01080063`, in
+# Cel) names no metric: the unit says what was measured.
+_UNIT_METRICS = {
+    "Cel": "temperature",
+    "%RH": "humidity",
+    "V": "voltage",
+    "A": "current",
+    "W": "power",
+    "Pa": "pressure",
+    "lx": "illuminance",
+}
+
+
 @functools.lru_cache(maxsize=4096)
-def split_name(name: str, default_device: str | None) -> tuple[str | None, str]:
+def split_name(name: str, default_device: str | None, unit: str = "") -> tuple[str | None, str]:
+    whole = _URN_DEV.match(name)
+    if whole and not any(c in name[whole.end() :] for c in "/:"):
+        return name[whole.end() :], _UNIT_METRICS.get(unit, "value")
     cut = max(name.rfind("/"), name.rfind(":"))
     if cut < 0:
         return default_device, name

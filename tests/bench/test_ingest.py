@@ -15,5 +15,6 @@ def test_ingest_benchmark_runs_small(capsys: pytest.CaptureFixture[str]) -> None
     args = ["--messages", "300", "--packs", "20", "--pack-size", "10", "--rounds", "1", "--json"]
     assert ingest.main(args) == 0
     summary = orjson.loads(capsys.readouterr().out.splitlines()[-1])
-    assert set(summary["readings_per_s"]) == {"bare", "naive", "agent", "senml"}
+    assert set(summary["readings_per_s"]) == {"bare", "naive", "agent", "senml", "mapped"}
     assert summary["agent_vs_bare"] > 0 and summary["senml_readings_per_s"] > 0
+    assert summary["mapped_vs_agent"] > 0

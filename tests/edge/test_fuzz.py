@@ -56,7 +56,7 @@ class Mix:
         elif bad == "shape":
             self.reasons[_SHAPE_REASONS[fmt]] += 1
         value = -100.0 if bad == "range" else round(self.rng.uniform(-40, 85), 3)
-        unit = "K" if bad == "unit" else "Cel"
+        unit = "lx" if bad == "unit" else "Cel"  # K would be converted
         dev = f"{device}.x" if bad == "name" else device
         return _ENCODERS[fmt](dev, seq, value, unit, self.now + seq, bad == "shape")
 

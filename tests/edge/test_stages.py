@@ -51,7 +51,7 @@ def test_catalog_units_and_ranges() -> None:
     v = validator()
     assert v.check(rd(unit=""), NOW).reading.unit == "Cel"  # filled from the catalog
     assert v.check(rd(), NOW).reading == rd()
-    for reading, reason in [(rd(unit="K"), "unit_mismatch"), (rd(999.0), "out_of_range")]:
+    for reading, reason in [(rd(unit="lx"), "unit_mismatch"), (rd(999.0), "out_of_range")]:
         with pytest.raises(DecodeError) as info:
             v.check(reading, NOW)
         assert info.value.reason == reason

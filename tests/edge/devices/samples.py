@@ -1,0 +1,202 @@
+"""Real payloads as devices publish them, byte for byte, with their sources, and the
+readings each must become. Shared by the decoder tests and the broker + agent tests.
+
+Sources (files under tests/edge/devices/samples/, copied from /work/shared/samples/devices/
+and the projects named):
+- Tasmota docs: `docs/AM2301.md`, `docs/BME280.md`, `docs/devices/Sonoff-Pow-R2.md`; a
+  Tasmota user's log line (US 121 V mains)
+- zigbee2mqtt.io `docs/guide/usage/mqtt_topics_and_messages.md` (WSDCGQ01LM); a state
+  message quoted in Koenkk/zigbee-herdsman-converters issue #1020 (QBKG12LM)
+- Shelly Gen2 API docs, General/Notifications, example 1; a captured Gen2 NotifyStatus
+  quoted in a public Go project; a Shelly Gen1 plugin's test (`relay/0/power`)
+- ESPHome `components/mqtt/mqtt_sensor.cpp` (state topic, value formatted as text)
+- home-assistant.io `source/_integrations/mqtt.markdown`, discovery example (sensorBedroom)
+- Telegraf `plugins/inputs/temp/README.md`, example output
+- RFC 8428 sections 5.1.1, 5.1.2, 5.1.3
+- OwnTracks booklet `docs/tech/json.md`, a location message
+- The Things Stack docs `reference/data-formats`, uplink message example
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLES = Path(__file__).parent / "samples"
+RECEIVED = None  # the reading carries no time: the agent's receive time
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    device: str
+    metric: str
+    value: float
+    unit: str
+    time_ns: int | None  # None: the receive time
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    profile: str
+    file: str
+    topic: str
+    readings: tuple[Expected, ...]
+
+    @property
+    def payload(self) -> bytes:
+        return (SAMPLES / self.file).read_bytes()
+
+
+def _e(device: str, metric: str, value: float, unit: str, time_ns: int | None) -> Expected:
+    return Expected(device, metric, value, unit, time_ns)
+
+
+T_AM2301 = 1546300800 * 10**9  # "2019-01-01T00:00:00", local time in UTC (the profile's zone)
+T_BME280 = 1572809668 * 10**9  # "2019-11-03T19:34:28"
+T_POW = 1518716230 * 10**9  # "2018-02-15T17:37:10"
+T_US = 1601784155 * 10**9  # "2020-10-04T04:02:35"
+
+
+def _energy(device: str, t: int, v: tuple[float, ...]) -> tuple[Expected, ...]:
+    names = [
+        ("energy_total", "kWh"),
+        ("energy_yesterday", "kWh"),
+        ("energy_today", "kWh"),
+        ("energy_period", "Wh"),
+        ("power", "W"),
+        ("apparent_power", "VA"),
+        ("reactive_power", "var"),
+        ("factor", ""),
+        ("voltage", "V"),
+        ("current", "A"),
+    ]
+    return tuple(_e(device, m, x, u, t) for (m, u), x in zip(names, v, strict=True))
+
+
+SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
+    Sample(
+        "tasmota",
+        "01-tasmota-am2301.json",
+        "tele/tasmota_C26D46/SENSOR",
+        (
+            _e("tasmota_C26D46-AM2301", "temperature", 24.6, "Cel", T_AM2301),
+            _e("tasmota_C26D46-AM2301", "humidity", 58.2, "%RH", T_AM2301),
+        ),
+    ),
+    Sample(
+        "tasmota",
+        "02-tasmota-bme280.json",
+        "tele/tasmota_C26D46/SENSOR",
+        (
+            _e("tasmota_C26D46-BME280", "temperature", 21.7, "Cel", T_BME280),
+            _e("tasmota_C26D46-BME280", "humidity", 66.6, "%RH", T_BME280),
+            _e("tasmota_C26D46-BME280", "pressure", 988.6, "hPa", T_BME280),
+        ),
+    ),
+    Sample(
+        "tasmota",
+        "03-tasmota-energy-pow-r2.json",
+        "tele/pow1/SENSOR",
+        _energy(
+            "pow1-ENERGY", T_POW, (6.294, 5.34, 0.954, 217, 2635, 2650, 282, 0.99, 227, 11.661)
+        ),
+    ),
+    Sample(
+        "tasmota",
+        "04-tasmota-energy-us-121v.json",
+        "tele/power1/SENSOR",
+        _energy("power1-ENERGY", T_US, (8.315, 1.717, 0.35, 8, 87, 89, 22, 0.97, 121, 0.736)),
+    ),
+    Sample(
+        "zigbee2mqtt",
+        "05-zigbee2mqtt-wsdcgq01lm.json",
+        "zigbee2mqtt/kitchen/weather",  # a friendly name with '/': one device, not two
+        (
+            _e("kitchen__2Fweather", "temperature", 27.34, "Cel", RECEIVED),
+            _e("kitchen__2Fweather", "humidity", 44.72, "%RH", RECEIVED),
+        ),
+    ),
+    Sample(
+        "zigbee2mqtt",
+        "06-zigbee2mqtt-qbkg12lm.json",
+        "zigbee2mqtt/0x00158d0002c4e8a1",
+        tuple(
+            _e("0x00158d0002c4e8a1", m, v, u, 1582746249 * 10**9)  # last_seen, +01:00
+            for m, v, u in [
+                ("power", 0, "W"),
+                ("consumption", 0.32, "kWh"),
+                ("temperature", 16, "Cel"),
+                ("linkquality", 34, ""),
+                ("state_left", 0, ""),
+                ("state_right", 0, ""),
+            ]
+        ),
+    ),
+    Sample(
+        "shelly",
+        "07-shelly-gen2-notifystatus-doc.json",
+        "shellypro4pm-f008d1d8b8b8/events/rpc",
+        (_e("shellypro4pm-f008d1d8b8b8", "switch_0_output", 1.0, "", 1631186545_040000000),),
+    ),
+    Sample(
+        "shelly",
+        "08-shelly-gen2-notifystatus-voltage.json",
+        "shellies/plus1pm/events/rpc",
+        (_e("shellyplus1pm-4417939341dc", "switch_0_voltage", 232.7, "V", 1661517385_440000000),),
+    ),
+    Sample(
+        "shelly",
+        "09-shelly-gen1-relay0-power.txt",
+        "shellies/shelly-dimmer-sl-test/relay/0/power",
+        (_e("shelly-dimmer-sl-test-0", "power", 101.123, "W", RECEIVED),),
+    ),
+    Sample(
+        "esphome",
+        "10-esphome-sensor-state.txt",
+        "esp32-dht22/sensor/temperature/state",
+        (_e("esp32-dht22", "temperature", 23.5, "Cel", RECEIVED),),
+    ),
+    Sample(
+        "homeassistant",
+        "11-homeassistant-sensorBedroom-state.json",
+        "homeassistant/sensor/sensorBedroom/state",
+        (
+            _e("sensorBedroom", "temperature", 23.2, "Cel", RECEIVED),
+            _e("sensorBedroom", "humidity", 43.7, "%RH", RECEIVED),
+        ),
+    ),
+    Sample(
+        "telegraf",
+        "12-telegraf-temp.lp",
+        "telegraf/localhost/temp",
+        tuple(
+            _e(f"localhost-coretemp_physicalid0_{s}", "temperature", v, "Cel", 1531298763 * 10**9)
+            for s, v in [("crit", 100), ("critalarm", 0), ("input", 100), ("max", 100)]
+        ),
+    ),
+    Sample(
+        "owntracks",
+        "16-owntracks-location.json",
+        "owntracks/urban/nexus",
+        tuple(
+            _e("urban-nexus", m, v, u, 1508256136 * 10**9)
+            for m, v, u in [
+                ("accuracy", 16, "m"),
+                ("battery", 61, "%EL"),
+                ("latitude", 59.4313733, "lat"),
+                ("longitude", 18.3259013, "lon"),
+            ]
+        ),
+    ),
+    Sample(
+        "ttn",
+        "17-ttn-v3-uplink.json",
+        "v3/app1@ttn/devices/dev1/up",
+        (
+            _e("dev1", "temperature", 1.0, "Cel", 1581520546_014773143),
+            _e("dev1", "luminosity", 0.64, "lx", 1581520546_014773143),
+        ),
+    ),
+)
+
+PROFILES = sorted({s.profile for s in SAMPLES_BY_PROFILE})
