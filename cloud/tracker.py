@@ -31,18 +31,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud.records import WindowRecord
-from cloud.windows import I64, U32, GroupStats, group_stats, window_index
+from cloud.records import IndexBounds, WindowRecord
+from cloud.windows import I64, U32, GroupStats, group_stats, window_index, window_label
 from gateway.codec import Batch, SeriesKey
 
 F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 NO_TIME = -(1 << 63)
 CHECKPOINT_VERSION = 1
-
-
-def window_label(width_s: int) -> str:
-    return f"{width_s // 60}m" if width_s % 60 == 0 else f"{width_s}s"
 
 
 @dataclass(slots=True)
@@ -221,14 +217,21 @@ class Tracker:
         return result
 
     def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[WindowRecord]:
+        """`due_indexed` without the bounds."""
+        return [record for record, _ in self.due_indexed(idle, gone)]
+
+    def due_indexed(
+        self, idle: set[str], gone: frozenset[str] = frozenset()
+    ) -> list[tuple[WindowRecord, IndexBounds]]:
         """Records of closed windows whose content changed since last emitted (and of all
         open windows of agents in `idle`); marks them emitted and drops final readings.
+        Each comes with the `IndexBounds` its AGG message carries.
 
         Agents in `gone` (silent for long, by wall clock) have their watermark moved past
         every window they hold, so those windows become final: a dead agent must not pin
         the replay point of every later restart. The moved watermark is checkpointed like
         any other, so restarts after it decide as this run does."""
-        out: list[WindowRecord] = []
+        out: list[tuple[WindowRecord, IndexBounds]] = []
         for subject, agent in self.agents.items():
             flush = subject in idle and not agent.flushed
             if subject in gone and any(len(ws) for ws in agent.widths):
@@ -238,10 +241,27 @@ class Tracker:
                 continue
             for ws in agent.widths:
                 if len(ws):
-                    out.extend(self._due_width(agent, ws, flush))
+                    records = self._due_width(agent, ws, flush)
+                    if records:
+                        bounds = self._bounds(agent, ws, records)
+                        out.extend((r, bounds) for r in records)
             agent.dirty = False
             agent.flushed = agent.flushed or flush
         return out
+
+    def _bounds(
+        self, agent: AgentState, ws: WidthState, records: list[WindowRecord]
+    ) -> IndexBounds:
+        """Why these bounds hold: a record is only ever emitted for a window holding a
+        reading (so it starts at or before the watermark), and a reading is only accepted
+        into a window that is not final at the watermark (so every later record starts
+        after `watermark - width - lateness`, or is one of the windows held now)."""
+        floor = min(r.start_ns for r in records)
+        floor = min(floor, agent.watermark - ws.width_ns - self.lateness_ns)
+        if len(ws):
+            held = int(ws.rows.time.min())
+            floor = min(floor, held - held % ws.width_ns)
+        return IndexBounds(floor, agent.watermark)
 
     @staticmethod
     def _last_end(agent: AgentState) -> int:

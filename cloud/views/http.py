@@ -1,6 +1,7 @@
 """HTTP JSON API of the cloud tier (documented in docs/api.md), bound to 127.0.0.1.
 
 - `GET /api/windows` - history from the AGG stream (`gateway query`), JSON or CSV;
+- `GET /api/series` - one series as chart-ready columns (`gateway query --points N`);
 - `GET /api/latest` - the latest window of each series, from the AGG_LATEST bucket;
 - `GET /api/live` - the same, live: server-sent events, one `window` event per update;
 - `GET /healthz`.
@@ -24,7 +25,7 @@ from nats.js.errors import BucketNotFoundError
 from cloud.errors import QueryError
 from cloud.httpd import serve_app
 from cloud.records import WindowRecord
-from cloud.views.query import Selector, parse_time, query, to_csv
+from cloud.views.query import Selector, parse_time, query, series, to_csv
 from gateway import subjects
 from gateway.errors import ConfigError, InvalidTokenError
 
@@ -73,6 +74,29 @@ async def windows(request: web.Request) -> web.Response:
     if fmt == "csv":
         return web.Response(text=to_csv(records), content_type="text/csv")
     return _json(records)
+
+
+async def series_columns(request: web.Request) -> web.Response:
+    q = request.query
+    missing = [k for k in ("site", "device", "metric") if not q.get(k)]
+    if missing:
+        return _error(400, f"{', '.join(missing)}: required")
+    try:
+        points = int(q.get("points", "500"))
+    except ValueError:
+        return _error(400, f"points {q['points']!r}: expected an integer")
+    sel = _selector(request)  # checks the names and parses the times
+    assert sel.site and sel.device and sel.metric
+    columns = await series(
+        request.app[NC_KEY].jetstream(),
+        sel.site,
+        sel.device,
+        sel.metric,
+        sel.start_ns,
+        sel.end_ns,
+        points,
+    )
+    return web.Response(body=columns.to_json(), content_type="application/json")
 
 
 async def latest(request: web.Request) -> web.Response:
@@ -130,6 +154,7 @@ def make_app(nc: NatsClient) -> web.Application:
     app = web.Application(middlewares=[_bad_request])
     app[NC_KEY] = nc
     app.router.add_get("/api/windows", windows)
+    app.router.add_get("/api/series", series_columns)
     app.router.add_get("/api/latest", latest)
     app.router.add_get("/api/live", live)
     app.router.add_get("/healthz", healthz)

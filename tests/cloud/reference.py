@@ -19,6 +19,7 @@ from nats.js.client import JetStreamContext
 from cloud.records import WindowId, WindowRecord
 from gateway import codec, subjects
 
+UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))  # window labels: 10s, 1m, 1h, 1d
 Row = tuple[str, str, str, str, float, int, int]  # site, device, metric, unit, value, t, seq
 
 
@@ -36,7 +37,7 @@ def recompute(rows: Iterable[Row], widths_s: Iterable[int]) -> dict[WindowId, di
     for site, device, metric, unit, value, t, seq in rows:
         for w in widths:
             width_ns = w * 10**9
-            label = f"{w // 60}m" if w % 60 == 0 else f"{w}s"
+            label = next(f"{w // n}{u}" for n, u in UNITS if w % n == 0)
             key = (label, site, device, metric, t - t % width_ns)
             groups.setdefault(key, []).append((t, seq, value, unit))
     out: dict[WindowId, dict[str, Any]] = {}

@@ -24,6 +24,7 @@ from cloud.records import WindowId, WindowRecord
 from cloud.views.http import http_api
 from cloud.views.watch import watch
 from gateway import process
+from gateway.config import CloudConfig
 from gateway.servers import NatsServer, free_port
 from tests.cloud.reference import (
     assert_windows_equal,
@@ -204,7 +205,9 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
 
             await eventually(health, bool, timeout=30)
             batches = make_batches(np.random.default_rng(25), agents=3, seconds=30, t0=T0)
-            want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+            # The default widths: 10 s, 1 min and the 1 h and 1 d rollups.
+            default = CloudConfig().aggregator.windows_s
+            want = recompute(rows_of(b for _, _, b in batches), default)
             client = await nats.connect(f"nats://127.0.0.1:{nats_port}")
             try:
                 await publish(client.jetstream(), batches)
