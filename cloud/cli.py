@@ -59,6 +59,18 @@ def register(sub: Any) -> None:
             c.add_argument("--port", type=int, default=4222, help="NATS client port")
         if name in ("up", "serve"):
             c.add_argument("--http-port", type=int, default=8080, help="0 = no HTTP API")
+            c.add_argument(
+                "--allow-host", action="append", default=[], help="also accept this Host"
+            )
+        if name == "serve":
+            c.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
+
+    token = cloud.add_parser("token", help="HTTP API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="issue a token (printed once)")
+    create.add_argument("--role", choices=("viewer", "admin"), required=True)
+    create.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
+    create.set_defaults(func=_token_create)
 
     cluster = cloud.add_parser("cluster", help="local 3-node JetStream cluster")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
@@ -127,20 +139,42 @@ def _cloud_up(args: argparse.Namespace) -> int:
     from cloud.up import run_cloud
 
     cfg = _cloud_config(args)
+    hosts = _allowed_hosts(args)
     run_until_signalled(
-        lambda stop: run_cloud(cfg, stop, args.data_dir, args.port, args.workers, args.http_port)
+        lambda stop: run_cloud(
+            cfg, stop, args.data_dir, args.port, args.workers, args.http_port, hosts
+        )
     )
     return 0
 
 
+def _allowed_hosts(args: argparse.Namespace) -> frozenset[str]:
+    from cloud.views.auth import DEFAULT_HOSTS
+
+    return DEFAULT_HOSTS | {h.lower() for h in args.allow_host}
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from cloud.up import api_tokens_file
+    from cloud.views.auth import create_token
+
+    record, token = create_token(api_tokens_file(args.data_dir), args.role)
+    print(f"# token {record.id} (role {record.role}); shown once, keep it secret", file=sys.stderr)
+    print(token)
+    return 0
+
+
 def _cloud_serve(args: argparse.Namespace) -> int:
+    from cloud.up import api_tokens_file
+    from cloud.views.auth import ApiAuth
     from cloud.views.http import serve
 
     cfg = _cloud_config(args)
+    auth = ApiAuth.from_file(api_tokens_file(args.data_dir), _allowed_hosts(args))
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(cfg.nats.url, "cloud-http") as nc:
-            await serve(nc, args.http_port, stop)
+            await serve(nc, args.http_port, auth, stop)
 
     run_until_signalled(service)
     return 0

@@ -15,3 +15,11 @@ class QueryError(GatewayError):
 
 class Abandoned(GatewayError):
     """A publish given up on while stopping; nothing after it may be checkpointed."""
+
+
+class TokenFileError(GatewayError):
+    """The API's token file cannot be read or has a bad line (the line is named, not shown)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"token file {path}: {reason}")
+        self.reason = reason

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cloud.aggregator import Aggregator
 from cloud.streams import ensure_streams
+from cloud.views.auth import DEFAULT_HOSTS, ApiAuth
 from cloud.views.http import http_api
 from gateway.config import AggregatorSettings, CloudConfig, StreamSettings
 from gateway.connect import nats_connection
@@ -27,8 +28,19 @@ def _worker_config(cfg: CloudConfig, i: int) -> CloudConfig:
     return cfg.model_copy(update={"aggregator": agg})
 
 
+def api_tokens_file(data_dir: Path) -> Path:
+    """Where `gateway cloud token create` writes and the HTTP API reads its tokens."""
+    return data_dir / "api" / "tokens.jsonl"
+
+
 async def run_cloud(
-    cfg: CloudConfig, stop: asyncio.Event, data_dir: Path, port: int, workers: int, http_port: int
+    cfg: CloudConfig,
+    stop: asyncio.Event,
+    data_dir: Path,
+    port: int,
+    workers: int,
+    http_port: int,
+    allowed_hosts: frozenset[str] = DEFAULT_HOSTS,
 ) -> None:
     server = NatsServer(data_dir / "nats", name="cloud")
     server.port = port
@@ -42,7 +54,8 @@ async def run_cloud(
                     agg = Aggregator(_worker_config(cfg, i), i, workers)
                     tg.create_task(agg.run(nc, stop), name=agg.name)
                 if http_port:
-                    async with http_api(nc, http_port) as bound:
+                    auth = ApiAuth.from_file(api_tokens_file(data_dir), allowed_hosts)
+                    async with http_api(nc, http_port, auth) as bound:
                         print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
                         await stop.wait()
     finally:

@@ -4,7 +4,7 @@
 - `GET /api/series` - one series as chart-ready columns (`gateway query --points N`);
 - `GET /api/latest` - the latest window of each series, from the AGG_LATEST bucket;
 - `GET /api/live` - the same, live: server-sent events, one `window` event per update;
-- `GET /healthz`.
+- `GET /healthz` (open; every other route needs a bearer token: cloud/views/auth.py).
 All take the filters `site`, `device`, `metric`, `window`; `/api/windows` also `from`, `to`
 and `format`.
 """
@@ -25,6 +25,7 @@ from nats.js.errors import BucketNotFoundError
 from cloud.errors import QueryError
 from cloud.httpd import serve_app
 from cloud.records import WindowRecord
+from cloud.views.auth import AUTH_KEY, ApiAuth, authenticate
 from cloud.views.query import Selector, parse_time, query, series, to_csv
 from gateway import subjects
 from gateway.errors import ConfigError, InvalidTokenError
@@ -150,9 +151,10 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"nats": request.app[NC_KEY].is_connected})
 
 
-def make_app(nc: NatsClient) -> web.Application:
-    app = web.Application(middlewares=[_bad_request])
+def make_app(nc: NatsClient, auth: ApiAuth) -> web.Application:
+    app = web.Application(middlewares=[authenticate, _bad_request])
     app[NC_KEY] = nc
+    app[AUTH_KEY] = auth
     app.router.add_get("/api/windows", windows)
     app.router.add_get("/api/series", series_columns)
     app.router.add_get("/api/latest", latest)
@@ -162,12 +164,12 @@ def make_app(nc: NatsClient) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def http_api(nc: NatsClient, port: int) -> AsyncIterator[int]:
-    async with serve_app(make_app(nc), port) as bound:
+async def http_api(nc: NatsClient, port: int, auth: ApiAuth) -> AsyncIterator[int]:
+    async with serve_app(make_app(nc, auth), port) as bound:
         yield bound
 
 
-async def serve(nc: NatsClient, port: int, stop: asyncio.Event) -> None:
-    async with http_api(nc, port) as bound:
+async def serve(nc: NatsClient, port: int, auth: ApiAuth, stop: asyncio.Event) -> None:
+    async with http_api(nc, port, auth) as bound:
         print(f"HTTP API on http://127.0.0.1:{bound}/api/ (docs/api.md)", flush=True)
         await stop.wait()

@@ -9,6 +9,7 @@ import io
 import socket
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from nats.js.client import JetStreamContext
 from rich.console import Console
 
 from cloud.records import WindowId, WindowRecord
+from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
 from cloud.views.watch import watch
 from gateway import process
@@ -115,14 +117,18 @@ async def test_query_over_a_stored_hour_equals_recomputation(
 
 
 async def test_http_api_windows_latest_live_and_bad_requests(
-    nc: NatsClient, js: JetStreamContext
+    nc: NatsClient, js: JetStreamContext, tmp_path: Path
 ) -> None:
     batches = make_batches(np.random.default_rng(22), agents=1, seconds=60, t0=T0)
     want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+    _, token = create_token(tmp_path / "tokens.jsonl", "viewer")
+    auth = ApiAuth.from_file(tmp_path / "tokens.jsonl")
     async with (
         running(nc, cloud_config()),
-        http_api(nc, 0) as port,
-        aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http,
+        http_api(nc, 0, auth) as port,
+        aiohttp.ClientSession(
+            f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+        ) as http,
     ):
         await publish(js, batches)
         await wait_exact(js, want)
