@@ -57,6 +57,7 @@ async def run_cloud(
                     auth = ApiAuth.from_file(api_tokens_file(data_dir), allowed_hosts)
                     async with http_api(nc, http_port, auth) as bound:
                         print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
+                        print(f"dashboard on http://127.0.0.1:{bound}/dashboard/", flush=True)
                         await stop.wait()
     finally:
         await server.stop()

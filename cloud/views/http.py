@@ -26,6 +26,7 @@ from cloud.errors import QueryError
 from cloud.httpd import serve_app
 from cloud.records import WindowRecord
 from cloud.views.auth import AUTH_KEY, ApiAuth, authenticate
+from cloud.views.dashboard import add_dashboard
 from cloud.views.query import Selector, parse_time, query, series, to_csv
 from gateway import subjects
 from gateway.errors import ConfigError, InvalidTokenError
@@ -160,6 +161,7 @@ def make_app(nc: NatsClient, auth: ApiAuth) -> web.Application:
     app.router.add_get("/api/latest", latest)
     app.router.add_get("/api/live", live)
     app.router.add_get("/healthz", healthz)
+    add_dashboard(app, nc)  # the pages and their JSON routes (docs/dashboard.md)
     return app
 
 
@@ -172,4 +174,5 @@ async def http_api(nc: NatsClient, port: int, auth: ApiAuth) -> AsyncIterator[in
 async def serve(nc: NatsClient, port: int, auth: ApiAuth, stop: asyncio.Event) -> None:
     async with http_api(nc, port, auth) as bound:
         print(f"HTTP API on http://127.0.0.1:{bound}/api/ (docs/api.md)", flush=True)
+        print(f"dashboard on http://127.0.0.1:{bound}/dashboard/ (docs/dashboard.md)", flush=True)
         await stop.wait()
