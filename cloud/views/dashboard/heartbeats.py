@@ -102,10 +102,8 @@ class Heartbeats:
 
     def rate(self, site: str, agent: str) -> float | None:
         pair = self._beats.get((site, agent))
-        if not pair or pair[0] is None:
-            return None
-        old, new = pair
-        if new.time_ns <= old.time_ns:
+        old, new = pair if pair else (None, None)
+        if old is None or new is None or new.time_ns <= old.time_ns:
             return None
         return round((new.readings - old.readings) / ((new.time_ns - old.time_ns) / 1e9), 2)
 
