@@ -78,14 +78,14 @@ async def login(request: web.Request) -> web.StreamResponse:
         path="/",
         max_age=int(request.app[SESSIONS_KEY].ttl_s),
     )
-    return resp
+    raise resp
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     request.app[SESSIONS_KEY].close(request.cookies.get(SESSION_COOKIE, ""))
     resp = web.HTTPSeeOther("/dashboard/login")
     resp.del_cookie(SESSION_COOKIE, path="/")
-    return resp
+    raise resp
 
 
 async def fleet(request: web.Request) -> web.Response:

@@ -275,8 +275,21 @@
       const [f, t, live] = bounds();
       if (!(f < t) || state.chosen.length === 0) { state.result = []; draw(); live || closeLive(); return; }
       const points = Math.max(50, Math.min(2000, Math.floor(target.clientWidth || 800)));
-      const res = await Promise.all(state.chosen.map((s) => api("/api/series?" + new URLSearchParams({
-        site: s.site, device: s.device, metric: s.metric, from: String(f * 1e6), to: String(t * 1e6), points: String(points) }))));
+      // A range up to now is asked without `to` (the server's "now"): see docs/dashboard.md.
+      const query = (s) => {
+        const q = { site: s.site, device: s.device, metric: s.metric, from: String(f) + "000000", points: String(points) };
+        if (!live) q.to = String(t) + "000000";
+        return "/api/series?" + new URLSearchParams(q);
+      };
+      let res;
+      try {
+        res = await Promise.all(state.chosen.map((s) => api(query(s))));
+      } catch (e) {
+        say("could not load the series (" + String(e.message || e) + "); retrying");
+        setTimeout(() => { if (mine === loading) load(); }, 3000);
+        return;
+      }
+      D.lastQueries = state.chosen.map(query);
       if (mine !== loading) return;
       state.result = res; state.from = f; state.to = t;
       draw();
