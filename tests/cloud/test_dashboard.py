@@ -6,6 +6,8 @@ root). With DASHBOARD_SCREENSHOTS=1 the screenshots go to docs/dashboard/ (commi
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import shutil
 import time
@@ -16,9 +18,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 
+from cloud.records import WindowRecord
+from cloud.streams import ensure_streams
 from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
+from gateway import subjects
+from gateway.config import StreamSettings
 from gateway.deadletter import DeadLetterHeaders
 from tests.chaos.rig import AGENT, SITE, Rig, rig
 from tests.helpers import eventually
@@ -45,7 +53,11 @@ class Console:
     errors: list[str]
 
     def watch(self, page: Any) -> None:
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        def on_console(msg: Any) -> None:
+            if msg.type == "error":
+                self.errors.append(msg.text)
+
+        page.on("console", on_console)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
 
@@ -229,3 +241,123 @@ async def compare_chart_with_api(
     assert len(direct["times"]) > 0
     for i, key in enumerate(("min", "max", "mean", "p95"), start=1):
         assert chart[i] == direct[key], key
+
+
+def record(device: str, window: str, start_ns: int, width_s: int, value: float) -> WindowRecord:
+    return WindowRecord(
+        site="perf", device=device, metric="temp", unit="Cel", window=window,
+        start_ns=start_ns, end_ns=start_ns + width_s * 10**9, count=10,
+        min=value - 1, max=value + 1, sum=value * 10, mean=value, stddev=0.5,
+        p50=value, p95=value + 0.8, first=value, last=value, closed=True,
+    )  # fmt: skip
+
+
+async def publish_all(js: JetStreamContext, items: list[tuple[str, bytes]]) -> None:
+    for i in range(0, len(items), 500):
+        await asyncio.gather(*(js.publish(subj, data) for subj, data in items[i : i + 500]))
+
+
+async def seed(js: JetStreamContext, now_ns: int) -> None:
+    """10,000 series in the catalog; 30 days of 1h and 1d windows of dev-00000; 15 minutes
+    of 10 s windows of dev-00000 .. dev-00019 (the live chart's series)."""
+    hour, day = 3600 * 10**9, 86400 * 10**9
+    items = [
+        (f"$KV.{subjects.LATEST_BUCKET}.1h.perf.dev-{i:05d}.temp", b"{}") for i in range(10_000)
+    ]
+    start = (now_ns - 30 * day) // hour * hour
+    for k in range(30 * 24):
+        r = record("dev-00000", "1h", start + k * hour, 3600, 20 + math.sin(k / 10))
+        items.append((r.subject(), r.to_json()))
+    for k in range(31):
+        r = record("dev-00000", "1d", (now_ns - 30 * day) // day * day + k * day, 86400, 20.0)
+        items.append((r.subject(), r.to_json()))
+    ten = 10 * 10**9
+    for d in range(20):
+        for k in range(90):
+            r = record(f"dev-{d:05d}", "10s", (now_ns - 900 * 10**9) // ten * ten + k * ten, 10, d)
+            items.append((r.subject(), r.to_json()))
+    await publish_all(js, items)
+
+
+@pytest.mark.slow
+async def test_dashboard_performance(tmp_path: Path, nc: NatsClient, browser: Any) -> None:
+    """The figures docs/benchmarks.md records: picker search with 10,000 series, a 30-day
+    chart (request to drawn) and the main thread's load of a 20-series live chart."""
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    now_ns = time.time_ns()
+    await seed(js, now_ns)
+    tokens = tmp_path / "tokens.jsonl"
+    token = create_token(tokens, "viewer")[1]
+    async with http_api(nc, 0, ApiAuth.from_file(tokens)) as port:
+        base = f"http://127.0.0.1:{port}"
+        ctx = await browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+        page = await ctx.new_page()
+        await login(page, base, token)
+        await page.goto(f"{base}/dashboard/series")
+        await page.wait_for_function("window.dashboard.catalogReady === true", timeout=30000)
+        assert await page.evaluate("window.dashboard.series.catalog.length") == 10_000
+        search_ms = []
+        for text in ("dev-0999", "perf 42", "temp", "dev-00007 temp", "nothing-like-this"):
+            search_ms.append(
+                await page.evaluate(
+                    """(text) => { const box = document.getElementById('series-search');
+                    const t0 = performance.now(); box.value = text;
+                    box.dispatchEvent(new Event('input'));
+                    document.getElementById('series-results').getBoundingClientRect();
+                    return performance.now() - t0; }""",
+                    text,
+                )
+            )
+        month_ms = []
+        for _ in range(3):
+            await page.evaluate("window.dashboard.series.chosen.length = 0")
+            await page.evaluate("window.dashboard.add('perf', 'dev-00000', 'temp')")
+            await page.evaluate("delete window.dashboard.lastLoadMs")
+            await page.evaluate(f"window.dashboard.setRange({now_ns // 10**6 - 30 * 86400_000}, 0)")
+            await page.wait_for_function("window.dashboard.lastLoadMs !== undefined")
+            month_ms.append(await page.evaluate("window.dashboard.lastLoadMs"))
+        assert await page.evaluate("window.dashboard.series.result[0].window") == "1h"
+
+        await page.goto(f"{base}/dashboard/series")
+        await page.wait_for_function("window.dashboard.catalogReady === true", timeout=30000)
+        for d in range(20):
+            await page.evaluate(f"window.dashboard.add('perf', 'dev-{d:05d}', 'temp')")
+        await page.select_option("#range", "15m")
+        await page.wait_for_function(
+            "window.dashboard.series.result.length === 20 && window.dashboard.series.es",
+            timeout=20000,
+        )
+        cdp = await ctx.new_cdp_session(page)
+        await cdp.send("Performance.enable")
+        busy = await live_load(js, cdp, seconds=20)
+        updates = await page.evaluate("window.dashboard.liveUpdates || 0")
+        await ctx.close()
+    print(
+        f"\nDASHBOARD search_ms max={max(search_ms):.1f} all={[round(x, 1) for x in search_ms]}"
+        f" month_chart_ms={[round(x) for x in month_ms]} live_busy={busy:.1%} updates={updates}"
+    )
+    assert max(search_ms) < 100
+    assert min(month_ms) < 1000
+    assert updates >= 20 * 15
+    assert busy < 0.20
+
+
+async def live_load(js: JetStreamContext, cdp: Any, seconds: int) -> float:
+    """Put one update per second for each of the 20 series into AGG_LATEST (what the
+    aggregator does for an open window); the share of wall time the renderer's main thread
+    spent in tasks (CDP Performance.getMetrics TaskDuration) over that time."""
+
+    async def task_s() -> float:
+        got = await cdp.send("Performance.getMetrics")
+        return float(next(m["value"] for m in got["metrics"] if m["name"] == "TaskDuration"))
+
+    kv = await js.key_value(subjects.LATEST_BUCKET)
+    t0, busy0 = time.monotonic(), await task_s()
+    for tick in range(seconds):
+        start = time.time_ns() // (10 * 10**9) * (10 * 10**9)
+        for d in range(20):
+            r = record(f"dev-{d:05d}", "10s", start, 10, d + tick / 10)
+            await kv.put(r.latest_key(), r.to_json())
+        await asyncio.sleep(max(0.0, t0 + tick + 1 - time.monotonic()))  # 1 update/s: pacing
+    return (await task_s() - busy0) / (time.monotonic() - t0)

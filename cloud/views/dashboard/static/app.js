@@ -274,7 +274,8 @@
       const t0 = performance.now();
       const [f, t, live] = bounds();
       if (!(f < t) || state.chosen.length === 0) { state.result = []; draw(); live || closeLive(); return; }
-      const points = Math.max(50, Math.min(2000, Math.floor(target.clientWidth || 800)));
+      // About one window per 3 pixels: the API picks the coarsest width giving at least that many.
+      const points = Math.max(50, Math.min(1000, Math.floor((target.clientWidth || 800) / 3)));
       // A range up to now is asked without `to` (the server's "now"): see docs/dashboard.md.
       const query = (s) => {
         const q = { site: s.site, device: s.device, metric: s.metric, from: String(f) + "000000", points: String(points) };
