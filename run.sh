@@ -36,6 +36,20 @@ need_mosquitto() {
     fi
 }
 
+need_chromium() {
+    # The dashboard's browser tests drive Debian's Chromium headless (Playwright from PyPI
+    # brings no browser of its own here); install it if missing, else they are skipped.
+    if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing chromium from Debian's packages ..." >&2
+            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+                || echo "warning: could not install chromium; the browser tests will be skipped" >&2
+        else
+            echo "note: chromium not installed; the browser tests will be skipped" >&2
+        fi
+    fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -46,6 +60,7 @@ case "$cmd" in
     test)
         setup
         need_mosquitto
+        need_chromium
         "$VENV/bin/ruff" check .
         "$VENV/bin/mypy"
         exec "$VENV/bin/python" -m pytest "$@"

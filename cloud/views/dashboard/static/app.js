@@ -151,7 +151,8 @@
       if (plot === null || reasons !== names.join()) {
         if (plot) plot.destroy();
         reasons = names.join();
-        plot = chart(target, { height: 200, series: [{}, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length],
+        plot = chart(target, { height: 200, scales: { x: { time: true,
+          range: (u, lo, hi) => (lo === hi ? [lo - 300, hi + 300] : [lo, hi]) } }, series: [{}, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length],
           paths: uPlot.paths.bars ? uPlot.paths.bars({ size: [0.6] }) : undefined }))] }, data);
       } else plot.setData(data);
       holder.replaceChildren(table([
