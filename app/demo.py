@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -35,12 +36,14 @@ from rich.live import Live
 from app.chaos import FaultInjector
 from app.verify import Report, compare, read_telemetry
 from cloud.streams import ensure_streams
+from cloud.up import api_tokens_file
+from cloud.views.auth import create_token
 from cloud.views.watch import Latest, follow_latest, render
 from devices.catalog import load_catalog
 from gateway import process, subjects
 from gateway.config import CloudConfig
 from gateway.connect import nats_connection
-from gateway.servers import NatsServer
+from gateway.servers import NatsServer, free_port
 
 SITE = "demo"
 AGENT = "agent1"
@@ -244,6 +247,7 @@ async def _run(
         await ensure_streams(js, cloud_cfg.streams)
         children.start("aggregator", "cloud", "aggregate", "--nats", cloud.url)
         children.start("agent", "edge", "run", "--config", str(root / "agent.toml"))
+        _start_dashboard(root, cloud.url, children, say)
         await _wait_agent_ready(nc, children)
         say(f"agent ready; starting {opts.devices} devices")
 
@@ -307,6 +311,22 @@ async def _run(
             else {}
         ),
     }
+
+
+def _start_dashboard(root: Path, nats_url: str, children: Children, say: Any) -> None:
+    """The HTTP API and dashboard (`gateway cloud serve`), with a viewer token written to a
+    0600 file next to the demo's data, so it never appears in the demo's output or logs."""
+    token = create_token(api_tokens_file(root / "cloud-api"), "viewer")[1]
+    token_file = root / "dashboard-token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    port = free_port()
+    children.start(
+        "dashboard", "cloud", "serve", "--nats", nats_url, "--http-port", str(port),
+        "--data-dir", str(root / "cloud-api"),
+    )  # fmt: skip
+    say(f"dashboard on http://127.0.0.1:{port}/dashboard/ (log in with the token in {token_file})")
 
 
 async def _keep_viewing(view: LiveView, nc: NatsClient) -> None:
