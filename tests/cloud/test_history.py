@@ -3,6 +3,8 @@ returns; `/api/series` picks the width and answers columns equal to the recomput
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from cloud.records import IndexBounds, WindowId, WindowRecord
+from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
 from cloud.views.query import Selector, choose_window, locate, read
 from gateway import subjects
@@ -91,9 +94,16 @@ async def test_bisected_query_equals_a_full_scan_and_reads_about_the_answer(
 
 
 async def test_series_api_picks_the_width_and_answers_the_recomputed_columns(
-    nc: NatsClient, two_hours: dict[WindowId, dict[str, object]]
+    nc: NatsClient, two_hours: dict[WindowId, dict[str, object]], tmp_path: Path
 ) -> None:
-    async with http_api(nc, 0) as port, aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+    _, token = create_token(tmp_path / "tokens.jsonl", "viewer")  # the API needs a token
+    auth = ApiAuth.from_file(tmp_path / "tokens.jsonl")
+    async with (
+        http_api(nc, 0, auth) as port,
+        aiohttp.ClientSession(
+            f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+        ) as http,
+    ):
         base = {"site": "s1", "device": "a0-d0", "metric": "temp"}
         span = {"from": str(T0), "to": str(T0 + 7200 * S)}
         async with http.get("/api/series", params={**base, **span, "points": "100"}) as r:
