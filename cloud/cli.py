@@ -140,7 +140,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(cfg.nats.url, "cloud-http") as nc:
-            await serve(nc, args.http_port, stop)
+            await serve(nc, args.http_port, stop, cfg.views.live_max_clients)
 
     run_until_signalled(service)
     return 0

@@ -15,3 +15,11 @@ class QueryError(GatewayError):
 
 class Abandoned(GatewayError):
     """A publish given up on while stopping; nothing after it may be checkpointed."""
+
+
+class TooManyClients(GatewayError):
+    """A live view refused: the configured number of clients is reached (HTTP 503)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"too many live clients (the cap is {cap})")
+        self.cap = cap

@@ -42,7 +42,7 @@ async def run_cloud(
                     agg = Aggregator(_worker_config(cfg, i), i, workers)
                     tg.create_task(agg.run(nc, stop), name=agg.name)
                 if http_port:
-                    async with http_api(nc, http_port) as bound:
+                    async with http_api(nc, http_port, cfg.views.live_max_clients) as bound:
                         print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
                         await stop.wait()
     finally:
