@@ -4,7 +4,8 @@ Every SSE client of `/api/live` with the same filter reads from one `LiveFeed`: 
 JetStream consumer (a KV watch of `AGG_LATEST`) whose updates are copied into each
 client's bounded queue. The feed keeps the latest value of each key, so a client joining
 an existing feed first gets the current values, as with its own watcher. The last client
-to leave stops the watcher, and the server removes its consumer `CONSUMER_IDLE_S` later. A client too slow to drain its queue is dropped, not the feed.
+to leave stops the watcher, and the server removes its consumer `CONSUMER_IDLE_S` later.
+A client too slow to drain its queue is dropped, not the feed.
 """
 
 from __future__ import annotations
