@@ -69,6 +69,7 @@ class AggregatorStats:
     bad_messages: int = 0
     replayed_messages: int = 0
     resyncs: int = 0
+    duplicate_readings: int = 0  # copies of held readings dropped (replays included)
 
 
 def partition_of(subject: str, partitions: int) -> int:
@@ -354,6 +355,9 @@ class Aggregator:
         idle = {a for a, t in self._last_seen.items() if now - t >= s.idle_close_s}
         gone = frozenset(a for a in idle if now - self._last_seen[a] >= s.idle_final_s)
         indexed = self.tracker.due_indexed(idle, gone)
+        dup = self.tracker.duplicates
+        self.metrics.duplicates.inc(max(0, dup - self.stats.duplicate_readings))
+        self.stats.duplicate_readings = dup
         # Chunks one after the other: the bounds of a chunk hold for every later chunk.
         for chunk in range(0, len(indexed), 256):
             part = indexed[chunk : chunk + 256]

@@ -174,7 +174,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(cfg.nats.url, "cloud-http") as nc:
-            await serve(nc, args.http_port, auth, stop)
+            await serve(nc, args.http_port, auth, stop, cfg.views.live_max_clients)
 
     run_until_signalled(service)
     return 0

@@ -247,10 +247,16 @@ class AggregatorSettings(_Model):
         return v
 
 
+class ViewSettings(_Model):
+    # `/api/live` clients at once, over all filters; one more gets 503.
+    live_max_clients: Annotated[int, Field(ge=1)] = 1000
+
+
 class CloudConfig(_Model):
     nats: NatsSettings = NatsSettings()
     streams: StreamSettings = StreamSettings()
     aggregator: AggregatorSettings = AggregatorSettings()
+    views: ViewSettings = ViewSettings()
 
 
 M = TypeVar("M", bound=BaseModel)

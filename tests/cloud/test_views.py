@@ -22,6 +22,7 @@ from nats.js.client import JetStreamContext
 from rich.console import Console
 
 from cloud.records import WindowId, WindowRecord
+from cloud.up import api_tokens_file
 from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
 from cloud.views.watch import watch
@@ -194,13 +195,16 @@ async def test_cloud_init_is_idempotent_and_applies_changes(
 async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) -> None:
     nats_port, http_port = free_port(), free_port()
     log = tmp_path / "up.log"
+    token = create_token(api_tokens_file(tmp_path / "cloud"), "viewer")[1]
     proc = process.spawn(
         [sys.executable, "-m", "app", "cloud", "up", "--data-dir", str(tmp_path / "cloud"),
          "--port", str(nats_port), "--http-port", str(http_port), "--workers", "2"],
         log,
     )  # fmt: skip
     try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{http_port}") as http:
+        async with aiohttp.ClientSession(
+            f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}
+        ) as http:
 
             async def health() -> bool:
                 try:
