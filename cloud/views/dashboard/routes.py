@@ -18,8 +18,10 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 
 from cloud.views.auth import AUTH_KEY, SESSION_COOKIE, SESSIONS_KEY, Sessions
-from cloud.views.dashboard import streams
 from cloud.views.dashboard.heartbeats import Heartbeats
+from cloud.views.dashboard.streams import catalog as read_catalog
+from cloud.views.dashboard.streams import dead_letters as read_dead_letters
+from cloud.views.dashboard.streams import pipeline as read_pipeline
 from gateway import subjects
 
 STATIC = Path(__file__).parent / "static"
@@ -104,7 +106,7 @@ async def agent(request: web.Request) -> web.Response:
 
 
 async def catalog(request: web.Request) -> web.Response:
-    return _json(await streams.catalog(_nc(request).jetstream()))
+    return _json(await read_catalog(_nc(request).jetstream()))
 
 
 async def dead_letters(request: web.Request) -> web.Response:
@@ -114,13 +116,13 @@ async def dead_letters(request: web.Request) -> web.Response:
         limit = 0
     if not 1 <= limit <= 5000:
         return web.json_response({"error": "limit: expected an integer 1..5000"}, status=400)
-    return _json(await streams.dead_letters(_nc(request).jetstream(), limit))
+    return _json(await read_dead_letters(_nc(request).jetstream(), limit))
 
 
 async def pipeline(request: web.Request) -> web.Response:
     hb = request.app[HEARTBEATS_KEY]
     rows = await hb.fleet(_nc(request))
-    state = await streams.pipeline(_nc(request).jetstream(), time.time_ns())
+    state = await read_pipeline(_nc(request).jetstream(), time.time_ns())
     rates = [r.readings_per_s for r in rows if r.online and r.readings_per_s is not None]
     return _json({**asdict(state), "readings_per_s": round(sum(rates), 2)})
 
