@@ -23,15 +23,17 @@ setup() {
     fi
 }
 
-need_mosquitto() {
-    # Tests run Mosquitto as an edge broker; install it from Debian's packages if missing.
-    if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+need_debian_package() {
+    # need_debian_package COMMAND PACKAGE WHAT: install PACKAGE from Debian's packages when
+    # COMMAND is missing (as root), else say that WHAT will be skipped.
+    local command="$1" package="$2" what="$3"
+    if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$command" ] && [ ! -x "/usr/bin/$command" ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-            echo "installing mosquitto from Debian's packages ..." >&2
-            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
-                || echo "warning: could not install mosquitto; its tests will be skipped" >&2
+            echo "installing $package from Debian's packages ..." >&2
+            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null) \
+                || echo "warning: could not install $package; $what will be skipped" >&2
         else
-            echo "note: mosquitto not installed; its tests will be skipped" >&2
+            echo "note: $package not installed; $what will be skipped" >&2
         fi
     fi
 }
@@ -45,7 +47,10 @@ case "$cmd" in
         ;;
     test)
         setup
-        need_mosquitto
+        # Tests run Mosquitto as an edge broker, and the dashboard's browser tests drive
+        # Debian's Chromium headless (Playwright from PyPI brings no browser here).
+        need_debian_package mosquitto mosquitto "its tests"
+        need_debian_package chromium chromium "the browser tests"
         "$VENV/bin/ruff" check .
         "$VENV/bin/mypy"
         exec "$VENV/bin/python" -m pytest "$@"

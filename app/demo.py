@@ -35,6 +35,8 @@ from rich.live import Live
 from app.chaos import FaultInjector
 from app.verify import Report, compare, read_telemetry
 from cloud.streams import ensure_streams
+from cloud.up import api_tokens_file
+from cloud.views.auth import create_token
 from cloud.views.watch import Latest, follow_latest, render
 from devices.catalog import load_catalog
 from gateway import process, subjects
@@ -42,7 +44,7 @@ from gateway.config import CloudConfig, NatsSettings
 from gateway.connect import nats_connection
 from gateway.pki import write_private
 from gateway.security import CloudSecurity
-from gateway.servers import NatsServer
+from gateway.servers import NatsServer, free_port
 
 SITE = "demo"
 AGENT = "agent1"
@@ -257,6 +259,7 @@ async def _run(
             "--ca", str(agg.ca_file), "--creds", str(agg.creds_file),
         )  # fmt: skip
         children.start("agent", "edge", "run", "--config", str(root / "agent.toml"))
+        _start_dashboard(root, cloud.url, cloud.client("views"), children, say)
         await _wait_agent_ready(nc, children)
         say(f"agent ready; starting {opts.devices} devices")
 
@@ -320,6 +323,24 @@ async def _run(
             else {}
         ),
     }
+
+
+def _start_dashboard(
+    root: Path, nats_url: str, views: NatsSettings, children: Children, say: Any
+) -> None:
+    """The HTTP API and dashboard (`gateway cloud serve`, in the views role), with a viewer
+    token written to a 0600 file next to the demo's data, so it never appears in the demo's
+    output or logs."""
+    token = create_token(api_tokens_file(root / "cloud-api"), "viewer")[1]
+    token_file = root / "dashboard-token"
+    write_private(token_file, (token + "\n").encode())
+    port = free_port()
+    children.start(
+        "dashboard", "cloud", "serve", "--nats", nats_url, "--http-port", str(port),
+        "--ca", str(views.ca_file), "--creds", str(views.creds_file),
+        "--data-dir", str(root / "cloud-api"),
+    )  # fmt: skip
+    say(f"dashboard on http://127.0.0.1:{port}/dashboard/ (log in with the token in {token_file})")
 
 
 async def _keep_viewing(view: LiveView, nc: NatsClient) -> None:

@@ -44,8 +44,8 @@ from nats.js.kv import KeyValue
 from cloud.errors import Abandoned
 from cloud.httpd import serve_app
 from cloud.metrics import AggregatorMetrics, metrics_app
-from cloud.records import WindowRecord
-from cloud.streams import STATE_BUCKET, ensure_streams
+from cloud.records import IndexBounds, WindowRecord
+from cloud.streams import STATE_BUCKET, ensure_streams, ttl_headers
 from cloud.tracker import Tracker
 from gateway import codec, envelope, subjects
 from gateway.config import CloudConfig
@@ -69,6 +69,7 @@ class AggregatorStats:
     bad_messages: int = 0
     replayed_messages: int = 0
     resyncs: int = 0
+    duplicate_readings: int = 0  # copies of held readings dropped (replays included)
 
 
 def partition_of(subject: str, partitions: int) -> int:
@@ -96,6 +97,7 @@ class Aggregator:
         self._last_cseq = 0
         self._last_seen: dict[str, float] = {}
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
+        self._ttl: dict[str, dict[str, str]] = {}  # window label -> its Nats-TTL header
         self._nc: NatsClient | None = None
         self._stop = asyncio.Event()
 
@@ -116,6 +118,7 @@ class Aggregator:
         js = nc.jetstream()
         await ensure_streams(js, self.config.streams, update=False)
         self._nc = nc
+        self._ttl = await self._ttl_headers(js)
         state = await js.key_value(STATE_BUCKET)
         start = await self._restore(js, state)
         port = self.config.aggregator.metrics_port
@@ -127,6 +130,19 @@ class Aggregator:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch_lag(js, stop), name="lag")
                 await self._consume(js, state, start, stop)
+
+    async def _ttl_headers(self, js: JetStreamContext) -> dict[str, dict[str, str]]:
+        """Per-width TTLs, if AGG accepts them (a stream from before they existed does not
+        until `gateway cloud init` updates it; its records then keep the stream's limits)."""
+        info = await js.stream_info(subjects.AGG_STREAM)
+        if not info.config.allow_msg_ttl:
+            log.warning(
+                "%s: AGG has no per-message TTLs; run `gateway cloud init` to apply "
+                "[streams] agg_retention_s",
+                self.name,
+            )
+            return {}
+        return ttl_headers(self.config.streams)
 
     async def _restore(self, js: JetStreamContext, state: KeyValue) -> int:
         try:
@@ -338,19 +354,26 @@ class Aggregator:
         s = self.config.aggregator
         idle = {a for a, t in self._last_seen.items() if now - t >= s.idle_close_s}
         gone = frozenset(a for a in idle if now - self._last_seen[a] >= s.idle_final_s)
-        records = self.tracker.due(idle, gone)
-        for chunk in range(0, len(records), 256):
-            part = records[chunk : chunk + 256]
-            await asyncio.gather(*(self._publish_record(js, r) for r in part))
+        indexed = self.tracker.due_indexed(idle, gone)
+        dup = self.tracker.duplicates
+        self.metrics.duplicates.inc(max(0, dup - self.stats.duplicate_readings))
+        self.stats.duplicate_readings = dup
+        # Chunks one after the other: the bounds of a chunk hold for every later chunk.
+        for chunk in range(0, len(indexed), 256):
+            part = indexed[chunk : chunk + 256]
+            await asyncio.gather(*(self._publish_record(js, r, b) for r, b in part))
+        records = [r for r, _ in indexed]
         self.stats.windows_published += len(records)
         self.metrics.windows.inc(len(records))
         await self._put_latest(records)
         return len(records)
 
-    async def _publish_record(self, js: JetStreamContext, record: WindowRecord) -> None:
-        await self._publish(
-            js, record.subject(), record.to_json(), {"Nats-Msg-Id": agg_msg_id(record)}
-        )
+    async def _publish_record(
+        self, js: JetStreamContext, record: WindowRecord, bounds: IndexBounds
+    ) -> None:
+        headers = {"Nats-Msg-Id": agg_msg_id(record), **bounds.to_headers()}
+        headers.update(self._ttl.get(record.window, {}))
+        await self._publish(js, record.subject(), record.to_json(), headers)
 
     async def _publish_live(self) -> None:
         await self._put_latest(self.tracker.live())

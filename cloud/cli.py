@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     query.add_argument("--from", dest="start", default=None, help="ISO time or ns since epoch")
     query.add_argument("--to", dest="end", default=None, help="ISO time or ns (exclusive)")
     query.add_argument("--format", choices=("json", "csv"), default="json")
+    query.add_argument(
+        "--points",
+        type=int,
+        default=None,
+        help="one series as chart-ready columns of about N points (JSON, as /api/series)",
+    )
     query.set_defaults(func=_query)
 
     cloud = group(sub, "cloud", "cloud tier")
@@ -212,7 +218,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(cfg.nats, "cloud-http") as nc:
-            await serve(nc, args.http_port, auth, stop)
+            await serve(nc, args.http_port, auth, stop, cfg.views.live_max_clients)
 
     run_until_signalled(service)
     return 0
@@ -256,10 +262,30 @@ def _query(args: argparse.Namespace) -> int:
         parse_time(args.end) if args.end else None,
     )
 
+    if args.points is not None:
+        return _series(args, sel)
+
     async def go() -> list[WindowRecord]:
         async with nats_connection(nats_settings(args, "views"), "query") as nc:
             return await query(nc.jetstream(), sel)
 
     records = asyncio.run(go())
     sys.stdout.write(to_csv(records) if args.format == "csv" else to_json(records) + "\n")
+    return 0
+
+
+def _series(args: argparse.Namespace, sel: Any) -> int:
+    from cloud.views.query import Series, series
+
+    if not (sel.site and sel.device and sel.metric):
+        raise ConfigError("--points: give --site, --device and --metric (one series)")
+
+    async def go() -> Series:
+        async with nats_connection(args.nats, "query") as nc:
+            return await series(
+                nc.jetstream(), sel.site, sel.device, sel.metric, sel.start_ns, sel.end_ns,
+                args.points,
+            )  # fmt: skip
+
+    sys.stdout.write(asyncio.run(go()).to_json().decode() + "\n")
     return 0

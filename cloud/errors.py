@@ -23,3 +23,11 @@ class TokenFileError(GatewayError):
     def __init__(self, path: object, reason: str) -> None:
         super().__init__(f"token file {path}: {reason}")
         self.reason = reason
+
+
+class TooManyClients(GatewayError):
+    """A live view refused: the configured number of clients is reached (HTTP 503)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"too many live clients (the cap is {cap})")
+        self.cap = cap

@@ -31,6 +31,9 @@ class AggregatorMetrics:
         self.readings = counter("gateway_agg_readings", "readings aggregated")
         self.windows = counter("gateway_agg_windows", "window results published to AGG")
         self.late = counter("gateway_agg_late_readings", "readings beyond lateness, to DLQ")
+        self.duplicates = counter(
+            "gateway_agg_duplicate_readings", "readings that reached TELEMETRY again, counted once"
+        )
         self.bad = counter("gateway_agg_bad_readings", "undecodable or non-finite, to DLQ")
         self.replayed = counter("gateway_agg_replayed_messages", "messages replayed at start")
         self.pending = gauge("gateway_agg_consumer_pending", "TELEMETRY messages not yet read")

@@ -88,6 +88,38 @@ class WindowRecord:
         return f"{self.subject()}@{self.start_ns}:{self.count}"
 
 
+FLOOR_HEADER = "Gateway-Window-Floor"
+HIGH_HEADER = "Gateway-Watermark"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexBounds:
+    """What the aggregator promises about the order of one series' records in AGG.
+
+    Carried as two headers on each record (event time, ns): every record of the same
+    series (and width) *before* it in the stream starts at or before `high_ns` (the
+    agent's watermark when it was published), and every record *after* it starts at or
+    after `floor_ns` (the oldest window the worker still held or may still open). Both
+    only grow along the stream, so a query can bisect the stream by direct gets and stop
+    reading once the floor passes its `to` (`cloud/views/query.py`)."""
+
+    floor_ns: int
+    high_ns: int
+
+    def to_headers(self) -> dict[str, str]:
+        return {FLOOR_HEADER: str(self.floor_ns), HIGH_HEADER: str(self.high_ns)}
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str] | None) -> IndexBounds | None:
+        """None for a record without them (written before they existed) or garbled ones."""
+        if not headers:
+            return None
+        try:
+            return cls(int(headers[FLOOR_HEADER]), int(headers[HIGH_HEADER]))
+        except (KeyError, ValueError):
+            return None
+
+
 _KINDS: dict[str, str] = {f.name: str(f.type) for f in fields(WindowRecord)}
 _IS: dict[str, Callable[[object], bool]] = {
     "str": lambda v: isinstance(v, str),

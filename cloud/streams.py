@@ -29,13 +29,22 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
             max_bytes=size,
         )
 
+    agg = stream(subjects.AGG_STREAM, "agg.>", s.agg_max_age_s, s.agg_max_bytes)
+    # Direct gets: the views bisect AGG by them. Per-message TTLs: retention per width.
+    agg.allow_direct = True
+    agg.allow_msg_ttl = True
     return [
         stream(
             subjects.TELEMETRY_STREAM, "telemetry.>", s.telemetry_max_age_s, s.telemetry_max_bytes
         ),
         stream(subjects.DLQ_STREAM, "dlq.>", s.dlq_max_age_s, s.dlq_max_bytes),
-        stream(subjects.AGG_STREAM, "agg.>", s.agg_max_age_s, s.agg_max_bytes),
+        agg,
     ]
+
+
+def ttl_headers(s: StreamSettings) -> dict[str, dict[str, str]]:
+    """The `Nats-TTL` header of each window label's AGG records (`agg_retention_s`)."""
+    return {label: {"Nats-TTL": str(round(age))} for label, age in s.agg_retention_s.items()}
 
 
 def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
@@ -47,7 +56,9 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
 
 def _differs(want: StreamConfig, have: StreamConfig) -> bool:
     fields = ("subjects", "num_replicas", "duplicate_window", "max_age", "max_bytes")
-    return any(getattr(want, f) != getattr(have, f) for f in fields)
+    if any(getattr(want, f) != getattr(have, f) for f in fields):
+        return True
+    return any(getattr(want, f) and not getattr(have, f) for f in ("allow_direct", "allow_msg_ttl"))
 
 
 async def ensure_streams(

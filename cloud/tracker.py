@@ -21,6 +21,17 @@ change) and keeping the rest. No kept reading can have been late (its window was
 even at H), so replaying with the watermark at W_H decides exactly as the first run did,
 and the rebuilt windows hold exactly the readings they held before, whatever parts of
 them had been published or acknowledged. Nothing relies on JetStream's dedupe window.
+
+Idempotent: a reading that reaches TELEMETRY twice (a batch republished under another
+`Nats-Msg-Id`, past JetStream's dedupe window, by another agent process...) counts once
+in every window. A reading's identity is (series, event time, seq) when the device numbers
+its readings; when it does not (seq -1), (series, event time, value, rank), where rank
+counts the readings identical in all of these *within one message* (0, 1, ...): two equal
+unnumbered readings sent in one message both count, and a second copy of that message adds
+nothing. Two messages each carrying an equal unnumbered reading count it once: nothing can
+tell such a reading from a copy. Each width keeps the first row of each identity among the
+readings it holds (those of windows not yet final), in stream order, so a replay decides
+the same; a copy arriving once a window is final is late for it (DLQ), as any reading is.
 """
 
 from __future__ import annotations
@@ -31,18 +42,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud.records import WindowRecord
-from cloud.windows import I64, U32, GroupStats, group_stats, window_index
+from cloud.records import IndexBounds, WindowRecord
+from cloud.windows import I64, U32, GroupStats, group_stats, window_index, window_label
 from gateway.codec import Batch, SeriesKey
 
 F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 NO_TIME = -(1 << 63)
 CHECKPOINT_VERSION = 1
-
-
-def window_label(width_s: int) -> str:
-    return f"{width_s // 60}m" if width_s % 60 == 0 else f"{width_s}s"
 
 
 @dataclass(slots=True)
@@ -54,19 +61,46 @@ class Rows:
     seq: I64
     value: F64
     sseq: I64  # the TELEMETRY stream sequence each reading came in
+    ord: I64  # -1 for a numbered reading; else its rank among identical ones in its message
 
     @classmethod
     def empty(cls) -> Rows:
         i: I64 = np.empty(0, np.int64)
-        return cls(np.empty(0, np.uint32), i, i, np.empty(0, np.float64), i)
+        return cls(np.empty(0, np.uint32), i, i, np.empty(0, np.float64), i, i)
 
     def __len__(self) -> int:
         return int(self.time.shape[0])
 
     def take(self, keep: Mask) -> Rows:
-        return Rows(
-            self.sid[keep], self.time[keep], self.seq[keep], self.value[keep], self.sseq[keep]
-        )
+        return Rows(*(col[keep] for col in self.cols()))
+
+    def tag(self) -> I64:
+        """The reading's own number, or for an unnumbered one the bits of its value."""
+        out: I64 = np.where(self.seq >= 0, self.seq, self.value.view(np.int64))
+        return out
+
+    def first_of_each(self) -> Mask:
+        """True for the first row (in stream order) of each reading identity (see
+        `Tracker`): a reading that reached TELEMETRY twice is kept once."""
+        n = len(self)
+        keep: Mask = np.ones(n, dtype=bool)
+        if n < 2:
+            return keep
+        tag = self.tag()
+        # Fast path: distinct hashes mean distinct identities; only equal ones are checked.
+        h = self.sid.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= self.time.view(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= tag.view(np.uint64) * np.uint64(0x94D049BB133111EB)
+        h ^= self.ord.view(np.uint64)
+        if np.unique(h).shape[0] == n:
+            return keep
+        order = np.lexsort((np.arange(n), self.ord, tag, self.time, self.sid))
+        cols = (self.sid[order], self.time[order], tag[order], self.ord[order])
+        same = np.ones(n - 1, dtype=bool)
+        for col in cols:
+            same &= col[1:] == col[:-1]
+        keep[order[1:][same]] = False  # sorted by stream position within equal identities
+        return keep
 
     @classmethod
     def concat(cls, parts: list[Rows]) -> Rows:
@@ -75,7 +109,24 @@ class Rows:
         return cls(*(np.concatenate(cols) for cols in zip(*(p.cols() for p in parts), strict=True)))
 
     def cols(self) -> tuple[Any, ...]:
-        return (self.sid, self.time, self.seq, self.value, self.sseq)
+        return (self.sid, self.time, self.seq, self.value, self.sseq, self.ord)
+
+
+def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
+    """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
+    readings identical in (series, time, value) within the message, 1 for the second..."""
+    out: I64 = np.full(sid.shape[0], -1, dtype=np.int64)
+    loose = np.flatnonzero(seq < 0)
+    if loose.shape[0] == 0:
+        return out
+    bits = value[loose].view(np.int64)
+    order = np.lexsort((loose, bits, time[loose], sid[loose]))
+    s, t, b = sid[loose][order], time[loose][order], bits[order]
+    new = np.ones(order.shape[0], dtype=bool)
+    new[1:] = (s[1:] != s[:-1]) | (t[1:] != t[:-1]) | (b[1:] != b[:-1])
+    run_start = np.maximum.accumulate(np.where(new, np.arange(order.shape[0]), 0))
+    out[loose[order]] = np.arange(order.shape[0]) - run_start
+    return out
 
 
 @dataclass(slots=True)
@@ -84,25 +135,35 @@ class WidthState:
     _parts: list[Rows] = field(default_factory=list)
     emitted: dict[tuple[int, int], int] = field(default_factory=dict)  # (sid, window) -> count
     live_dirty: bool = False
+    duplicates: int = 0  # readings dropped as already held (the same identity)
+    _fresh: bool = False  # parts added since the last deduplication
 
     @property
     def width_ns(self) -> int:
         return self.width_s * 1_000_000_000
 
     def add(self, rows: Rows) -> None:
-        self._parts.append(rows)  # concatenated once per `due`, not once per message
+        self._parts.append(rows)  # concatenated (and deduplicated) once per `due`
+        self._fresh = True
 
     @property
     def rows(self) -> Rows:
         if not self._parts:
             return Rows.empty()
-        if len(self._parts) > 1:
-            self._parts = [Rows.concat(self._parts)]
+        if self._fresh:
+            rows = Rows.concat(self._parts)
+            keep = rows.first_of_each()
+            if not keep.all():
+                self.duplicates += int((~keep).sum())
+                rows = rows.take(keep)
+            self._parts = [rows]
+            self._fresh = False
         return self._parts[0]
 
     @rows.setter
     def rows(self, rows: Rows) -> None:
         self._parts = [rows] if len(rows) else []
+        self._fresh = False
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._parts)
@@ -164,6 +225,11 @@ class Tracker:
         self.agents: dict[str, AgentState] = {}
         self.replay_until = 0  # stream seq of the checkpoint; replayed up to here
 
+    @property
+    def duplicates(self) -> int:
+        """Readings dropped so far as copies of held ones (counted at the finest width)."""
+        return sum(a.widths[0].duplicates for a in self.agents.values() if a.widths)
+
     def _agent(self, subject: str, site: str) -> AgentState:
         agent = self.agents.get(subject)
         if agent is None:
@@ -194,6 +260,7 @@ class Tracker:
         before = agent.watermark
         agent.watermark = max(before, int(batch.time_ns.max()))
         sid = agent.intern(batch.series)[batch.series_index]
+        ord_ = occurrences(sid, batch.time_ns, batch.seq, batch.value)
         agent.dirty = True
         agent.flushed = False
         for ws in agent.widths:
@@ -212,6 +279,7 @@ class Tracker:
                     batch.seq[keep],
                     batch.value[keep],
                     np.full(int(keep.sum()), sseq, dtype=np.int64),
+                    ord_[keep],
                 )
                 ws.add(rows)
                 ws.live_dirty = True
@@ -221,14 +289,21 @@ class Tracker:
         return result
 
     def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[WindowRecord]:
+        """`due_indexed` without the bounds."""
+        return [record for record, _ in self.due_indexed(idle, gone)]
+
+    def due_indexed(
+        self, idle: set[str], gone: frozenset[str] = frozenset()
+    ) -> list[tuple[WindowRecord, IndexBounds]]:
         """Records of closed windows whose content changed since last emitted (and of all
         open windows of agents in `idle`); marks them emitted and drops final readings.
+        Each comes with the `IndexBounds` its AGG message carries.
 
         Agents in `gone` (silent for long, by wall clock) have their watermark moved past
         every window they hold, so those windows become final: a dead agent must not pin
         the replay point of every later restart. The moved watermark is checkpointed like
         any other, so restarts after it decide as this run does."""
-        out: list[WindowRecord] = []
+        out: list[tuple[WindowRecord, IndexBounds]] = []
         for subject, agent in self.agents.items():
             flush = subject in idle and not agent.flushed
             if subject in gone and any(len(ws) for ws in agent.widths):
@@ -238,10 +313,27 @@ class Tracker:
                 continue
             for ws in agent.widths:
                 if len(ws):
-                    out.extend(self._due_width(agent, ws, flush))
+                    records = self._due_width(agent, ws, flush)
+                    if records:
+                        bounds = self._bounds(agent, ws, records)
+                        out.extend((r, bounds) for r in records)
             agent.dirty = False
             agent.flushed = agent.flushed or flush
         return out
+
+    def _bounds(
+        self, agent: AgentState, ws: WidthState, records: list[WindowRecord]
+    ) -> IndexBounds:
+        """Why these bounds hold: a record is only ever emitted for a window holding a
+        reading (so it starts at or before the watermark), and a reading is only accepted
+        into a window that is not final at the watermark (so every later record starts
+        after `watermark - width - lateness`, or is one of the windows held now)."""
+        floor = min(r.start_ns for r in records)
+        floor = min(floor, agent.watermark - ws.width_ns - self.lateness_ns)
+        if len(ws):
+            held = int(ws.rows.time.min())
+            floor = min(floor, held - held % ws.width_ns)
+        return IndexBounds(floor, agent.watermark)
 
     @staticmethod
     def _last_end(agent: AgentState) -> int:

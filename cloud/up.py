@@ -62,8 +62,10 @@ async def run_cloud(
                 tg.create_task(agg.run(agg_nc, stop), name=agg.name)
             if http_port:
                 auth = ApiAuth.from_file(api_tokens_file(data_dir), allowed_hosts)
-                async with http_api(views_nc, http_port, auth) as bound:
+                live = cfg.views.live_max_clients
+                async with http_api(views_nc, http_port, auth, live) as bound:
                     print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
+                    print(f"dashboard on http://127.0.0.1:{bound}/dashboard/", flush=True)
                     await stop.wait()
     finally:
         await server.stop()

@@ -54,6 +54,26 @@ class GroupStats:
         return int(self.count.shape[0])
 
 
+_UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
+
+
+def window_label(width_s: int) -> str:
+    """The label of a window width in subjects and records: `10s`, `1m`, `1h`, `1d`."""
+    for size, unit in _UNITS:
+        if width_s % size == 0:
+            return f"{width_s // size}{unit}"
+    raise ValueError(f"window width {width_s!r} is not a whole number of seconds")
+
+
+def label_seconds(label: str) -> int:
+    """The width a label names (`window_label`'s inverse); ValueError if it names none."""
+    units = dict((u, size) for size, u in _UNITS)
+    number, unit = label[:-1], label[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"window {label!r}: expected a width like 10s, 1m, 1h or 1d")
+    return int(number) * units[unit]
+
+
 def window_index(time_ns: I64, width_ns: int) -> I64:
     """Index of the tumbling window (half-open, `[k*width, (k+1)*width)`) of each time."""
     out: I64 = np.floor_divide(time_ns, width_ns)

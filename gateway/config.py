@@ -7,6 +7,7 @@ Every model forbids unknown keys, so a typo is reported with its path
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
@@ -267,16 +268,34 @@ class StreamSettings(_Model):
     duplicate_window_s: Annotated[float, Field(gt=0)] = 120.0
     telemetry_max_age_s: Annotated[float, Field(ge=0)] = 7 * 86400.0
     telemetry_max_bytes: int = -1
-    agg_max_age_s: Annotated[float, Field(ge=0)] = 30 * 86400.0
+    # AGG as a whole (0: no limit); each window width's records expire by
+    # `agg_retention_s` (a per-message TTL), so fine windows go long before rollups do.
+    agg_max_age_s: Annotated[float, Field(ge=0)] = 0.0
     agg_max_bytes: int = -1
+    agg_retention_s: dict[str, Annotated[float, Field(ge=1)]] = Field(
+        default_factory=lambda: {
+            "10s": 30 * 86400.0,
+            "1m": 30 * 86400.0,
+            "1h": 400 * 86400.0,
+            "1d": 10 * 365 * 86400.0,
+        }
+    )
     dlq_max_age_s: Annotated[float, Field(ge=0)] = 30 * 86400.0
     dlq_max_bytes: int = -1
+
+    @field_validator("agg_retention_s")
+    @classmethod
+    def _window_labels(cls, v: dict[str, float]) -> dict[str, float]:
+        for label in v:
+            if not re.fullmatch(r"[1-9][0-9]*[smhd]", label):
+                raise ValueError(f"{label!r} is not a window label like 10s, 1m, 1h or 1d")
+        return v
 
 
 class AggregatorSettings(_Model):
     # Tumbling window widths; each must divide a day so windows align across series.
     windows_s: list[Annotated[int, Field(ge=1, le=86400)]] = Field(
-        default_factory=lambda: [10, 60], min_length=1
+        default_factory=lambda: [10, 60, 3600, 86400], min_length=1
     )
     lateness_s: Annotated[float, Field(ge=0)] = 2.0
     # Also emit an agent's open windows once it has sent nothing for this long (wall clock);
@@ -299,10 +318,16 @@ class AggregatorSettings(_Model):
         return v
 
 
+class ViewSettings(_Model):
+    # `/api/live` clients at once, over all filters; one more gets 503.
+    live_max_clients: Annotated[int, Field(ge=1)] = 1000
+
+
 class CloudConfig(_Model):
     nats: NatsSettings = NatsSettings()
     streams: StreamSettings = StreamSettings()
     aggregator: AggregatorSettings = AggregatorSettings()
+    views: ViewSettings = ViewSettings()
 
 
 M = TypeVar("M", bound=BaseModel)

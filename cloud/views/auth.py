@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,8 @@ Role = Literal["viewer", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "admin")
 TOKEN_PREFIX = "gw_"
 DEFAULT_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/dashboard/login"})
+SESSION_COOKIE = "gw_session"  # the dashboard's login (cloud/views/dashboard/session.py)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,34 @@ class ApiAuth:
         return bool(name) and str(name).lower().strip("[]") in self.allowed_hosts
 
 
+class Sessions:
+    """The dashboard's logins: a random session id (in an HttpOnly cookie) -> the role of
+    the token it was opened with, until it expires. In memory: a restart logs everyone out."""
+
+    def __init__(self, ttl_s: float = 12 * 3600) -> None:
+        self.ttl_s = ttl_s
+        self._open: dict[str, tuple[Role, float]] = {}
+
+    def open(self, role: Role) -> str:
+        sid = secrets.token_urlsafe(32)
+        self._open[sid] = (role, time.monotonic() + self.ttl_s)
+        return sid
+
+    def close(self, sid: str) -> None:
+        self._open.pop(sid, None)
+
+    def role_of(self, sid: str) -> Role | None:
+        found = self._open.get(sid) if sid else None
+        if found is None:
+            return None
+        if found[1] < time.monotonic():
+            del self._open[sid]
+            return None
+        return found[0]
+
+
 ROLE_KEY = web.RequestKey("role", str)
+SESSIONS_KEY = web.AppKey("sessions", Sessions)
 AUTH_KEY = web.AppKey("auth", ApiAuth)
 
 
@@ -138,7 +167,11 @@ async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse
     if request.path not in OPEN_PATHS:
         token = bearer(request)
         role = auth.role_of(token) if token else None
+        if role is None and SESSIONS_KEY in request.app:
+            role = request.app[SESSIONS_KEY].role_of(request.cookies.get(SESSION_COOKIE, ""))
         if role is None:
+            if request.method == "GET" and request.path.startswith("/dashboard"):
+                raise web.HTTPSeeOther("/dashboard/login")  # a person, not a client: log in
             return _refuse(401, "a valid bearer token is required", challenge=True)
         request[ROLE_KEY] = role
     response: web.StreamResponse = await handler(request)

@@ -1,6 +1,7 @@
 """HTTP JSON API of the cloud tier (documented in docs/api.md), bound to 127.0.0.1.
 
 - `GET /api/windows` - history from the AGG stream (`gateway query`), JSON or CSV;
+- `GET /api/series` - one series as chart-ready columns (`gateway query --points N`);
 - `GET /api/latest` - the latest window of each series, from the AGG_LATEST bucket;
 - `GET /api/live` - the same, live: server-sent events, one `window` event per update;
 - `GET /healthz` (open; every other route needs a bearer token: cloud/views/auth.py).
@@ -21,16 +22,21 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 
-from cloud.errors import QueryError
+from cloud.errors import QueryError, TooManyClients
 from cloud.httpd import serve_app
 from cloud.records import WindowRecord
 from cloud.views.auth import AUTH_KEY, ApiAuth, authenticate
-from cloud.views.query import Selector, parse_time, query, to_csv
+from cloud.views.dashboard import add_dashboard
+from cloud.views.live import LiveHub
+from cloud.views.query import Selector, parse_time, query, series, to_csv
 from gateway import subjects
 from gateway.errors import ConfigError, InvalidTokenError
 
 NC_KEY = web.AppKey("nc", NatsClient)
+HUB_KEY = web.AppKey("live", LiveHub)
+DEFAULT_LIVE_CLIENTS = 1000
 HEARTBEAT_S = 15.0
+GONE_CHECK_S = 1.0
 
 
 def _error(status: int, text: str) -> web.Response:
@@ -76,6 +82,29 @@ async def windows(request: web.Request) -> web.Response:
     return _json(records)
 
 
+async def series_columns(request: web.Request) -> web.Response:
+    q = request.query
+    missing = [k for k in ("site", "device", "metric") if not q.get(k)]
+    if missing:
+        return _error(400, f"{', '.join(missing)}: required")
+    try:
+        points = int(q.get("points", "500"))
+    except ValueError:
+        return _error(400, f"points {q['points']!r}: expected an integer")
+    sel = _selector(request)  # checks the names and parses the times
+    assert sel.site and sel.device and sel.metric
+    columns = await series(
+        request.app[NC_KEY].jetstream(),
+        sel.site,
+        sel.device,
+        sel.metric,
+        sel.start_ns,
+        sel.end_ns,
+        points,
+    )
+    return web.Response(body=columns.to_json(), content_type="application/json")
+
+
 async def latest(request: web.Request) -> web.Response:
     sel = _selector(request)
     try:
@@ -98,53 +127,84 @@ async def latest(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.StreamResponse:
-    sel = _selector(request)
-    kv = await request.app[NC_KEY].jetstream().key_value(subjects.LATEST_BUCKET)
+    key_filter = _selector(request).kv_key()  # bad names: 400 before the stream starts
+    try:
+        async with request.app[HUB_KEY].subscribe(key_filter) as queue:
+            return await _events(request, queue)
+    except TooManyClients as exc:
+        return _error(503, str(exc))
+
+
+async def _events(request: web.Request, queue: asyncio.Queue[bytes | None]) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
-    watcher = await kv.watch(sel.kv_key())
-    try:
-        while True:
+    quiet = 0.0
+    with contextlib.suppress(ConnectionResetError):  # the client went away mid-write
+        while not _gone(request):
             try:
-                entry = await watcher.updates(timeout=HEARTBEAT_S)  # type: ignore[no-untyped-call]
+                value = await asyncio.wait_for(queue.get(), GONE_CHECK_S)
             except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+                # Nothing to send: notice a client that left within a second (its share
+                # of the feed goes with it), and keep proxies from timing out.
+                quiet += GONE_CHECK_S
+                if quiet >= HEARTBEAT_S:
+                    await resp.write(b": keep-alive\n\n")
+                    quiet = 0.0
                 continue
-            if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
-                continue  # None marks the end of the initial values
-            await resp.write(b"event: window\ndata: " + entry.value + b"\n\n")
-    except ConnectionResetError:
-        pass  # the client went away
-    finally:
-        with contextlib.suppress(NatsError, TimeoutError):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            if value is None:
+                break  # fell too far behind, or the server is stopping
+            await resp.write(b"event: window\ndata: " + value + b"\n\n")
     return resp
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def healthz(request: web.Request) -> web.Response:
     return _json({"nats": request.app[NC_KEY].is_connected})
 
 
-def make_app(nc: NatsClient, auth: ApiAuth) -> web.Application:
+def make_app(
+    nc: NatsClient, auth: ApiAuth, live_clients: int = DEFAULT_LIVE_CLIENTS
+) -> web.Application:
     app = web.Application(middlewares=[authenticate, _bad_request])
     app[NC_KEY] = nc
     app[AUTH_KEY] = auth
+    app[HUB_KEY] = hub = LiveHub(nc, live_clients)
+
+    async def close_feeds(_: web.Application) -> None:
+        await hub.aclose()
+
+    app.on_shutdown.append(close_feeds)
     app.router.add_get("/api/windows", windows)
+    app.router.add_get("/api/series", series_columns)
     app.router.add_get("/api/latest", latest)
     app.router.add_get("/api/live", live)
     app.router.add_get("/healthz", healthz)
+    add_dashboard(app, nc)  # the pages and their JSON routes (docs/dashboard.md)
     return app
 
 
 @contextlib.asynccontextmanager
-async def http_api(nc: NatsClient, port: int, auth: ApiAuth) -> AsyncIterator[int]:
-    async with serve_app(make_app(nc, auth), port) as bound:
+async def http_api(
+    nc: NatsClient, port: int, auth: ApiAuth, live_clients: int = DEFAULT_LIVE_CLIENTS
+) -> AsyncIterator[int]:
+    async with serve_app(make_app(nc, auth, live_clients), port) as bound:
         yield bound
 
 
-async def serve(nc: NatsClient, port: int, auth: ApiAuth, stop: asyncio.Event) -> None:
-    async with http_api(nc, port, auth) as bound:
+async def serve(
+    nc: NatsClient,
+    port: int,
+    auth: ApiAuth,
+    stop: asyncio.Event,
+    live_clients: int = DEFAULT_LIVE_CLIENTS,
+) -> None:
+    async with http_api(nc, port, auth, live_clients) as bound:
         print(f"HTTP API on http://127.0.0.1:{bound}/api/ (docs/api.md)", flush=True)
+        print(f"dashboard on http://127.0.0.1:{bound}/dashboard/ (docs/dashboard.md)", flush=True)
         await stop.wait()

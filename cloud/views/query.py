@@ -1,27 +1,42 @@
 """History from the AGG stream: the window results of some series over a time range.
 
-The server filters by subject (`agg.<window>.<site>.<device>.<metric>`, `*` for any), we
-filter by window start. A window may have been published more than once (re-emitted with
-late readings, or again after a restart): the last record of each window wins, and it is
-the complete one (see `cloud/aggregator.py`).
+A query costs what it returns, not what AGG holds (docs/api.md, "How history is read"):
+
+1. the server lists the series (AGG subjects) the selection covers, with their counts
+   (`STREAM.INFO` with a subject filter);
+2. for each, a bisection of the stream by direct gets (`next_by_subj`, about log2 of the
+   stream's length of them) finds where its records of windows starting at or after
+   `from` can begin, from the `IndexBounds` headers the aggregator puts on each record;
+3. one consumer reads the selection from the earliest of those sequences and stops once
+   every series' floor has passed `to` (or at the end of the stream).
+
+A window may have been published more than once (re-emitted with late readings, or again
+after a restart): the last record of each window wins, and it is the complete one (see
+`cloud/aggregator.py`). Records without bounds (written before they existed) are never
+skipped, so such a stream is read from its start, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from cloud.errors import QueryError
-from cloud.records import WindowId, WindowRecord
+from cloud.records import IndexBounds, WindowId, WindowRecord
+from cloud.windows import label_seconds
 from gateway import subjects
 from gateway.errors import ConfigError
 
@@ -78,44 +93,235 @@ class Selector:
         return self.end_ns is None or start < self.end_ns
 
 
+BISECT_CONCURRENCY = 32  # direct gets in flight while locating many series
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where a query reads: from `start_seq`, the series in `subjects` (stream state)."""
+
+    start_seq: int
+    last_seq: int
+    subjects: tuple[str, ...]
+    gets: int  # direct gets the bisection made
+
+
 async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[WindowRecord]:
     """The latest record of every selected window, ordered by series and start.
 
     Raises `QueryError` when JetStream cannot serve it (e.g. no leader during a failover)."""
     try:
-        return await _query(js, sel, batch)
+        plan = await locate(js, sel)
+        return await read(js, sel, plan, batch)
     except (NatsError, TimeoutError) as exc:
         raise QueryError(str(exc) or type(exc).__name__) from exc
 
 
-async def _query(js: JetStreamContext, sel: Selector, batch: int) -> list[WindowRecord]:
+async def locate(js: JetStreamContext, sel: Selector) -> Plan:
+    """Bisect AGG for each selected series: the first sequence the answer can start at."""
+    info = await js.stream_info(subjects.AGG_STREAM, subjects_filter=sel.subject())
+    state = info.state
+    names = tuple(sorted(state.subjects or {}))
+    if not names or state.messages == 0:
+        return Plan(state.last_seq + 1, state.last_seq, (), 0)
+    if sel.start_ns is None:
+        return Plan(state.first_seq, state.last_seq, names, 0)
+    direct = bool(info.config.allow_direct)
+    gate = asyncio.Semaphore(BISECT_CONCURRENCY)
+    counter = [0]
+
+    async def one(subject: str) -> int:
+        async with gate:
+            return await _bisect(js, subject, sel.start_ns or 0, state, direct, counter)
+
+    starts = await asyncio.gather(*(one(s) for s in names))
+    return Plan(min(starts), state.last_seq, names, counter[0])
+
+
+async def _bisect(
+    js: JetStreamContext,
+    subject: str,
+    from_ns: int,
+    state: StreamState,
+    direct: bool,
+    gets: list[int],
+) -> int:
+    """The smallest sequence such that no record of `subject` before it starts at or
+    after `from_ns`: records up to one whose watermark is before `from_ns` all start
+    before it (`IndexBounds`)."""
+    lo, hi = int(state.first_seq), int(state.last_seq) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        gets[0] += 1
+        try:
+            msg = await js.get_msg(
+                subjects.AGG_STREAM, seq=mid, subject=subject, next=True, direct=direct
+            )
+        except NotFoundError:
+            hi = mid  # nothing of this series at or after mid
+            continue
+        bounds = IndexBounds.from_headers(msg.headers)
+        seq = int(msg.seq or mid)
+        if bounds is not None and bounds.high_ns < from_ns and seq >= mid:
+            lo = seq + 1
+        else:
+            hi = mid
+    return lo
+
+
+async def read(
+    js: JetStreamContext,
+    sel: Selector,
+    plan: Plan,
+    batch: int = 1000,
+    limit: int | None = None,
+    counted: list[int] | None = None,
+) -> list[WindowRecord]:
+    """Read the plan's records in stream order; the last record of each window wins.
+
+    Stops once every series has shown a floor at or past `sel.end_ns` (no later record
+    can start before it), at the end of the stream, or after `limit` messages."""
+    latest: dict[WindowId, WindowRecord] = {}
+    if not plan.subjects or plan.start_seq > plan.last_seq:
+        return []
+    open_ = set(plan.subjects)
+    async for msg_subject, data, headers in _messages(js, sel.subject(), plan, batch, limit):
+        if counted is not None:
+            counted[0] += 1
+        record = WindowRecord.from_json(data)
+        if sel.matches(record):
+            latest[record.window_id] = record
+        if sel.end_ns is not None:
+            bounds = IndexBounds.from_headers(headers)
+            if bounds is not None and bounds.floor_ns >= sel.end_ns:
+                open_.discard(msg_subject)
+                if not open_:
+                    break
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[2], k[3], k[0], k[4]))]
+
+
+Message = tuple[str, bytes, dict[str, str] | None]  # subject, data, headers
+
+
+async def _messages(
+    js: JetStreamContext, subject: str, plan: Plan, batch: int, limit: int | None
+) -> AsyncIterator[Message]:
+    """AGG messages on `subject` from the plan's start to the stream's end at creation."""
     sub = await js.pull_subscribe(
-        sel.subject(),
+        subject,
         stream=subjects.AGG_STREAM,
         config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=plan.start_seq,
             ack_policy=AckPolicy.NONE,
             inactive_threshold=30.0,
             mem_storage=True,
             num_replicas=1,
         ),
     )
-    latest: dict[WindowId, WindowRecord] = {}
     info = await sub.consumer_info()
     try:
         remaining = int(info.num_pending or 0)
+        if limit is not None:
+            remaining = min(remaining, limit)
         while remaining > 0:
             msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
             remaining -= len(msgs)
             for msg in msgs:
-                record = WindowRecord.from_json(msg.data)
-                if sel.matches(record):
-                    latest[record.window_id] = record
+                yield msg.subject, msg.data, msg.headers
     finally:
         with contextlib.suppress(NatsError, TimeoutError):
             await sub.unsubscribe()
             await js.delete_consumer(subjects.AGG_STREAM, info.name)  # do not wait for expiry
-    return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[2], k[3], k[0], k[4]))]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Chart-ready columns of one series: one entry per window of the chosen width."""
+
+    site: str
+    device: str
+    metric: str
+    unit: str
+    window: str  # the width chosen for about `points` points over [from, to)
+    width_s: int
+    from_ns: int
+    to_ns: int
+    points: int  # as asked
+    times: list[int]  # window starts, ns
+    mean: list[float | None]  # None where a value is not finite (JSON null)
+    min: list[float | None]
+    max: list[float | None]
+    p95: list[float | None]
+    count: list[int]
+    read: int  # AGG records read to answer (cost, for the curious and the benchmark)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+
+def choose_window(widths_s: Sequence[int], span_ns: int, points: int) -> int:
+    """The coarsest width that still gives at least `points` windows over the span (a
+    chart of N points needs N values); the finest one if none does."""
+    if not widths_s:
+        raise QueryError("no window width holds this series")
+    fits = [w for w in widths_s if span_ns // (w * 10**9) >= points]
+    return max(fits) if fits else min(widths_s)
+
+
+async def series(
+    js: JetStreamContext,
+    site: str,
+    device: str,
+    metric: str,
+    from_ns: int | None,
+    to_ns: int | None,
+    points: int,
+) -> Series:
+    """One series over [from, to) in about `points` windows, from the width that fits."""
+    if points < 1:
+        raise ConfigError(f"points {points}: expected at least 1")
+    to = to_ns if to_ns is not None else time.time_ns()
+    start = from_ns if from_ns is not None else to - 86400 * 10**9
+    if start >= to:
+        raise ConfigError("from: must be before to")
+    try:
+        info = await js.stream_info(
+            subjects.AGG_STREAM, subjects_filter=Selector(site, device, metric).subject()
+        )
+        labels = {name.split(".")[1] for name in (info.state.subjects or {})}
+        widths = sorted(label_seconds(label) for label in labels)
+        width = choose_window(widths, to - start, points)
+        label = next(lb for lb in labels if label_seconds(lb) == width)
+        # A window overlapping `from` is part of the chart: start at its window.
+        sel = Selector(site, device, metric, label, start - start % (width * 10**9), to)
+        plan = await locate(js, sel)
+        counted = [0]
+        records = await read(js, sel, plan, counted=counted)
+    except (NatsError, TimeoutError) as exc:
+        raise QueryError(str(exc) or type(exc).__name__) from exc
+    return Series(
+        site=site,
+        device=device,
+        metric=metric,
+        unit=records[-1].unit if records else "",
+        window=label,
+        width_s=width,
+        from_ns=start,
+        to_ns=to,
+        points=points,
+        times=[r.start_ns for r in records],
+        mean=[_finite(r.mean) for r in records],
+        min=[_finite(r.min) for r in records],
+        max=[_finite(r.max) for r in records],
+        p95=[_finite(r.p95) for r in records],
+        count=[r.count for r in records],
+        read=counted[0],
+    )
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def to_csv(records: Sequence[WindowRecord]) -> str:

@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cloud.records import WindowRecord
+from cloud.views.live import CONSUMER_IDLE_S
 from gateway import subjects
 
 Latest = dict[str, WindowRecord]  # AGG_LATEST key -> its record
@@ -77,7 +78,7 @@ async def follow_latest(
             break
         except BucketNotFoundError:
             await asyncio.sleep(0.5)
-    watcher = await kv.watch(key_filter)
+    watcher = await kv.watch(key_filter, inactive_threshold=CONSUMER_IDLE_S)  # gone soon after
     try:
         async for entry in watcher:
             if entry is None or entry.value is None:

@@ -19,6 +19,7 @@ from nats.js.client import JetStreamContext
 from cloud.records import WindowId, WindowRecord
 from gateway import codec, subjects
 
+UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))  # window labels: 10s, 1m, 1h, 1d
 Row = tuple[str, str, str, str, float, int, int]  # site, device, metric, unit, value, t, seq
 
 
@@ -30,13 +31,45 @@ def rows_of(batches: Iterable[codec.Batch]) -> list[Row]:
     ]
 
 
+def with_copies(
+    batches: list[tuple[str, str, codec.Batch]], rng: np.random.Generator, share: float = 0.3
+) -> list[tuple[str, str, codec.Batch]]:
+    """The batches, some published again soon after under another `Nats-Msg-Id`: the
+    same content, a duplicate JetStream's dedupe window cannot catch."""
+    out: list[tuple[str, str, codec.Batch]] = []
+    for subject, msg_id, batch in batches:
+        out.append((subject, msg_id, batch))
+        if rng.random() < share:
+            out.append((subject, f"{msg_id}-again", batch))
+    return out
+
+
+def distinct(batches: Iterable[codec.Batch]) -> list[Row]:
+    """The readings of these messages (in stream order) counted once each, by the identity
+    docs/operations.md states: (series, time, seq) if numbered; (series, time, value, rank
+    among the identical ones in the same message) if not."""
+    seen: set[tuple[object, ...]] = set()
+    out: list[Row] = []
+    for batch in batches:
+        rank: dict[tuple[object, ...], int] = {}
+        for row in rows_of([batch]):
+            site, device, metric, _, value, t, seq = row
+            base = (site, device, metric, t, seq if seq >= 0 else value, seq < 0)
+            rank[base] = rank.get(base, -1) + 1
+            key = (*base, rank[base] if seq < 0 else 0)
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+    return out
+
+
 def recompute(rows: Iterable[Row], widths_s: Iterable[int]) -> dict[WindowId, dict[str, Any]]:
     groups: dict[WindowId, list[tuple[int, int, float, str]]] = {}
     widths = list(widths_s)
     for site, device, metric, unit, value, t, seq in rows:
         for w in widths:
             width_ns = w * 10**9
-            label = f"{w // 60}m" if w % 60 == 0 else f"{w}s"
+            label = next(f"{w // n}{u}" for n, u in UNITS if w % n == 0)
             key = (label, site, device, metric, t - t % width_ns)
             groups.setdefault(key, []).append((t, seq, value, unit))
     out: dict[WindowId, dict[str, Any]] = {}
@@ -92,8 +125,11 @@ def make_batches(
     batch_size: int = 50,
     t0: int = 1_700_000_000 * 10**9,
     site: str = "s1",
+    unnumbered: float = 0.0,
 ) -> list[tuple[str, str, codec.Batch]]:
-    """Per agent, readings in event-time order cut into batches: (subject, msg id, batch)."""
+    """Per agent, readings in event-time order cut into batches: (subject, msg id, batch).
+
+    A fraction `unnumbered` of the readings carry seq -1 (devices that do not number)."""
     out = []
     step = int(1e9 / rate_hz)
     for a in range(agents):
@@ -106,7 +142,8 @@ def make_batches(
                     seq += 1
                     jitter = int(rng.integers(0, step // 2))
                     value = float(np.round(rng.normal(20, 4), 3))
-                    readings.append((f"{agent}-d{d}", metric, value, t0 + i * step + jitter, seq))
+                    n = -1 if unnumbered and rng.random() < unnumbered else seq
+                    readings.append((f"{agent}-d{d}", metric, value, t0 + i * step + jitter, n))
         for n, lo in enumerate(range(0, len(readings), batch_size)):
             b = codec.ColumnBuilder(site, agent, f"{agent}-{n}")
             for device, metric, value, t, s in readings[lo : lo + batch_size]:
@@ -125,20 +162,25 @@ def windows_of_json(docs: Iterable[object]) -> dict[WindowId, WindowRecord]:
 
 
 async def stream_rows(js: JetStreamContext, timeout: float = 30) -> list[Row]:
-    """Every reading stored in the TELEMETRY stream, decoded (the raw source of truth).
+    """Every reading stored in the TELEMETRY stream, decoded (the raw source of truth)."""
+    return rows_of(await stream_batches(js, timeout))
+
+
+async def stream_batches(js: JetStreamContext, timeout: float = 30) -> list[codec.Batch]:
+    """Every message of the TELEMETRY stream, decoded, in stream order.
 
     Retried while JetStream is electing leaders (right after a node was killed)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await _stream_rows(js)
+            return await _stream_batches(js)
         except (NatsError, TimeoutError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
 
 
-async def _stream_rows(js: JetStreamContext) -> list[Row]:
+async def _stream_batches(js: JetStreamContext) -> list[codec.Batch]:
     sub = await js.pull_subscribe(
         "telemetry.>",
         stream=subjects.TELEMETRY_STREAM,
@@ -153,4 +195,4 @@ async def _stream_rows(js: JetStreamContext) -> list[Row]:
             batches += [codec.decode(m.data) for m in msgs]
     finally:
         await sub.unsubscribe()
-    return rows_of(batches)
+    return batches

@@ -24,13 +24,22 @@ from gateway.config import StreamSettings
 from gateway.connect import connect
 from gateway.security import CloudSecurity
 from gateway.servers import NatsCluster, NatsServer
-from tests.cloud.reference import make_batches, recompute, rows_of, stream_rows
+from tests.cloud.reference import (
+    distinct,
+    make_batches,
+    recompute,
+    rows_of,
+    stream_batches,
+    stream_rows,
+    with_copies,
+)
 from tests.cloud.test_aggregator import WIDTHS, cloud_config, running, wait_exact
 from tests.helpers import cli_nats, cloud_security, eventually
 
+ROLLUPS = [10, 60, 3600, 86400]  # with the 1 h and 1 d rollups, exact from the same readings
 CONFIG = """
 [aggregator]
-windows_s = [10, 60]
+windows_s = [10, 60, 3600, 86400]
 lateness_s = 2
 idle_close_s = 0.5
 checkpoint_interval_s = 0.05
@@ -70,7 +79,10 @@ async def test_kill_9_at_random_moments_leaves_every_window_exact(
     # A dedupe window far shorter than the test: exactness must not rest on it.
     await ensure_streams(js, StreamSettings(duplicate_window_s=1.0))
     rng = np.random.default_rng(9)
-    batches = make_batches(rng, agents=4, devices=5, seconds=240, batch_size=40)
+    # A third of the readings unnumbered; a third of the batches published twice under
+    # different `Nats-Msg-Id`s (issue 12: an idempotent consumer).
+    originals = make_batches(rng, agents=4, devices=5, seconds=240, batch_size=40, unnumbered=0.3)
+    batches = with_copies(originals, rng)
     conf = tmp_path / "cloud.toml"
     conf.write_text(CONFIG)
     argv = [sys.executable, "-m", "app", "cloud", "aggregate",
@@ -91,9 +103,11 @@ async def test_kill_9_at_random_moments_leaves_every_window_exact(
             await asyncio.to_thread(process.kill, proc)
             kills += 1
         await publisher
-        rows = await stream_rows(js)
-        assert sorted(rows) == sorted(rows_of(b for _, _, b in batches))
-        want = recompute(rows, WIDTHS)  # from the raw TELEMETRY stream
+        stored = await stream_batches(js)
+        assert sorted(rows_of(stored)) == sorted(rows_of(b for _, _, b in batches))
+        # From the raw TELEMETRY stream, each reading once by the documented identity.
+        want = recompute(distinct(stored), ROLLUPS)
+        assert want == recompute(rows_of(b for _, _, b in originals), ROLLUPS)
         proc = process.spawn(argv, log)
         try:
             await wait_exact(js, want, timeout=90)

@@ -6,6 +6,7 @@ import pytest
 
 from cloud.cli import _partition
 from cloud.views.query import Selector, parse_time
+from cloud.windows import label_seconds, window_label
 from gateway import config
 from gateway.errors import ConfigError, InvalidTokenError
 
@@ -39,3 +40,27 @@ def test_selector_subjects_and_tokens() -> None:
     assert Selector(device="d1", window="1m").kv_key() == "1m.*.d1.*"
     with pytest.raises(InvalidTokenError):
         Selector(site="a.b").subject()
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "why"),
+    [
+        ("streams", {"agg_retention_s": {"1 h": 3600}}, r"streams\.agg_retention_s.*window label"),
+        ("streams", {"agg_retention_s": {"1h": 0}}, r"streams\.agg_retention_s\.1h"),
+        ("views", {"live_max_clients": 0}, r"views\.live_max_clients"),
+    ],
+)
+def test_bad_retention_and_live_cap_name_the_key(
+    section: str, value: dict[str, object], why: str
+) -> None:
+    with pytest.raises(ConfigError, match=why):
+        config.parse(config.CloudConfig, {section: value})
+
+
+def test_window_labels_round_trip() -> None:
+    for width in (1, 10, 30, 60, 300, 3600, 7200, 86400):
+        assert label_seconds(window_label(width)) == width
+    assert [window_label(w) for w in (10, 60, 3600, 86400)] == ["10s", "1m", "1h", "1d"]
+    for bad in ("", "h", "0s", "10x", "-1m"):
+        with pytest.raises(ValueError, match="expected a width"):
+            label_seconds(bad)

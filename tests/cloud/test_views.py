@@ -26,6 +26,7 @@ from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
 from cloud.views.watch import watch
 from gateway import process
+from gateway.config import CloudConfig
 from gateway.connect import connect
 from gateway.security import CloudSecurity
 from gateway.servers import NatsServer, free_port
@@ -207,7 +208,9 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
 
             await eventually(health, bool, timeout=30)
             batches = make_batches(np.random.default_rng(25), agents=3, seconds=30, t0=T0)
-            want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+            # The default widths: 10 s, 1 min and the 1 h and 1 d rollups.
+            default = CloudConfig().aggregator.windows_s
+            want = recompute(rows_of(b for _, _, b in batches), default)
             client = await connect(security.settings(f"nats://127.0.0.1:{nats_port}"), "t")
             try:
                 await publish(client.jetstream(), batches)

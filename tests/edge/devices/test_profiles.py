@@ -58,7 +58,7 @@ def _check(got: list[Reading], want: list[Expected], t0: int, t1: int) -> None:
 
 @pytest.mark.parametrize("sample", SAMPLES_BY_PROFILE, ids=lambda s: s.file)
 def test_sample_decodes_as_documented(sample: Sample, tmp_path: Path) -> None:
-    cfg = profile_config(sample.profile, tmp_path, "nats://127.0.0.1:1", 1883)
+    cfg = profile_config(sample.profile, tmp_path, None, 1883)
     now = time.time_ns()
     _check(_decode(cfg, sample, now), list(sample.readings), now, now)
 
@@ -81,7 +81,7 @@ async def test_profile_through_a_real_broker_and_agent(
     cloud_server: NatsServer,
     js: JetStreamContext,
 ) -> None:
-    cfg = profile_config(profile, tmp_path, cloud_server.url, broker_port)
+    cfg = profile_config(profile, tmp_path, cloud_server, broker_port)
     samples = [s for s in SAMPLES_BY_PROFILE if s.profile == profile]
     want = [e for s in samples for e in s.readings]
     async with running(Agent(cfg)):
