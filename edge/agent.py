@@ -74,11 +74,7 @@ class Agent:
         self._use_config(self.remote.load())
         self.buffer.open()
         self.batcher = Batcher(
-            self.config.site,
-            self.config.agent,
-            self.config.batch,
-            self.buffer.high_water,
-            self.buffer.holes,
+            self.config.site, self.config.agent, self.config.batch, self.buffer.deliveries
         )
         self.intake = Intake(self.config, load_catalog(self.config.catalog), self.metrics)
         try:
@@ -202,12 +198,23 @@ class Agent:
 
     def _handle(self, msg: SourceMessage) -> None:
         assert self.intake is not None, "agent is not running"
+        if msg.session_reset:
+            self._forget_deliveries(msg.source)
+            return
         batched = self._batcher.pending_readings()
         dups = self.intake.stats.duplicates_dropped
         self.intake.handle(msg, self._batcher)
         # per-source accounting (edge/accounting.py): what this message added to the batch
         self._counts.readings[msg.source] += self._batcher.pending_readings() - batched
-        self._counts.duplicates[msg.source] += self.intake.stats.duplicates_dropped - dups
+        self._counts.redelivered[msg.source] += self.intake.stats.duplicates_dropped - dups
+
+    def _forget_deliveries(self, source: str) -> None:
+        """The broker starts `source` afresh: no record of before may match a resend."""
+        self._batcher.forget_source(source)
+        if self._held is not None:
+            self._held[0].deliveries.drop_source(source)
+        self.buffer.forget_deliveries(source)
+        log.info("%s: the broker holds no session for us; delivery records cleared", source)
 
     async def _flusher(self) -> None:
         while True:
@@ -234,9 +241,7 @@ class Agent:
             self._counts = SourceCounts()
         flush, batch_id, counts = self._held
         try:
-            self.buffer.commit(
-                flush.batch, batch_id, flush.dead_letters, flush.high_water, counts, flush.holes
-            )
+            self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.deliveries, counts)
         except BufferFull as exc:
             if not self._blocked:
                 self._blocked = True

@@ -1,12 +1,8 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
-max bytes or linger time (monotonic clock). Also drops redelivered readings by the
-sequence numbers seen in each series (site, device, metric; edge/dedupe.py: a high-water
-mark plus the seqs a jump skipped, so late deliveries are kept), made durable together
-with the batch. Readings without a sequence number (`NO_SEQ`) are never dropped.
-
-Keyed per series, not per device: a device may number its readings across metrics (the
-simulator does) or give every metric of one sample the same number (line protocol with
-a `seq` field); either way each series' numbers increase."""
+max bytes or linger time (monotonic clock). The open batch also carries the delivery
+records of its messages (edge/dedupe.py), made durable together with it, which is what
+lets a broker's redelivery of a message already taken be recognised and dropped.
+Readings themselves are never dropped here: their seqs prove nothing."""
 
 from __future__ import annotations
 
@@ -14,12 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from edge.buffer import DeadLetter, PendingBatch
-from edge.decoders.context import NO_SEQ, SeriesColumns
-from edge.dedupe import SeqFilter
+from edge.decoders.context import SeriesColumns
+from edge.dedupe import DeliveryLog, PendingDeliveries
 from edge.validation import SeriesCheck
 from gateway import codec
 from gateway.config import BatchSettings
@@ -34,10 +27,9 @@ class Flush:
 
     batch: PendingBatch | None
     dead_letters: list[DeadLetter]
-    high_water: dict[str, int]
+    deliveries: PendingDeliveries
     acks: list[Any]
-    duplicates: int
-    holes: dict[str, set[int]] = field(default_factory=dict)
+    redelivered: int  # messages recognised as copies, dropped (their acks are in `acks`)
 
 
 @dataclass(slots=True)
@@ -45,10 +37,9 @@ class _Open:
     builder: codec.ColumnBuilder
     started: float
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    high_water: dict[str, int] = field(default_factory=dict)
-    holes: dict[str, set[int]] = field(default_factory=dict)
+    deliveries: PendingDeliveries = field(default_factory=PendingDeliveries)
     acks: list[Any] = field(default_factory=list)
-    duplicates: int = 0
+    redelivered: int = 0
     approx_bytes: int = 0
 
 
@@ -58,14 +49,13 @@ class Batcher:
         site: str,
         agent: str,
         settings: BatchSettings,
-        high_water: dict[str, int],
-        holes: dict[str, set[int]] | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
         self.site = site
         self.agent = agent
         self.settings = settings
-        # shared with the buffer: what is already durable
-        self._seqs = SeqFilter(high_water, {} if holes is None else holes)
+        # shared with the buffer: the records already durable
+        self._deliveries = DeliveryLog({}, {}) if deliveries is None else deliveries
         self._open: _Open | None = None
 
     def reconfigure(self, settings: BatchSettings) -> None:
@@ -77,57 +67,40 @@ class Batcher:
             self._open = _Open(codec.ColumnBuilder(self.site, self.agent), time.monotonic())
         return self._open
 
-    def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
-        """Add one reading; False if it was dropped as already seen (redelivered)."""
+    def redelivered(self, source: str, packet_id: int, dup: bool, digest: bytes) -> bool:
+        """True if the message is a proven copy of one already taken: drop it, but still
+        acknowledge it with this batch (`add_ack`). Otherwise it is recorded in this batch."""
         cur = self._current()
-        if r.seq != NO_SEQ:
-            key = f"{r.site}/{r.device}/{r.metric}"
-            if not self._seqs.accept(key, r.seq, cur.high_water, cur.holes):
-                cur.duplicates += 1
-                return False
+        if self._deliveries.redelivered(source, packet_id, dup, digest, cur.deliveries):
+            cur.redelivered += 1
+            return True
+        return False
+
+    def forget_source(self, source: str) -> None:
+        """The broker lost `source`'s session: what this batch recorded of it is void."""
+        if self._open is not None:
+            self._open.deliveries.drop_source(source)
+
+    def add_one(self, r: Reading, original_time_ns: int | None = None) -> None:
+        cur = self._current()
         cur.builder.add(
             r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, r.flags, original_time_ns
         )
         cur.approx_bytes += _BYTES_PER_READING
-        return True
 
-    def add_series(
-        self,
-        cols: SeriesColumns,
-        check: SeriesCheck,
-    ) -> int:
-        """Add a validated column of one series; return how many were redelivered copies.
-
-        The same rule as `add_one`, vectorised for the usual run of seqs one stride apart
-        (edge/dedupe.py)."""
+    def add_series(self, cols: SeriesColumns, check: SeriesCheck) -> None:
+        """Add a validated column of one series."""
         cur = self._current()
-        seq = cols.seq[check.accepted]
-        keep: slice | npt.NDArray[np.bool_] = slice(None)
-        dups = 0
-        numbered = seq != NO_SEQ
-        if numbered.any():
-            key = f"{cols.site}/{cols.device}/{cols.metric}"
-            fresh = np.ones(seq.shape, dtype=np.bool_)
-            fresh[numbered] = self._seqs.accept_run(key, seq[numbered], cur.high_water, cur.holes)
-            dups = int(fresh.size - np.count_nonzero(fresh))
-            if dups:
-                keep = fresh
-        original = check.original_time_ns
-        if dups and original:
-            kept_row = np.cumsum(fresh) - 1
-            original = {int(kept_row[r]): t for r, t in original.items() if fresh[r]}
+        accepted = check.accepted
         cur.builder.extend(
             (cols.device, cols.metric, check.unit),
-            check.time_ns[keep],
-            cols.value[check.accepted][keep],
-            seq[keep],
-            check.flags[keep],
-            original,
+            check.time_ns,
+            cols.value[accepted],
+            cols.seq[accepted],
+            check.flags,
+            check.original_time_ns,
         )
-        added = int(seq.size) - dups
-        cur.approx_bytes += _BYTES_PER_READING * added
-        cur.duplicates += dups
-        return dups
+        cur.approx_bytes += _BYTES_PER_READING * int(check.time_ns.size)
 
     def add_ack(self, ack: Any) -> None:
         """Acknowledge this source message once the current batch is durable."""
@@ -171,4 +144,4 @@ class Batcher:
                 )
             else:
                 batch = PendingBatch(codec.CONTENT_TYPE, len(built), codec.encode(built))
-        return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates, cur.holes)
+        return Flush(batch, cur.dead_letters, cur.deliveries, cur.acks, cur.redelivered)

@@ -2,7 +2,8 @@
 
 Order of durable steps (the guarantee chain, docs/architecture.md):
   1. `commit()` writes, in ONE transaction, the encoded batch, the dead letters of the same
-     flush, the per-device high-water sequence numbers and the accounting counters.
+     flush, the delivery records of its MQTT messages (source, packet id, digest:
+     edge/dedupe.py) and the accounting counters.
   2. Only after that commit does the agent acknowledge the MQTT messages to the broker.
   3. Before publishing, the uplink marks the batches `attempted` (`mark_attempted`), so a
      restarted agent knows which batches the stream may already hold.
@@ -10,7 +11,8 @@ Order of durable steps (the guarantee chain, docs/architecture.md):
   5. Only after JetStream's PubAck does `delete_batches()` remove it (and count it as
      published, in the same transaction).
 A crash between any two steps repeats the earlier step, and each repeat is recognised:
-the broker redelivers (2) and the seqs already seen drop the copy (edge/dedupe.py);
+the broker redelivers (2) with DUP set and the same packet id, and the delivery records
+prove it a copy, which is acknowledged and dropped (edge/dedupe.py);
 JetStream deduplicates (4) within its duplicate window, and beyond it the uplink asks the
 stream which attempted batches it already holds (edge/uplink.py).
 
@@ -45,6 +47,7 @@ from pathlib import Path
 import lz4.block
 import orjson
 
+from edge.dedupe import DeliveryLog, PendingDeliveries, Record
 from edge.errors import BufferFull, BufferStoreError
 from gateway.config import BufferSettings
 
@@ -76,14 +79,27 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     detail TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS high_water(
-    device TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    holes TEXT NOT NULL DEFAULT '[]'
-);
+-- MQTT messages made durable, by (source, packet id): what proves a redelivery a copy
+-- (edge/dedupe.py). At most 65,535 rows per source; pruned by ordinal.
+CREATE TABLE IF NOT EXISTS deliveries(
+    source TEXT NOT NULL,
+    packet_id INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    ordinal INTEGER NOT NULL,
+    PRIMARY KEY(source, packet_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_ordinals(source TEXT PRIMARY KEY, next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-_TABLES = ("meta", "batches", "attempted", "dead_letters", "high_water", "counters")
+_TABLES = (
+    "meta",
+    "batches",
+    "attempted",
+    "dead_letters",
+    "deliveries",
+    "delivery_ordinals",
+    "counters",
+)
 UNKNOWN_SOURCE = "-"
 
 
@@ -135,10 +151,11 @@ class PendingBatch:
 
 @dataclass(slots=True)
 class SourceCounts:
-    """Per source: readings in the flushed batch and redelivered readings dropped."""
+    """Per source: readings in the flushed batch, and redelivered messages dropped (not
+    received again: the same message, already counted when it was first received)."""
 
     readings: Counter[str] = field(default_factory=Counter)
-    duplicates: Counter[str] = field(default_factory=Counter)
+    redelivered: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -154,7 +171,8 @@ class _Commit:
     batch: PendingBatch | None
     batch_id: str
     letters: list[DeadLetter]
-    seq_rows: list[tuple[str, int, list[int]]]  # key, high water, holes
+    deliveries: PendingDeliveries
+    floors: dict[str, int]  # per source: records below this ordinal are pruned
     intake: SourceCounts
 
 
@@ -186,8 +204,8 @@ class SqliteBuffer:
         self.overflow = overflow
         self.max_age_ns = int(max_age_s * 1e9)
         self.instance = ""
-        self.high_water: dict[str, int] = {}
-        self.holes: dict[str, set[int]] = {}  # seqs skipped, still expected (edge/dedupe.py)
+        # delivery records (edge/dedupe.py), shared with the batcher's DeliveryLog
+        self.deliveries = DeliveryLog({}, {})
         self._db: sqlite3.Connection | None = None
         self._next_batch = 0
         self._bytes = 0
@@ -250,8 +268,8 @@ class SqliteBuffer:
             db.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
         if "compressed" not in have:
             db.execute("ALTER TABLE batches ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0")
-        if "holes" not in {r[1] for r in db.execute("PRAGMA table_info(high_water)")}:
-            db.execute("ALTER TABLE high_water ADD COLUMN holes TEXT NOT NULL DEFAULT '[]'")
+        # The seq high-water marks of earlier versions are not evidence of anything.
+        db.execute("DROP TABLE IF EXISTS high_water")
 
     def _load_state(self) -> None:
         db = self._conn
@@ -264,11 +282,16 @@ class SqliteBuffer:
         # (salvage) must still never hand out a row it holds.
         top = db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()[0]
         self._next_batch = max(int(meta.get("next_batch", "1")), top + 1)
-        rows = db.execute("SELECT device, seq, holes FROM high_water").fetchall()
-        self.high_water.clear()
-        self.high_water.update((key, seq) for key, seq, _ in rows)
-        self.holes.clear()
-        self.holes.update((key, set(orjson.loads(h))) for key, _, h in rows if h != "[]")
+        log_ = self.deliveries
+        log_.ordinals.clear()
+        log_.ordinals.update(db.execute("SELECT source, next FROM delivery_ordinals").fetchall())
+        log_.records.clear()
+        log_.records.update(
+            ((source, pid), Record(bytes(dig), ordinal))
+            for source, pid, dig, ordinal in db.execute(
+                "SELECT source, packet_id, digest, ordinal FROM deliveries"
+            )
+        )
         self._bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM batches").fetchone()[0]
 
     def _move_aside(self) -> Path:
@@ -344,9 +367,8 @@ class SqliteBuffer:
         batch: PendingBatch | None,
         batch_id: str,
         dead_letters: Iterable[DeadLetter],
-        high_water: Mapping[str, int],
+        deliveries: PendingDeliveries | None = None,
         intake: SourceCounts | None = None,
-        holes: Mapping[str, set[int]] | None = None,
     ) -> CommitResult:
         """Make a flush durable in one transaction (step 1 of the guarantee chain).
 
@@ -354,16 +376,9 @@ class SqliteBuffer:
         `BufferStoreError` when the disk refuses even the small bookkeeping write."""
         if intake is None:  # callers that do not track sources
             intake = SourceCounts(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
-        holes = holes or {}
-        seq_rows = [  # a key whose holes this flush did not touch keeps its durable ones
-            (
-                key,
-                high_water.get(key, self.high_water.get(key, -1)),
-                sorted(holes[key] if key in holes else self.holes.get(key, ())),
-            )
-            for key in high_water.keys() | holes.keys()
-        ]
-        flush = _Commit(batch, batch_id, list(dead_letters), seq_rows, intake)
+        deliveries = deliveries or PendingDeliveries()
+        floors = self.deliveries.floors(deliveries)
+        flush = _Commit(batch, batch_id, list(dead_letters), deliveries, floors, intake)
         try:
             result = self._commit_once(flush, None)
         except sqlite3.OperationalError as exc:
@@ -375,13 +390,18 @@ class SqliteBuffer:
             result = self._commit_disk_full(flush)
         except sqlite3.Error as exc:
             raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
-        self.high_water.update(high_water)
-        for key, new in holes.items():
-            if new:
-                self.holes[key] = set(new)
-            else:
-                self.holes.pop(key, None)
+        self.deliveries.apply(deliveries, floors)
         return result
+
+    def forget_deliveries(self, source: str) -> None:
+        """The broker holds no session for `source` any more: drop its delivery records
+        now, durably, before any message of the new session is handled (edge/dedupe.py)."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM deliveries WHERE source = ?", (source,))
+        except sqlite3.Error as exc:
+            raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
+        self.deliveries.forget(source)
 
     def _commit_disk_full(self, flush: _Commit) -> CommitResult:
         if self.overflow == "block":
@@ -428,10 +448,7 @@ class SqliteBuffer:
                 )
             self._insert_letters(flush.letters, now, counters)
             self._count_intake(flush.intake, counters)
-            db.executemany(
-                "INSERT OR REPLACE INTO high_water VALUES (?, ?, ?)",
-                [(k, hw, orjson.dumps(h).decode()) for k, hw, h in flush.seq_rows],
-            )
+            self._write_deliveries(flush)
             self._add_counters(counters)
         if batch is not None:
             self._next_batch += 1
@@ -440,6 +457,21 @@ class SqliteBuffer:
         if result.dropped:
             log.warning("buffer dropped readings: %s", dict(result.dropped))
         return result
+
+    def _write_deliveries(self, flush: _Commit) -> None:
+        db = self._conn
+        pending = flush.deliveries
+        if not pending.records:
+            return
+        db.executemany(
+            "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?)",
+            [(s, pid, r.digest, r.ordinal) for (s, pid), r in pending.records.items()],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO delivery_ordinals VALUES (?, ?)", pending.ordinals.items()
+        )
+        for source, floor in flush.floors.items():
+            db.execute("DELETE FROM deliveries WHERE source = ? AND ordinal < ?", (source, floor))
 
     def _make_room(
         self, size: int, expired: int, counters: Counter[str], result: CommitResult
@@ -545,9 +577,8 @@ class SqliteBuffer:
     def _count_intake(intake: SourceCounts, counters: Counter[str]) -> None:
         for source, n in intake.readings.items():
             counters[counter_name("received", source)] += n
-        for source, n in intake.duplicates.items():
-            counters[counter_name("received", source)] += n
-            counters[counter_name("dropped", source, "duplicate")] += n
+        for source, n in intake.redelivered.items():
+            counters[counter_name("redelivered", source)] += n
 
     @staticmethod
     def _count_dropped(

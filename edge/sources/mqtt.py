@@ -172,11 +172,13 @@ class MqttSource:
                 return
 
     # -- MQTT events -----------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             log.warning("%s: MQTT connect refused: %s", self.name, rc)
             return
         self.connected = True
+        if not flags.session_present:  # nothing sent before can be resent: say so, in order
+            self._deliver(SourceMessage(self.name, "", b"", session_reset=True))
         client.subscribe([(t, 1) for t in self.settings.topics])
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -197,7 +199,17 @@ class MqttSource:
             def ack() -> None:
                 client.ack(mid, qos)
 
-        self._deliver(SourceMessage(self.name, msg.topic, bytes(msg.payload), ack, time.time_ns()))
+        self._deliver(
+            SourceMessage(
+                self.name,
+                msg.topic,
+                bytes(msg.payload),
+                ack,
+                time.time_ns(),
+                packet_id=mid if qos > 0 else 0,
+                dup=bool(msg.dup),
+            )
+        )
 
 
 async def _answering_address(host: str, port: int) -> str:

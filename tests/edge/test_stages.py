@@ -167,16 +167,19 @@ def test_senml_batch_decode_of_junk_raises_codec_error(data: bytes) -> None:
         pass
 
 
-def test_batcher_high_water_per_series_and_senml_encoding() -> None:
-    b = Batcher("s1", "a1", BatchSettings(encoding="senml"), {})
-    assert b.add_one(rd(seq=5)) and b.add_one(rd(metric="humidity", unit="%RH", seq=5))
-    assert not b.add_one(rd(seq=5))  # same series, same seq: redelivered
-    assert b.add_one(rd(seq=NO_SEQ)) and b.add_one(rd(seq=NO_SEQ))
+def test_batcher_keeps_every_reading_and_encodes_senml() -> None:
+    # Seqs prove nothing (a device may restart its numbering): the same series and seq
+    # twice is two readings; only a proven redelivery is dropped (edge/dedupe.py).
+    b = Batcher("s1", "a1", BatchSettings(encoding="senml"))
+    b.add_one(rd(seq=5))
+    b.add_one(rd(metric="humidity", unit="%RH", seq=5))
+    b.add_one(rd(seq=5))
+    b.add_one(rd(seq=NO_SEQ))
     flush = b.take("a1:x:1")
     assert flush is not None and flush.batch is not None
     assert flush.batch.content_type == codec.SENML_CONTENT_TYPE
     assert len(codec.decode(flush.batch.payload)) == 4
-    assert flush.high_water == {"s1/d1/temperature": 5, "s1/d1/humidity": 5}
+    assert not flush.deliveries and flush.redelivered == 0
 
 
 def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
@@ -191,7 +194,7 @@ def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
     )
     metrics = AgentMetrics()
     intake = Intake(cfg, load_catalog(), metrics)
-    batcher = Batcher("s1", "a1", cfg.batch, {})
+    batcher = Batcher("s1", "a1", cfg.batch)
     bt = NOW // S
     pack = [{"bt": bt, "bu": "Cel"}] + [
         {"n": "temperature", "v": v, "t": i, "seq": i + 1}

@@ -27,8 +27,9 @@ NEAR_VALID = [
 payloads = st.one_of(
     st.binary(max_size=512),
     st.sampled_from(NEAR_VALID).flatmap(
-        lambda p: st.lists(st.tuples(st.integers(0, len(p) - 1), st.integers(0, 255)), max_size=4)
-        .map(lambda edits: _mutate(p, edits))
+        lambda p: st.lists(
+            st.tuples(st.integers(0, len(p) - 1), st.integers(0, 255)), max_size=4
+        ).map(lambda edits: _mutate(p, edits))
     ),
 )
 
