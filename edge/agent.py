@@ -122,19 +122,21 @@ class Agent:
             self.metrics.registry.register(ForwardingCollector(self.buffer, self.uplink))
 
     async def _cloud_link(self) -> None:
-        """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat."""
+        """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat;
+        connect again whenever the connection is closed for good (nats-py gives up on a
+        connection the server closed, e.g. for a payload over its max_payload)."""
         settings = self.config.nats
         creds = str(settings.creds_file) if settings.creds_file else None
-        nc = await connect_forever(
-            settings.url, f"agent-{self.config.agent}", settings.connect_timeout_s, creds
-        )
-        self._nc = nc
-        async with asyncio.TaskGroup() as tg:
-            self._tasks += [
-                tg.create_task(self.uplink.run(nc), name="uplink"),
-                tg.create_task(self._heartbeat(nc), name="heartbeat"),
-                tg.create_task(self.remote.follow(nc, self.apply_config), name="remote-config"),
-            ]
+        while True:
+            nc = await connect_forever(
+                settings.url, f"agent-{self.config.agent}", settings.connect_timeout_s, creds
+            )
+            self._nc = nc
+            # The uplink returns only once the connection is closed for good.
+            await first_of(
+                self.uplink.run(nc), self._heartbeat(nc), self.remote.follow(nc, self.apply_config)
+            )
+            log.warning("the NATS connection was closed; connecting again")
 
     def _use_config(self, cfg: AgentConfig) -> None:
         """The one path by which settings reach the running parts: each part takes its

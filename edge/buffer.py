@@ -665,6 +665,26 @@ class SqliteBuffer:
         self._bytes -= freed
         return readings
 
+    def quarantine_batches(self, batches: Iterable[StoredBatch], reason: str) -> int:
+        """Drop batches the cloud refuses for good, counted as `dropped: <reason>` by
+        source in the same transaction; returns how many readings went."""
+        read = {b.row: b for b in batches}
+        if not read:
+            return 0
+        result = CommitResult()
+        counters: Counter[str] = Counter()
+        freed = 0
+        with self._transaction() as db:
+            for row, b in read.items():
+                gone = db.execute("DELETE FROM batches WHERE id = ? RETURNING bytes", (row,))
+                if gone.fetchone() is None:
+                    continue  # a drop policy took it meanwhile: counted then
+                freed += b.stored_bytes
+                self._count_dropped(Counter(orjson.loads(b.sources)), reason, counters, result)
+            self._add_counters(counters)
+        self._bytes -= freed
+        return result.dropped.total()
+
     def oldest_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
         rows = self._conn.execute(
             "SELECT id, created_ns, source, reason, detail, payload FROM dead_letters"

@@ -265,3 +265,16 @@ def test_edge_stats_prints_the_accounting(
     assert "holds" in capsys.readouterr().out
     buf.close()
     assert main(["edge", "stats", "--data-dir", str(tmp_path / "nope")]) == 2
+
+
+def test_quarantined_batches_are_dropped_and_counted_by_source(tmp_path: Path) -> None:
+    buf = _open(tmp_path / "b.sqlite3")
+    _add(buf, 5, 100, "mqtt0")
+    _add(buf, 3, 100, "mqtt1")
+    first, second = buf.oldest_batches(10)
+    assert buf.quarantine_batches([first], "quarantined") == 5
+    assert buf.quarantine_batches([first], "quarantined") == 0  # gone already: once only
+    accts = _balanced(buf)
+    assert accts["mqtt0"].dropped == {"quarantined": 5} and accts["mqtt1"].buffered == 3
+    assert [b.row for b in buf.oldest_batches(10)] == [second.row]
+    assert buf.stats().bytes == buf._bytes == second.stored_bytes
