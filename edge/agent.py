@@ -205,10 +205,12 @@ class Agent:
             return
         batched = self._batcher.pending_readings()
         dups = self.intake.stats.duplicates_dropped
+        redelivered = self.intake.stats.redelivered
         self.intake.handle(msg, self._batcher)
         # per-source accounting (edge/accounting.py): what this message added to the batch
         self._counts.readings[msg.source] += self._batcher.pending_readings() - batched
-        self._counts.redelivered[msg.source] += self.intake.stats.duplicates_dropped - dups
+        self._counts.duplicates[msg.source] += self.intake.stats.duplicates_dropped - dups
+        self._counts.redelivered[msg.source] += self.intake.stats.redelivered - redelivered
 
     def _forget_deliveries(self, source: str) -> None:
         """The broker starts `source` afresh: no record of before may match a resend."""

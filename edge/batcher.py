@@ -1,8 +1,9 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
 max bytes or linger time (monotonic clock). The open batch also carries the delivery
 records of its messages (edge/dedupe.py), made durable together with it, which is what
-lets a broker's redelivery of a message already taken be recognised and dropped.
-Readings themselves are never dropped here: their seqs prove nothing."""
+lets a broker's redelivery of a message already taken be recognised and dropped. A
+reading is dropped here only as an exact copy of a recent one (same series, seq, event
+time and value: a device that sent it twice; `ExactCopies`), never by its seq alone."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edge.buffer import DeadLetter, PendingBatch
-from edge.decoders.context import SeriesColumns
-from edge.dedupe import DeliveryLog, PendingDeliveries
+from edge.decoders.context import NO_SEQ, SeriesColumns
+from edge.dedupe import DeliveryLog, ExactCopies, PendingDeliveries
 from edge.validation import SeriesCheck
 from gateway import codec
 from gateway.config import BatchSettings
@@ -30,6 +33,7 @@ class Flush:
     deliveries: PendingDeliveries
     acks: list[Any]
     redelivered: int  # messages recognised as copies, dropped (their acks are in `acks`)
+    duplicates: int = 0  # readings dropped as exact copies (`ExactCopies`)
 
 
 @dataclass(slots=True)
@@ -40,6 +44,7 @@ class _Open:
     deliveries: PendingDeliveries = field(default_factory=PendingDeliveries)
     acks: list[Any] = field(default_factory=list)
     redelivered: int = 0
+    duplicates: int = 0
     approx_bytes: int = 0
 
 
@@ -56,6 +61,7 @@ class Batcher:
         self.settings = settings
         # shared with the buffer: the records already durable
         self._deliveries = DeliveryLog({}, {}) if deliveries is None else deliveries
+        self.copies = ExactCopies()
         self._open: _Open | None = None
 
     def reconfigure(self, settings: BatchSettings) -> None:
@@ -81,26 +87,54 @@ class Batcher:
         if self._open is not None:
             self._open.deliveries.drop_source(source)
 
-    def add_one(self, r: Reading, original_time_ns: int | None = None) -> None:
+    def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
+        """Add one reading; False if it was dropped as an exact copy of a recent one."""
         cur = self._current()
+        if r.seq != NO_SEQ:
+            key = f"{r.site}/{r.device}/{r.metric}"
+            # the time as sent: validation may have replaced it with the time of receipt
+            sent = r.time_ns if original_time_ns is None else original_time_ns
+            if not self.copies.fresh(key, r.seq, sent, r.value, time.monotonic()):
+                cur.duplicates += 1
+                return False
         cur.builder.add(
             r.device, r.metric, r.unit, r.value, r.time_ns, r.seq, r.flags, original_time_ns
         )
         cur.approx_bytes += _BYTES_PER_READING
+        return True
 
-    def add_series(self, cols: SeriesColumns, check: SeriesCheck) -> None:
-        """Add a validated column of one series."""
+    def add_series(self, cols: SeriesColumns, check: SeriesCheck) -> int:
+        """Add a validated column of one series; return how many were exact copies."""
         cur = self._current()
         accepted = check.accepted
-        cur.builder.extend(
-            (cols.device, cols.metric, check.unit),
-            check.time_ns,
-            cols.value[accepted],
-            cols.seq[accepted],
-            check.flags,
-            check.original_time_ns,
+        seq, value, times = cols.seq[accepted], cols.value[accepted], check.time_ns
+        sent = times.tolist()  # as sent: validation may have replaced some
+        for row, t in check.original_time_ns.items():
+            sent[row] = t
+        key = f"{cols.site}/{cols.device}/{cols.metric}"
+        now = time.monotonic()
+        fresh = self.copies.fresh
+        keep = np.fromiter(
+            (
+                s == NO_SEQ or fresh(key, s, t, v, now)
+                for s, t, v in zip(seq.tolist(), sent, value.tolist(), strict=True)
+            ),
+            dtype=np.bool_,
+            count=seq.size,
         )
-        cur.approx_bytes += _BYTES_PER_READING * int(check.time_ns.size)
+        dups = int(keep.size - np.count_nonzero(keep))
+        original = check.original_time_ns
+        flags = check.flags
+        if dups:
+            kept_row = np.cumsum(keep) - 1
+            original = {int(kept_row[r]): t for r, t in original.items() if keep[r]}
+            seq, value, times, flags = seq[keep], value[keep], times[keep], flags[keep]
+        cur.builder.extend(
+            (cols.device, cols.metric, check.unit), times, value, seq, flags, original
+        )
+        cur.approx_bytes += _BYTES_PER_READING * int(seq.size)
+        cur.duplicates += dups
+        return dups
 
     def add_ack(self, ack: Any) -> None:
         """Acknowledge this source message once the current batch is durable."""
@@ -144,4 +178,7 @@ class Batcher:
                 )
             else:
                 batch = PendingBatch(codec.CONTENT_TYPE, len(built), codec.encode(built))
-        return Flush(batch, cur.dead_letters, cur.deliveries, cur.acks, cur.redelivered)
+        self.copies.prune(time.monotonic())
+        return Flush(
+            batch, cur.dead_letters, cur.deliveries, cur.acks, cur.redelivered, cur.duplicates
+        )

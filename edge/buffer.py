@@ -151,11 +151,13 @@ class PendingBatch:
 
 @dataclass(slots=True)
 class SourceCounts:
-    """Per source: readings in the flushed batch, and redelivered messages dropped (not
-    received again: the same message, already counted when it was first received)."""
+    """Per source: readings in the flushed batch, readings dropped as exact copies a device
+    sent twice, and redelivered messages dropped (not received again: the same message,
+    counted when it was first received)."""
 
     readings: Counter[str] = field(default_factory=Counter)
     redelivered: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -580,6 +582,9 @@ class SqliteBuffer:
             counters[counter_name("received", source)] += n
         for source, n in intake.redelivered.items():
             counters[counter_name("redelivered", source)] += n
+        for source, n in intake.duplicates.items():
+            counters[counter_name("received", source)] += n
+            counters[counter_name("dropped", source, "duplicate")] += n
 
     @staticmethod
     def _count_dropped(

@@ -136,3 +136,48 @@ class DeliveryLog:
         """The broker has no session for `source`: nothing of its records can come again."""
         for k in [k for k in self.records if k[0] == source]:
             del self.records[k]
+
+
+class ExactCopies:
+    """Readings a device itself sent twice: the same series, seq, event time and value.
+
+    Not a redelivery (the broker sees two messages) and not provable from the transport,
+    but nothing is lost by dropping one: the copy carries no information the first did
+    not, and the cloud counts a reading (series, event time, seq) once however often it
+    arrives. Only numbered readings with their own event time qualify: a reading without
+    a seq, or stamped by the agent on receipt, is never taken for a copy. Kept in memory
+    (a copy across a restart is left to the cloud), the last `per_series` readings of a
+    series, and forgotten for series silent for `silent_s`: bounded, nothing durable."""
+
+    def __init__(self, per_series: int = 256, silent_s: float = 3600.0) -> None:
+        self.per_series = per_series
+        self.silent_s = silent_s
+        self._seen: dict[str, dict[tuple[int, int, float], None]] = {}  # insertion-ordered
+        self._last: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._seen.values())
+
+    def fresh(self, key: str, seq: int, time_ns: int, value: float, now: float) -> bool:
+        """False if this exact reading was seen; otherwise remember it."""
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = {}
+        self._last[key] = now
+        k = (seq, time_ns, value)
+        if k in seen:
+            return False
+        seen[k] = None
+        if len(seen) > self.per_series:
+            del seen[next(iter(seen))]
+        return True
+
+    def prune(self, now: float) -> None:
+        """Forget series silent longer than `silent_s` (at most once a minute)."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 60.0
+        for key in [k for k, t in self._last.items() if now - t > self.silent_s]:
+            del self._last[key]
+            del self._seen[key]

@@ -29,7 +29,8 @@ from gateway.config import AgentConfig, MqttSourceSettings
 class IntakeStats:
     messages: int = 0
     readings: int = 0
-    duplicates_dropped: int = 0  # messages: broker redeliveries of ones already taken
+    duplicates_dropped: int = 0  # readings: exact copies a device sent twice
+    redelivered: int = 0  # messages: broker redeliveries of ones already taken
     dead_letters: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
 
@@ -93,7 +94,7 @@ class Intake:
         plan.messages.inc()
         content = digest(msg.topic, msg.payload) if msg.packet_id else b""
         if batcher.redelivered(msg.source, msg.packet_id, msg.dup, content):
-            self.stats.duplicates_dropped += 1
+            self.stats.redelivered += 1
             self.metrics.redelivered.labels(msg.source).inc()
         elif msg.problem:
             self._reject(msg, batcher, msg.problem, "refused by the source")
@@ -124,7 +125,10 @@ class Intake:
             check = self.validator.check_series(cols, msg.received_ns)
             for _row, reason, detail in check.rejects:
                 self._reject(msg, batcher, reason, f"{cols.device}/{cols.metric}: {detail}")
-            batcher.add_series(cols, check)
+            dups = batcher.add_series(cols, check)
+            if dups:
+                self.stats.duplicates_dropped += dups
+                self.metrics.copies.inc(dups)
         return True
 
     def _accept(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
@@ -149,7 +153,9 @@ class Intake:
             passed = filters.apply(checked.reading) if filters else checked.reading
             if passed is None:
                 continue
-            batcher.add_one(passed, checked.original_time_ns)
+            if not batcher.add_one(passed, checked.original_time_ns):
+                self.stats.duplicates_dropped += 1
+                self.metrics.copies.inc()
         if filters:
             self._count_filtered()
 

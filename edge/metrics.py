@@ -46,6 +46,12 @@ class AgentMetrics:
             ["source"],
             registry=r,
         )
+        self.copies = Counter(
+            "gateway_agent_readings_duplicate",
+            "Readings dropped as exact copies of a recent one (same series, seq, event time"
+            " and value: sent twice by the device)",
+            registry=r,
+        )
         self.batched = Counter("gateway_agent_readings_batched", "Readings in batches", registry=r)
         self.batches = Counter("gateway_agent_batches", "Batches formed", registry=r)
         self.batch_bytes = Counter("gateway_agent_batch_bytes", "Bytes of batches", registry=r)

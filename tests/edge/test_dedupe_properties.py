@@ -57,6 +57,7 @@ class Message:
     device: str
     values: tuple[float, ...]
     seqs: tuple[int, ...] | None  # None: the device does not number its readings
+    t: int = 0  # seconds after NOW_S of its first reading (a clock that goes on at reboot)
 
     @property
     def topic(self) -> str:
@@ -65,7 +66,7 @@ class Message:
     def payload(self) -> bytes:
         records: list[dict[str, object]] = []
         for i, v in enumerate(self.values):
-            rec: dict[str, object] = {"n": "temperature", "u": "Cel", "v": v}
+            rec: dict[str, object] = {"n": "temperature", "u": "Cel", "v": v, "t": self.t + i}
             if self.seqs is not None:
                 rec["seq"] = self.seqs[i]
             records.append(rec)
@@ -110,10 +111,12 @@ class Agent:
             packet_id=pid,
             dup=p.dup,
         )
-        before = (self.batcher.pending_readings(), self.intake.stats.duplicates_dropped)
+        stats = self.intake.stats
+        before = (self.batcher.pending_readings(), stats.redelivered, stats.duplicates_dropped)
         self.intake.handle(msg, self.batcher)
         self.counts.readings[SOURCE] += self.batcher.pending_readings() - before[0]
-        self.counts.redelivered[SOURCE] += self.intake.stats.duplicates_dropped - before[1]
+        self.counts.redelivered[SOURCE] += stats.redelivered - before[1]
+        self.counts.duplicates[SOURCE] += stats.duplicates_dropped - before[2]
 
     def session_reset(self) -> None:
         """What edge/agent.py `_forget_deliveries` does."""
@@ -253,7 +256,7 @@ def streams(draw: st.DrawFn) -> list[Message]:
     for d, kind in enumerate(kinds):
         sizes = draw(st.lists(st.sampled_from([1, 1, 2, 5, 100]), min_size=1, max_size=5))
         count = draw(st.integers(1, 25))
-        seq = 1
+        seq, clock = 1, 0
         msgs: list[Message] = []
         for i in range(count):
             n = sizes[i % len(sizes)]
@@ -261,8 +264,10 @@ def streams(draw: st.DrawFn) -> list[Message]:
                 seq = 1  # the device rebooted: its numbering starts again
             values = tuple(20.0 + (0 if kind == "same" else (seq + j) % 7) for j in range(n))
             seqs = tuple(range(seq, seq + n)) if kind in ("seq", "reboots") else None
-            msgs.append(Message(f"d{d}", values, seqs))
+            # "same": a value that never changes, no seq, no clock of its own
+            msgs.append(Message(f"d{d}", values, seqs, 0 if kind == "same" else clock))
             seq += n
+            clock += n
         per_device.append(msgs)
     order = draw(st.permutations([d for d, msgs in enumerate(per_device) for _ in msgs]))
     heads = [0] * len(per_device)
