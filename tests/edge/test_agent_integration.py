@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
+import orjson
 import pytest
 from nats.js.client import JetStreamContext
 
@@ -17,7 +18,7 @@ from edge.agent import Agent
 from gateway import config, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
 from gateway.servers import NatsServer
-from tests.helpers import eventually, json_payloads, publish_qos1
+from tests.helpers import eventually, json_payloads, publish_qos1, reading
 
 
 def agent_config(tmp_path: Path, nats_url: str, mqtt_port: int) -> AgentConfig:
@@ -132,7 +133,8 @@ async def test_a_device_that_restarts_its_seqs_loses_nothing(
         before = json_payloads("d1", range(1, 41))
         await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", before)
         await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= 40)
-        rebooted = json_payloads("d1", range(1, 21))
+        later = 1_700_000_000_000_000_000 + 10**9  # its clock went on
+        rebooted = [orjson.dumps(reading("d1", q, 1.0, time_ns=later)) for q in range(1, 21)]
         await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", rebooted)
         seqs = await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= 60)
         assert await _dups(agent) == 0
