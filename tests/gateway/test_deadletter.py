@@ -15,7 +15,7 @@ DOCS = Path(__file__).parents[2] / "docs"
 
 def documented_names() -> set[str]:
     text = (DOCS / "wire-format.md").read_text() + (DOCS / "api.md").read_text()
-    return set(re.findall(r"`(Gateway-[A-Za-z-]+)", text))
+    return set(re.findall(r"`(Gateway-[A-Za-z0-9-]+)", text))
 
 
 EDGE = DeadLetterHeaders("invalid_json", source="mqtt1", detail="line 1: expected value")
@@ -23,7 +23,9 @@ CLOUD = DeadLetterHeaders("late_10s", "telemetry.s1.a1", "2 readings", source_se
 
 
 def test_the_headers_are_the_documented_ones() -> None:
-    assert set(CLOUD.to_headers()) == documented_names()
+    # the edge adds the last two to a dead letter it had to cut (edge/uplink.py)
+    cut = {deadletter.ORIGINAL_SIZE, deadletter.ORIGINAL_DIGEST}
+    assert set(CLOUD.to_headers()) | cut == documented_names()
     assert EDGE.to_headers() == {
         "Gateway-Dead-Letter-Reason": "invalid_json",
         "Gateway-Dead-Letter-Source": "mqtt1",
