@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from edge.buffer import SqliteBuffer
-from edge.dedupe import HORIZON, PRUNE_EVERY, DeliveryLog, PendingDeliveries, digest
+from edge.dedupe import HORIZON, PRUNE_EVERY, DeliveryLog, ExactCopies, PendingDeliveries, digest
 
 SRC = "mqtt0"
 A = digest("sensors/s1/d1", b"21.5")
@@ -117,3 +117,19 @@ def test_write_cost_of_the_records_per_commit(tmp_path: Path) -> None:
         buf.commit(None, buf.next_batch_id("a"), [], pending)
     assert size(tmp_path / "b.sqlite3") + size(tmp_path / "b.sqlite3-wal") < 8 << 20
     buf.close()
+
+
+def test_exact_copies_forget_series_silent_past_the_prune_time() -> None:
+    copies = ExactCopies(per_series=4, silent_s=60.0)
+    assert copies.fresh("s/d/t", 1, 10, 1.0, now=0.0)
+    assert not copies.fresh("s/d/t", 1, 10, 1.0, now=1.0)  # the very same reading
+    assert copies.fresh("s/d/t", 1, 11, 1.0, now=1.0)  # seq again, later: a reboot
+    for i in range(100_000):  # a flood of device names, then silence
+        copies.fresh(f"s/flood-{i}/t", 1, i, 1.0, now=2.0)
+    assert len(copies) == 100_002
+    copies.fresh("s/d/t", 2, 12, 1.0, now=61.0)  # still talking
+    copies.prune(now=63.0)
+    assert len(copies) == 3  # only the live series is left, bounded per series
+    for seq in range(3, 20):
+        copies.fresh("s/d/t", seq, seq + 10, 1.0, now=64.0)
+    assert len(copies) == 4
