@@ -81,7 +81,7 @@ def fill(buf: SqliteBuffer, batches: list[tuple[bytes, int]]) -> None:
             PendingBatch(codec.CONTENT_TYPE, n, payload),
             buf.next_batch_id(AGENT),
             [],
-            {},
+            None,
             SourceCounts(Counter({"bench": n})),
         )
 

@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import orjson
 from nats.js.client import JetStreamContext
 
@@ -38,6 +37,8 @@ from cloud.streams import ensure_streams
 from cloud.views.query import Plan, Selector, locate, read, series
 from gateway import subjects
 from gateway.config import StreamSettings
+from gateway.connect import connect
+from gateway.security import CloudSecurity
 from gateway.servers import NatsServer
 
 S = 10**9
@@ -141,8 +142,9 @@ async def measure(js: JetStreamContext, name: str, sel: Selector, out: dict[str,
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        async with NatsServer(Path(tmp), name="bench") as server:
-            nc = await nats.connect(server.url)
+        security = CloudSecurity.ensure(Path(tmp) / "security")  # TLS + JWT: the defaults
+        async with NatsServer(Path(tmp), name="bench", security=security) as server:
+            nc = await connect(server.client(), "bench")
             js = nc.jetstream(publish_async_max_pending=20_000)
             await ensure_streams(js, StreamSettings())
             fill = Filler(js, args.series)

@@ -74,11 +74,7 @@ class Agent:
         self._use_config(self.remote.load())
         self.buffer.open()
         self.batcher = Batcher(
-            self.config.site,
-            self.config.agent,
-            self.config.batch,
-            self.buffer.high_water,
-            self.buffer.holes,
+            self.config.site, self.config.agent, self.config.batch, self.buffer.deliveries
         )
         self.intake = Intake(self.config, load_catalog(self.config.catalog), self.metrics)
         try:
@@ -126,17 +122,19 @@ class Agent:
             self.metrics.registry.register(ForwardingCollector(self.buffer, self.uplink))
 
     async def _cloud_link(self) -> None:
-        """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat."""
+        """Connect to NATS (retrying: the agent buffers meanwhile), then forward and beat;
+        connect again whenever the connection is closed for good (nats-py gives up on a
+        connection the server closed, e.g. for a payload over its max_payload)."""
         cfg = self.config
         inbox = permissions.agent_inbox(cfg.site, cfg.agent)  # the only one it may read
-        nc = await connect_forever(cfg.nats, f"agent-{cfg.agent}", inbox)
-        self._nc = nc
-        async with asyncio.TaskGroup() as tg:
-            self._tasks += [
-                tg.create_task(self.uplink.run(nc), name="uplink"),
-                tg.create_task(self._heartbeat(nc), name="heartbeat"),
-                tg.create_task(self.remote.follow(nc, self.apply_config), name="remote-config"),
-            ]
+        while True:
+            nc = await connect_forever(cfg.nats, f"agent-{cfg.agent}", inbox)
+            self._nc = nc
+            # The uplink returns only once the connection is closed for good.
+            await first_of(
+                self.uplink.run(nc), self._heartbeat(nc), self.remote.follow(nc, self.apply_config)
+            )
+            log.warning("the NATS connection was closed; connecting again")
 
     def _use_config(self, cfg: AgentConfig) -> None:
         """The one path by which settings reach the running parts: each part takes its
@@ -200,12 +198,25 @@ class Agent:
 
     def _handle(self, msg: SourceMessage) -> None:
         assert self.intake is not None, "agent is not running"
+        if msg.session_reset:
+            self._forget_deliveries(msg.source)
+            return
         batched = self._batcher.pending_readings()
         dups = self.intake.stats.duplicates_dropped
+        redelivered = self.intake.stats.redelivered
         self.intake.handle(msg, self._batcher)
         # per-source accounting (edge/accounting.py): what this message added to the batch
         self._counts.readings[msg.source] += self._batcher.pending_readings() - batched
         self._counts.duplicates[msg.source] += self.intake.stats.duplicates_dropped - dups
+        self._counts.redelivered[msg.source] += self.intake.stats.redelivered - redelivered
+
+    def _forget_deliveries(self, source: str) -> None:
+        """The broker starts `source` afresh: no record of before may match a resend."""
+        self._batcher.forget_source(source)
+        if self._held is not None:
+            self._held[0].deliveries.drop_source(source)
+        self.buffer.forget_deliveries(source)
+        log.info("%s: the broker holds no session for us; delivery records cleared", source)
 
     async def _flusher(self) -> None:
         while True:
@@ -232,9 +243,7 @@ class Agent:
             self._counts = SourceCounts()
         flush, batch_id, counts = self._held
         try:
-            self.buffer.commit(
-                flush.batch, batch_id, flush.dead_letters, flush.high_water, counts, flush.holes
-            )
+            self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.deliveries, counts)
         except BufferFull as exc:
             if not self._blocked:
                 self._blocked = True

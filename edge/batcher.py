@@ -1,12 +1,9 @@
 """Forms batches: readings go straight into column arrays; a batch is due on max readings,
-max bytes or linger time (monotonic clock). Also drops redelivered readings by the
-sequence numbers seen in each series (site, device, metric; edge/dedupe.py: a high-water
-mark plus the seqs a jump skipped, so late deliveries are kept), made durable together
-with the batch. Readings without a sequence number (`NO_SEQ`) are never dropped.
-
-Keyed per series, not per device: a device may number its readings across metrics (the
-simulator does) or give every metric of one sample the same number (line protocol with
-a `seq` field); either way each series' numbers increase."""
+max bytes or linger time (monotonic clock). The open batch also carries the delivery
+records of its messages (edge/dedupe.py), made durable together with it, which is what
+lets a broker's redelivery of a message already taken be recognised and dropped. A
+reading is dropped here only as an exact copy of a recent one (same series, seq, event
+time and value: a device that sent it twice; `ExactCopies`), never by its seq alone."""
 
 from __future__ import annotations
 
@@ -15,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from edge.buffer import DeadLetter, PendingBatch
 from edge.decoders.context import NO_SEQ, SeriesColumns
-from edge.dedupe import SeqFilter
+from edge.dedupe import DeliveryLog, ExactCopies, PendingDeliveries
 from edge.validation import SeriesCheck
 from gateway import codec
 from gateway.config import BatchSettings
@@ -34,10 +30,10 @@ class Flush:
 
     batch: PendingBatch | None
     dead_letters: list[DeadLetter]
-    high_water: dict[str, int]
+    deliveries: PendingDeliveries
     acks: list[Any]
-    duplicates: int
-    holes: dict[str, set[int]] = field(default_factory=dict)
+    redelivered: int  # messages recognised as copies, dropped (their acks are in `acks`)
+    duplicates: int = 0  # readings dropped as exact copies (`ExactCopies`)
 
 
 @dataclass(slots=True)
@@ -45,9 +41,9 @@ class _Open:
     builder: codec.ColumnBuilder
     started: float
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    high_water: dict[str, int] = field(default_factory=dict)
-    holes: dict[str, set[int]] = field(default_factory=dict)
+    deliveries: PendingDeliveries = field(default_factory=PendingDeliveries)
     acks: list[Any] = field(default_factory=list)
+    redelivered: int = 0
     duplicates: int = 0
     approx_bytes: int = 0
 
@@ -58,14 +54,14 @@ class Batcher:
         site: str,
         agent: str,
         settings: BatchSettings,
-        high_water: dict[str, int],
-        holes: dict[str, set[int]] | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
         self.site = site
         self.agent = agent
         self.settings = settings
-        # shared with the buffer: what is already durable
-        self._seqs = SeqFilter(high_water, {} if holes is None else holes)
+        # shared with the buffer: the records already durable
+        self._deliveries = DeliveryLog({}, {}) if deliveries is None else deliveries
+        self.copies = ExactCopies()
         self._open: _Open | None = None
 
     def reconfigure(self, settings: BatchSettings) -> None:
@@ -77,12 +73,28 @@ class Batcher:
             self._open = _Open(codec.ColumnBuilder(self.site, self.agent), time.monotonic())
         return self._open
 
+    def redelivered(self, source: str, packet_id: int, dup: bool, digest: bytes) -> bool:
+        """True if the message is a proven copy of one already taken: drop it, but still
+        acknowledge it with this batch (`add_ack`). Otherwise it is recorded in this batch."""
+        cur = self._current()
+        if self._deliveries.redelivered(source, packet_id, dup, digest, cur.deliveries):
+            cur.redelivered += 1
+            return True
+        return False
+
+    def forget_source(self, source: str) -> None:
+        """The broker lost `source`'s session: what this batch recorded of it is void."""
+        if self._open is not None:
+            self._open.deliveries.drop_source(source)
+
     def add_one(self, r: Reading, original_time_ns: int | None = None) -> bool:
-        """Add one reading; False if it was dropped as already seen (redelivered)."""
+        """Add one reading; False if it was dropped as an exact copy of a recent one."""
         cur = self._current()
         if r.seq != NO_SEQ:
             key = f"{r.site}/{r.device}/{r.metric}"
-            if not self._seqs.accept(key, r.seq, cur.high_water, cur.holes):
+            # the time as sent: validation may have replaced it with the time of receipt
+            sent = r.time_ns if original_time_ns is None else original_time_ns
+            if not self.copies.fresh(key, r.seq, sent, r.value, time.monotonic()):
                 cur.duplicates += 1
                 return False
         cur.builder.add(
@@ -91,41 +103,36 @@ class Batcher:
         cur.approx_bytes += _BYTES_PER_READING
         return True
 
-    def add_series(
-        self,
-        cols: SeriesColumns,
-        check: SeriesCheck,
-    ) -> int:
-        """Add a validated column of one series; return how many were redelivered copies.
-
-        The same rule as `add_one`, vectorised for the usual run of seqs one stride apart
-        (edge/dedupe.py)."""
+    def add_series(self, cols: SeriesColumns, check: SeriesCheck) -> int:
+        """Add a validated column of one series; return how many were exact copies."""
         cur = self._current()
-        seq = cols.seq[check.accepted]
-        keep: slice | npt.NDArray[np.bool_] = slice(None)
-        dups = 0
-        numbered = seq != NO_SEQ
-        if numbered.any():
-            key = f"{cols.site}/{cols.device}/{cols.metric}"
-            fresh = np.ones(seq.shape, dtype=np.bool_)
-            fresh[numbered] = self._seqs.accept_run(key, seq[numbered], cur.high_water, cur.holes)
-            dups = int(fresh.size - np.count_nonzero(fresh))
-            if dups:
-                keep = fresh
-        original = check.original_time_ns
-        if dups and original:
-            kept_row = np.cumsum(fresh) - 1
-            original = {int(kept_row[r]): t for r, t in original.items() if fresh[r]}
-        cur.builder.extend(
-            (cols.device, cols.metric, check.unit),
-            check.time_ns[keep],
-            cols.value[check.accepted][keep],
-            seq[keep],
-            check.flags[keep],
-            original,
+        accepted = check.accepted
+        seq, value, times = cols.seq[accepted], cols.value[accepted], check.time_ns
+        sent = times.tolist()  # as sent: validation may have replaced some
+        for row, t in check.original_time_ns.items():
+            sent[row] = t
+        key = f"{cols.site}/{cols.device}/{cols.metric}"
+        now = time.monotonic()
+        fresh = self.copies.fresh
+        keep = np.fromiter(
+            (
+                s == NO_SEQ or fresh(key, s, t, v, now)
+                for s, t, v in zip(seq.tolist(), sent, value.tolist(), strict=True)
+            ),
+            dtype=np.bool_,
+            count=seq.size,
         )
-        added = int(seq.size) - dups
-        cur.approx_bytes += _BYTES_PER_READING * added
+        dups = int(keep.size - np.count_nonzero(keep))
+        original = check.original_time_ns
+        flags = check.flags
+        if dups:
+            kept_row = np.cumsum(keep) - 1
+            original = {int(kept_row[r]): t for r, t in original.items() if keep[r]}
+            seq, value, times, flags = seq[keep], value[keep], times[keep], flags[keep]
+        cur.builder.extend(
+            (cols.device, cols.metric, check.unit), times, value, seq, flags, original
+        )
+        cur.approx_bytes += _BYTES_PER_READING * int(seq.size)
         cur.duplicates += dups
         return dups
 
@@ -171,4 +178,7 @@ class Batcher:
                 )
             else:
                 batch = PendingBatch(codec.CONTENT_TYPE, len(built), codec.encode(built))
-        return Flush(batch, cur.dead_letters, cur.high_water, cur.acks, cur.duplicates, cur.holes)
+        self.copies.prune(time.monotonic())
+        return Flush(
+            batch, cur.dead_letters, cur.deliveries, cur.acks, cur.redelivered, cur.duplicates
+        )

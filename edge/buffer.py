@@ -2,7 +2,8 @@
 
 Order of durable steps (the guarantee chain, docs/architecture.md):
   1. `commit()` writes, in ONE transaction, the encoded batch, the dead letters of the same
-     flush, the per-device high-water sequence numbers and the accounting counters.
+     flush, the delivery records of its MQTT messages (source, packet id, digest:
+     edge/dedupe.py) and the accounting counters.
   2. Only after that commit does the agent acknowledge the MQTT messages to the broker.
   3. Before publishing, the uplink marks the batches `attempted` (`mark_attempted`), so a
      restarted agent knows which batches the stream may already hold.
@@ -10,7 +11,8 @@ Order of durable steps (the guarantee chain, docs/architecture.md):
   5. Only after JetStream's PubAck does `delete_batches()` remove it (and count it as
      published, in the same transaction).
 A crash between any two steps repeats the earlier step, and each repeat is recognised:
-the broker redelivers (2) and the seqs already seen drop the copy (edge/dedupe.py);
+the broker redelivers (2) with DUP set and the same packet id, and the delivery records
+prove it a copy, which is acknowledged and dropped (edge/dedupe.py);
 JetStream deduplicates (4) within its duplicate window, and beyond it the uplink asks the
 stream which attempted batches it already holds (edge/uplink.py).
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import struct
 import time
 import uuid
 from collections import Counter
@@ -45,6 +48,7 @@ from pathlib import Path
 import lz4.block
 import orjson
 
+from edge.dedupe import DeliveryLog, PendingDeliveries, Record
 from edge.errors import BufferFull, BufferStoreError
 from gateway.config import BufferSettings
 
@@ -76,14 +80,26 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     detail TEXT NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS high_water(
-    device TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    holes TEXT NOT NULL DEFAULT '[]'
+-- The MQTT messages each commit made durable: what proves a redelivery a copy
+-- (edge/dedupe.py). One row per source and commit, its records packed (`_pack`): an
+-- append of a few bytes per message, where a row per message cost about 2.5x the bytes
+-- written (bench/deliveries.py). Later rows override earlier ones; pruned by ordinal.
+CREATE TABLE IF NOT EXISTS delivery_runs(
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    next_ordinal INTEGER NOT NULL,
+    records BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-_TABLES = ("meta", "batches", "attempted", "dead_letters", "high_water", "counters")
+_TABLES = (
+    "meta",
+    "batches",
+    "attempted",
+    "dead_letters",
+    "delivery_runs",
+    "counters",
+)
 UNKNOWN_SOURCE = "-"
 
 
@@ -135,9 +151,12 @@ class PendingBatch:
 
 @dataclass(slots=True)
 class SourceCounts:
-    """Per source: readings in the flushed batch and redelivered readings dropped."""
+    """Per source: readings in the flushed batch, readings dropped as exact copies a device
+    sent twice, and redelivered messages dropped (not received again: the same message,
+    counted when it was first received)."""
 
     readings: Counter[str] = field(default_factory=Counter)
+    redelivered: Counter[str] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
 
 
@@ -154,7 +173,8 @@ class _Commit:
     batch: PendingBatch | None
     batch_id: str
     letters: list[DeadLetter]
-    seq_rows: list[tuple[str, int, list[int]]]  # key, high water, holes
+    deliveries: PendingDeliveries
+    floors: dict[str, int]  # per source: records below this ordinal are pruned
     intake: SourceCounts
 
 
@@ -186,8 +206,8 @@ class SqliteBuffer:
         self.overflow = overflow
         self.max_age_ns = int(max_age_s * 1e9)
         self.instance = ""
-        self.high_water: dict[str, int] = {}
-        self.holes: dict[str, set[int]] = {}  # seqs skipped, still expected (edge/dedupe.py)
+        # delivery records (edge/dedupe.py), shared with the batcher's DeliveryLog
+        self.deliveries = DeliveryLog({}, {})
         self._db: sqlite3.Connection | None = None
         self._next_batch = 0
         self._bytes = 0
@@ -250,8 +270,8 @@ class SqliteBuffer:
             db.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
         if "compressed" not in have:
             db.execute("ALTER TABLE batches ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0")
-        if "holes" not in {r[1] for r in db.execute("PRAGMA table_info(high_water)")}:
-            db.execute("ALTER TABLE high_water ADD COLUMN holes TEXT NOT NULL DEFAULT '[]'")
+        # The seq high-water marks of earlier versions are not evidence of anything.
+        db.execute("DROP TABLE IF EXISTS high_water")
 
     def _load_state(self) -> None:
         db = self._conn
@@ -264,11 +284,14 @@ class SqliteBuffer:
         # (salvage) must still never hand out a row it holds.
         top = db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()[0]
         self._next_batch = max(int(meta.get("next_batch", "1")), top + 1)
-        rows = db.execute("SELECT device, seq, holes FROM high_water").fetchall()
-        self.high_water.clear()
-        self.high_water.update((key, seq) for key, seq, _ in rows)
-        self.holes.clear()
-        self.holes.update((key, set(orjson.loads(h))) for key, _, h in rows if h != "[]")
+        deliveries = self.deliveries
+        deliveries.ordinals.clear()
+        deliveries.records.clear()
+        for source, next_ordinal, packed in db.execute(
+            "SELECT source, next_ordinal, records FROM delivery_runs ORDER BY id"
+        ):
+            deliveries.ordinals[source] = next_ordinal
+            deliveries.records.update(_unpack(source, bytes(packed)))
         self._bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM batches").fetchone()[0]
 
     def _move_aside(self) -> Path:
@@ -344,9 +367,8 @@ class SqliteBuffer:
         batch: PendingBatch | None,
         batch_id: str,
         dead_letters: Iterable[DeadLetter],
-        high_water: Mapping[str, int],
+        deliveries: PendingDeliveries | None = None,
         intake: SourceCounts | None = None,
-        holes: Mapping[str, set[int]] | None = None,
     ) -> CommitResult:
         """Make a flush durable in one transaction (step 1 of the guarantee chain).
 
@@ -354,16 +376,9 @@ class SqliteBuffer:
         `BufferStoreError` when the disk refuses even the small bookkeeping write."""
         if intake is None:  # callers that do not track sources
             intake = SourceCounts(Counter({UNKNOWN_SOURCE: batch.readings if batch else 0}))
-        holes = holes or {}
-        seq_rows = [  # a key whose holes this flush did not touch keeps its durable ones
-            (
-                key,
-                high_water.get(key, self.high_water.get(key, -1)),
-                sorted(holes[key] if key in holes else self.holes.get(key, ())),
-            )
-            for key in high_water.keys() | holes.keys()
-        ]
-        flush = _Commit(batch, batch_id, list(dead_letters), seq_rows, intake)
+        deliveries = deliveries or PendingDeliveries()
+        floors = self.deliveries.floors(deliveries)
+        flush = _Commit(batch, batch_id, list(dead_letters), deliveries, floors, intake)
         try:
             result = self._commit_once(flush, None)
         except sqlite3.OperationalError as exc:
@@ -375,13 +390,18 @@ class SqliteBuffer:
             result = self._commit_disk_full(flush)
         except sqlite3.Error as exc:
             raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
-        self.high_water.update(high_water)
-        for key, new in holes.items():
-            if new:
-                self.holes[key] = set(new)
-            else:
-                self.holes.pop(key, None)
+        self.deliveries.apply(deliveries, floors)
         return result
+
+    def forget_deliveries(self, source: str) -> None:
+        """The broker holds no session for `source` any more: drop its delivery records
+        now, durably, before any message of the new session is handled (edge/dedupe.py)."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM delivery_runs WHERE source = ?", (source,))
+        except sqlite3.Error as exc:
+            raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
+        self.deliveries.forget(source)
 
     def _commit_disk_full(self, flush: _Commit) -> CommitResult:
         if self.overflow == "block":
@@ -428,10 +448,7 @@ class SqliteBuffer:
                 )
             self._insert_letters(flush.letters, now, counters)
             self._count_intake(flush.intake, counters)
-            db.executemany(
-                "INSERT OR REPLACE INTO high_water VALUES (?, ?, ?)",
-                [(k, hw, orjson.dumps(h).decode()) for k, hw, h in flush.seq_rows],
-            )
+            self._write_deliveries(flush)
             self._add_counters(counters)
         if batch is not None:
             self._next_batch += 1
@@ -440,6 +457,24 @@ class SqliteBuffer:
         if result.dropped:
             log.warning("buffer dropped readings: %s", dict(result.dropped))
         return result
+
+    def _write_deliveries(self, flush: _Commit) -> None:
+        db = self._conn
+        pending = flush.deliveries
+        if not pending.records:
+            return
+        by_source: dict[str, list[tuple[int, Record]]] = {}
+        for (source, pid), rec in pending.records.items():
+            by_source.setdefault(source, []).append((pid, rec))
+        db.executemany(
+            "INSERT INTO delivery_runs(source, next_ordinal, records) VALUES (?, ?, ?)",
+            [(src, pending.ordinals[src], _pack(recs)) for src, recs in by_source.items()],
+        )
+        for source, floor in flush.floors.items():  # runs whose every record is too old
+            db.execute(
+                "DELETE FROM delivery_runs WHERE source = ? AND next_ordinal <= ?",
+                (source, floor),
+            )
 
     def _make_room(
         self, size: int, expired: int, counters: Counter[str], result: CommitResult
@@ -545,6 +580,8 @@ class SqliteBuffer:
     def _count_intake(intake: SourceCounts, counters: Counter[str]) -> None:
         for source, n in intake.readings.items():
             counters[counter_name("received", source)] += n
+        for source, n in intake.redelivered.items():
+            counters[counter_name("redelivered", source)] += n
         for source, n in intake.duplicates.items():
             counters[counter_name("received", source)] += n
             counters[counter_name("dropped", source, "duplicate")] += n
@@ -633,6 +670,26 @@ class SqliteBuffer:
         self._bytes -= freed
         return readings
 
+    def quarantine_batches(self, batches: Iterable[StoredBatch], reason: str) -> int:
+        """Drop batches the cloud refuses for good, counted as `dropped: <reason>` by
+        source in the same transaction; returns how many readings went."""
+        read = {b.row: b for b in batches}
+        if not read:
+            return 0
+        result = CommitResult()
+        counters: Counter[str] = Counter()
+        freed = 0
+        with self._transaction() as db:
+            for row, b in read.items():
+                gone = db.execute("DELETE FROM batches WHERE id = ? RETURNING bytes", (row,))
+                if gone.fetchone() is None:
+                    continue  # a drop policy took it meanwhile: counted then
+                freed += b.stored_bytes
+                self._count_dropped(Counter(orjson.loads(b.sources)), reason, counters, result)
+            self._add_counters(counters)
+        self._bytes -= freed
+        return result.dropped.total()
+
     def oldest_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
         rows = self._conn.execute(
             "SELECT id, created_ns, source, reason, detail, payload FROM dead_letters"
@@ -664,3 +721,15 @@ class SqliteBuffer:
         ).fetchone()
         dead = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         return BufferStats(n, readings, size, dead, oldest)
+
+
+_RECORD = struct.Struct(">HQ8s")  # packet id, ordinal, digest: 18 bytes a message
+
+
+def _pack(records: list[tuple[int, Record]]) -> bytes:
+    return b"".join(_RECORD.pack(pid, r.ordinal, r.digest) for pid, r in records)
+
+
+def _unpack(source: str, packed: bytes) -> Iterator[tuple[tuple[str, int], Record]]:
+    for pid, ordinal, dig in _RECORD.iter_unpack(packed):
+        yield (source, pid), Record(dig, ordinal)

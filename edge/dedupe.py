@@ -1,116 +1,183 @@
-"""Recognising redelivered readings when deliveries can arrive out of order.
+"""Recognising broker redeliveries exactly: by MQTT packet identifier, never by guess.
 
-A bare high-water mark per series (drop every seq <= the highest seen) loses readings as
-soon as a broker delivers out of order, and brokers do: after the agent crashes with
-QoS 1 messages unacknowledged, nats-server's MQTT listener sends the newer messages at
-once and redelivers the unacknowledged ones only after its `ack_wait` (30 s), so their
-seqs are below the high-water mark by then. Measured in tests/chaos: 20 kills lost
-hundreds of readings that way.
+What a broker does (MQTT 3.1.1 §4.4, §3.3.1.1, §2.3.1), and what we measured it does
+(tests/edge/test_redelivery_brokers.py, Mosquitto 2 and nats-server's MQTT listener): a
+QoS 1 PUBLISH that the client has not acknowledged is sent again with DUP=1 and the
+same packet identifier: on session resume (both brokers) and, on nats-server, also after
+its `ack_wait` on a live connection. A fresh PUBLISH always has DUP=0. Both brokers hand
+out packet identifiers in sequence (1, 2, 3, ... 65535, 1, ...), skipping those in use,
+and reuse one only after its PUBACK.
 
-So each key (a series) keeps, besides its high-water mark, the seqs that an unusual jump
-skipped ("holes"). A seq above the mark is new; a seq in the holes is a late delivery and
-is accepted (its hole closes); anything else was seen and is dropped.
+So, for each MQTT message it makes durable, the agent records, in the same SQLite
+transaction as the batch (edge/buffer.py), its (source, packet id) with a digest of
+topic and payload and the message's ordinal (how many messages of that source were
+made durable before it). A later PUBLISH is a redelivery, to acknowledge and drop, when
+and only when:
 
-A jump is unusual when it is longer than the key's stride, the smallest step seen so far
-(a device that numbers its readings across metrics steps by the number of metrics in each
-series); only the seqs on that stride become holes, so the regular gaps of such a device
-cost nothing. Holes are bounded: a jump of more than `MAX_GAP` strides (seqs while the
-stride is not known yet, as after a restart) is taken as the device skipping (reboot, its
-own loss) rather than waited for, and holes further than `WINDOW` below the mark are
-forgotten. Mark and holes are made durable with the batch, in the same transaction
-(edge/buffer.py); strides are learnt again after a restart.
+- it has DUP=1,
+- a recorded (or not yet durable, in the open batch) message of the same source has its
+  packet id and digest,
+- and fewer than `HORIZON` messages of that source were recorded since that one.
 
-Known gap: the stride is a guess from the steps seen since the start, and late deliveries
-can fake it. After a restart the first step of a series is often the jump over what was
-in flight; if its next step is a jump too, before one of its own stride, the guess is too
-coarse and that jump leaves no holes. A crash loop does it: killed before each commit,
-the agent is sent the unacknowledged messages after newer ones every time, until a
-series of stride 1 comes as 3, 1, 5, 7, 4, 6. Up to 7 that is what a series of stride 2
-looks like, so 7 leaves no hole and 6 is dropped; no rule that keeps a strided device's
-own gaps out of the holes can do otherwise (tests/edge/test_dedupe_properties.py).
+Why that proves it: a PUBLISH with DUP=1 is a resend of the message that last had its
+packet id. The record is of that message unless the broker has since given the id to
+another message B (it then had our PUBACK of the first one). If B was made durable, its
+record replaced the old one (the key is (source, packet id)); if not, B must not be taken
+for the old one when it is resent. Giving the id out again takes a full turn of the
+sequence (65,535 ids); every message before B except those still in flight (at most the
+broker's in-flight window) had been acknowledged, so made durable, so recorded:
+the old record is then more than 65,535 - window >= HORIZON messages old, and no longer
+trusted. Safe while the broker's in-flight window is below 65,535 - HORIZON (32,767;
+Mosquitto's default is 20, nats-server's `max_ack_pending` 1,024).
+
+A broker that lost the session (CONNACK session present = 0) can resend nothing from
+before: the source says so, and that source's records are forgotten at once, durably
+(`forget`), before any message of the new session is handled.
+
+Anything not proven is kept: a message without a packet id (QoS 0, serial), a DUP=1
+message whose record was never made durable (the agent crashed first: the reading was
+never stored), a device that sends the same reading twice. A reading may then reach the
+cloud twice; the cloud consumer counts it once (its own job). Nothing here depends on
+the readings' own sequence numbers, so devices without them, devices whose numbering
+restarts at boot and packs of many readings are all exact.
+
+Bounds: at most 65,535 records per source (the key), fewer after pruning by ordinal;
+nothing per device.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
+import hashlib
+from dataclasses import dataclass, field
 
-MAX_GAP = 256  # the longest jump (in strides) whose skipped seqs are still waited for
-WINDOW = 10_000  # how far below the high-water mark a late delivery is still accepted
+HORIZON = 32_768  # records older than this many messages of their source are not trusted
+PRUNE_EVERY = 4096  # messages of a source between two prunings of its records
 
 
-class SeqFilter:
-    """Durable state (`high_water`, `holes`) is shared with the buffer, which updates it
-    after each commit; a batch in progress keeps its changes in `pending_*` dicts."""
+def digest(topic: str, payload: bytes) -> bytes:
+    """8 bytes naming a message's content: a false match needs the same packet id too."""
+    h = hashlib.blake2b(topic.encode(), digest_size=8)
+    h.update(b"\0")
+    h.update(payload)
+    return h.digest()
 
-    def __init__(self, high_water: dict[str, int], holes: dict[str, set[int]]) -> None:
-        self.high_water = high_water
-        self.holes = holes
-        self._stride: dict[str, int] = {}
 
-    def mark(self, key: str, pending_hw: dict[str, int]) -> int:
-        hw = pending_hw.get(key)
-        return self.high_water.get(key, -1) if hw is None else hw
+@dataclass(frozen=True, slots=True)
+class Record:
+    digest: bytes
+    ordinal: int
 
-    def accept(
-        self, key: str, seq: int, pending_hw: dict[str, int], pending_holes: dict[str, set[int]]
+
+@dataclass(slots=True)
+class PendingDeliveries:
+    """What the open batch adds to the delivery records; made durable with it."""
+
+    records: dict[tuple[str, int], Record] = field(default_factory=dict)
+    ordinals: dict[str, int] = field(default_factory=dict)  # next ordinal, per source
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    def drop_source(self, source: str) -> None:
+        """Its session is gone: what the open batch recorded of it can never come again."""
+        for k in [k for k in self.records if k[0] == source]:
+            del self.records[k]
+
+
+class DeliveryLog:
+    """The durable records (`records`, `ordinals`) are shared with the buffer, which loads
+    them and applies each committed `PendingDeliveries`."""
+
+    def __init__(self, records: dict[tuple[str, int], Record], ordinals: dict[str, int]) -> None:
+        self.records = records
+        self.ordinals = ordinals
+
+    def redelivered(
+        self,
+        source: str,
+        packet_id: int,
+        dup: bool,
+        content: bytes,
+        pending: PendingDeliveries,
     ) -> bool:
-        """True if `seq` is new for `key` (and record it in the pending state)."""
-        hw = self.mark(key, pending_hw)
-        if seq > hw:
-            self._advance(key, hw, seq, pending_holes)
-            pending_hw[key] = seq
-            return True
-        holes = pending_holes.get(key, self.holes.get(key))
-        if holes and seq in holes:
-            self._pending(key, pending_holes).discard(seq)
-            return True
+        """True if this message is proven to be a resend of one already taken (durable, or
+        in the open batch); otherwise record it in `pending` and return False."""
+        if not packet_id:
+            return False  # cannot be redelivered, so nothing to remember
+        key = (source, packet_id)
+        next_ordinal = pending.ordinals.get(source, self.ordinals.get(source, 0))
+        if dup:
+            rec = pending.records.get(key) or self.records.get(key)
+            if rec is not None and rec.digest == content and next_ordinal - rec.ordinal <= HORIZON:
+                return True
+        pending.records[key] = Record(content, next_ordinal)
+        pending.ordinals[source] = next_ordinal + 1
         return False
 
-    def accept_run(
-        self,
-        key: str,
-        seqs: npt.NDArray[np.int64],
-        pending_hw: dict[str, int],
-        pending_holes: dict[str, set[int]],
-    ) -> npt.NDArray[np.bool_]:
-        """`accept` for a column of seqs, vectorised when nothing unusual is in it."""
-        hw = self.mark(key, pending_hw)
-        stride = self._stride.get(key)
-        if stride is not None and seqs.size and not self._has_holes(key, pending_holes):
-            steps = np.diff(seqs, prepend=hw)
-            if bool((steps == stride).all()):  # the usual case: each seq one stride on
-                pending_hw[key] = int(seqs[-1])
-                return np.ones(seqs.shape, dtype=np.bool_)
-        return np.fromiter(
-            (self.accept(key, int(s), pending_hw, pending_holes) for s in seqs),
-            dtype=np.bool_,
-            count=seqs.size,
-        )
+    def floors(self, committed: PendingDeliveries) -> dict[str, int]:
+        """Sources whose records to prune with this commit, and the ordinal below which
+        they go: once every `PRUNE_EVERY` messages, so a commit rarely pays for it."""
+        return {
+            source: ordinal - HORIZON
+            for source, ordinal in committed.ordinals.items()
+            if ordinal // PRUNE_EVERY != self.ordinals.get(source, 0) // PRUNE_EVERY
+        }
 
-    def _advance(self, key: str, hw: int, seq: int, pending_holes: dict[str, set[int]]) -> None:
-        step = seq - hw
-        stride = self._stride.get(key)
-        if hw >= 0:  # a step from a known mark teaches the stride
-            self._stride[key] = step if stride is None else min(stride, step)
-        lattice = stride or 1
-        # An unseen key's seqs start at 1, so its jump counts from 0 (not from its mark -1,
-        # which made a first seq of MAX_GAP a jump too long to wait for).
-        jump = seq - max(hw, 0)
-        if jump > lattice and jump // lattice <= MAX_GAP:  # unusual: skipped seqs may come
-            self._pending(key, pending_holes).update(range(max(hw + lattice, 1), seq, lattice))
-        holes = pending_holes.get(key) or self.holes.get(key)
-        if holes and min(holes) < seq - WINDOW:
-            self._pending(key, pending_holes).difference_update(
-                [h for h in holes if h < seq - WINDOW]
-            )
+    def apply(self, committed: PendingDeliveries, floors: dict[str, int]) -> None:
+        """After the commit that made `committed` durable (and pruned by `floors`)."""
+        self.records.update(committed.records)
+        self.ordinals.update(committed.ordinals)
+        if floors:
+            stale = [k for k, r in self.records.items() if r.ordinal < floors.get(k[0], -1)]
+            for k in stale:
+                del self.records[k]
 
-    def _has_holes(self, key: str, pending_holes: dict[str, set[int]]) -> bool:
-        holes = pending_holes[key] if key in pending_holes else self.holes.get(key)
-        return bool(holes)
+    def forget(self, source: str) -> None:
+        """The broker has no session for `source`: nothing of its records can come again."""
+        for k in [k for k in self.records if k[0] == source]:
+            del self.records[k]
 
-    def _pending(self, key: str, pending_holes: dict[str, set[int]]) -> set[int]:
-        holes = pending_holes.get(key)
-        if holes is None:
-            holes = pending_holes[key] = set(self.holes.get(key, ()))
-        return holes
+
+class ExactCopies:
+    """Readings a device itself sent twice: the same series, seq, event time and value.
+
+    Not a redelivery (the broker sees two messages) and not provable from the transport,
+    but nothing is lost by dropping one: the copy carries no information the first did
+    not, and the cloud counts a reading (series, event time, seq) once however often it
+    arrives. Only numbered readings with their own event time qualify: a reading without
+    a seq, or stamped by the agent on receipt, is never taken for a copy. Kept in memory
+    (a copy across a restart is left to the cloud), the last `per_series` readings of a
+    series, and forgotten for series silent for `silent_s`: bounded, nothing durable."""
+
+    def __init__(self, per_series: int = 256, silent_s: float = 3600.0) -> None:
+        self.per_series = per_series
+        self.silent_s = silent_s
+        self._seen: dict[str, dict[tuple[int, int, float], None]] = {}  # insertion-ordered
+        self._last: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._seen.values())
+
+    def fresh(self, key: str, seq: int, time_ns: int, value: float, now: float) -> bool:
+        """False if this exact reading was seen; otherwise remember it."""
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = {}
+        self._last[key] = now
+        k = (seq, time_ns, value)
+        if k in seen:
+            return False
+        seen[k] = None
+        if len(seen) > self.per_series:
+            del seen[next(iter(seen))]
+        return True
+
+    def prune(self, now: float) -> None:
+        """Forget series silent longer than `silent_s` (at most once a minute)."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 60.0
+        for key in [k for k, t in self._last.items() if now - t > self.silent_s]:
+            del self._last[key]
+            del self._seen[key]

@@ -96,7 +96,7 @@ def _account_families(accounts: dict[str, accounting.SourceAccount]) -> Iterator
     )
     dropped = CounterMetricFamily(
         "gateway_agent_source_dropped_readings",
-        "Readings dropped, by source and reason (duplicate, overflow, expired, disk_full)",
+        "Readings dropped, by source and reason (overflow, expired, disk_full)",
         labels=["source", "reason"],
     )
     buffered = GaugeMetricFamily(

@@ -16,6 +16,7 @@ from devices.catalog import Catalog
 from edge.batcher import Batcher
 from edge.buffer import DeadLetter
 from edge.decoders import COLUMN_DECODERS, ColumnDecoder, Context, Decoder, build_decoder
+from edge.dedupe import digest
 from edge.errors import DecodeError
 from edge.filters import FilterChain, build_chain
 from edge.metrics import AgentMetrics
@@ -28,7 +29,8 @@ from gateway.config import AgentConfig, MappingSettings, MqttSourceSettings, Sou
 class IntakeStats:
     messages: int = 0
     readings: int = 0
-    duplicates_dropped: int = 0
+    duplicates_dropped: int = 0  # readings: exact copies a device sent twice
+    redelivered: int = 0  # messages: broker redeliveries of ones already taken
     dead_letters: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
 
@@ -94,7 +96,11 @@ class Intake:
         plan = self._plans[msg.source]
         self.stats.messages += 1
         plan.messages.inc()
-        if msg.problem:
+        content = digest(msg.topic, msg.payload) if msg.packet_id else b""
+        if batcher.redelivered(msg.source, msg.packet_id, msg.dup, content):
+            self.stats.redelivered += 1
+            self.metrics.redelivered.labels(msg.source).inc()
+        elif msg.problem:
             self._reject(msg, batcher, msg.problem, "refused by the source")
         else:
             self._accept(msg, plan, batcher)
@@ -126,7 +132,7 @@ class Intake:
             dups = batcher.add_series(cols, check)
             if dups:
                 self.stats.duplicates_dropped += dups
-                self.metrics.redelivered.inc(dups)
+                self.metrics.copies.inc(dups)
         return True
 
     def _accept(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> None:
@@ -153,7 +159,7 @@ class Intake:
                 continue
             if not batcher.add_one(passed, checked.original_time_ns):
                 self.stats.duplicates_dropped += 1
-                self.metrics.redelivered.inc()
+                self.metrics.copies.inc()
         if filters:
             self._count_filtered()
 

@@ -40,8 +40,16 @@ class AgentMetrics:
             "gateway_agent_readings_filtered", "Readings dropped, by filter", ["filter"], registry=r
         )
         self.redelivered = Counter(
-            "gateway_agent_readings_redelivered",
-            "Readings dropped as already seen (high-water sequence number)",
+            "gateway_agent_messages_redelivered",
+            "Messages proven to be broker redeliveries of ones already taken"
+            " (DUP set, same packet id and content: edge/dedupe.py); acknowledged, dropped",
+            ["source"],
+            registry=r,
+        )
+        self.copies = Counter(
+            "gateway_agent_readings_duplicate",
+            "Readings dropped as exact copies of a recent one (same series, seq, event time"
+            " and value: sent twice by the device)",
             registry=r,
         )
         self.batched = Counter("gateway_agent_readings_batched", "Readings in batches", registry=r)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections import deque
@@ -41,7 +42,7 @@ from edge.buffer import SqliteBuffer, StoredBatch, StoredDeadLetter
 from edge.errors import PublishFailed
 from gateway import envelope, subjects
 from gateway.config import UplinkSettings
-from gateway.deadletter import DeadLetterHeaders
+from gateway.deadletter import ORIGINAL_DIGEST, ORIGINAL_SIZE, DeadLetterHeaders
 from gateway.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ _SCAN_SLACK_S = 60.0
 _WINDOWS_PER_ROUND = 16  # then dead letters get their turn again
 _DEPTH = 3  # publish windows in flight at once
 _FIRST_READ = 16  # batches read before the pipeline starts
+# Room kept for headers (the envelope's and a dead letter's: about 600 bytes) under the
+# server's max_payload, which counts headers and payload together.
+_HEADER_ROOM = 4096
 
 
 @dataclass(slots=True)
@@ -75,6 +79,8 @@ class UplinkStats:
     publish_errors: int = 0
     publish_timeouts: int = 0
     reconciled_batches: int = 0  # found in the stream beyond the dedupe window, not resent
+    truncated_dead_letters: int = 0  # cut to fit the server's max_payload
+    quarantined_batches: int = 0  # larger than the server takes: dropped, counted
     in_flight: int = 0
     latency_ms: float = 0.0  # moving average, a window's first send to its last PubAck
     drain_rate: float = 0.0  # readings/s, moving average over rounds that drained a backlog
@@ -136,6 +142,7 @@ class Uplink:
         self.dlq_subject = subjects.dlq(site, agent)
         self.source = envelope.agent_source(site, agent)
         self._dedupe_window_ns: int | None = None
+        self.max_payload = 1 << 20  # the server's, learnt from each connection's INFO
         self.settings = settings
         self.backoff = _backoff(settings)
 
@@ -152,6 +159,9 @@ class Uplink:
         """Forward the buffer forever; returns only by cancellation."""
         js = nc.jetstream()
         while True:
+            if nc.is_closed:  # for good (the server closed it): the agent connects again
+                return
+            self.max_payload = nc.max_payload or self.max_payload
             if not nc.is_connected:  # publishing now would only fill nats-py's pending buffer
                 await asyncio.sleep(self.backoff.next())
                 continue
@@ -178,6 +188,7 @@ class Uplink:
         if not nc.is_connected:
             return
         js = nc.jetstream()
+        self.max_payload = nc.max_payload or self.max_payload
         deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout):
@@ -212,8 +223,9 @@ class Uplink:
             for _ in range(_WINDOWS_PER_ROUND):
                 if not batches:
                     break
-                done += len(batches)  # sent now, or found in the stream already
+                done += len(batches)  # sent now, found in the stream, or quarantined
                 last_row = batches[-1].row
+                batches = self._quarantine_oversized(batches)
                 batches = await self._skip_stored(js, batches)
                 if batches:
                     pending.append(await self._send(js, batches))
@@ -232,6 +244,23 @@ class Uplink:
                 with contextlib.suppress(PublishFailed):
                     await self._settle(window)
         return len(letters) + done
+
+    def _quarantine_oversized(self, batches: list[StoredBatch]) -> list[StoredBatch]:
+        """A batch the server would refuse for good (larger than its max_payload) must not
+        block the rest: it is dropped, counted as `dropped: quarantined` by source."""
+        room = self.max_payload - _HEADER_ROOM
+        big = [b for b in batches if len(b.payload) > room]
+        if not big:
+            return batches
+        readings = self.buffer.quarantine_batches(big, "quarantined")
+        self.stats.quarantined_batches += len(big)
+        log.error(
+            "quarantined %d batches (%d readings) larger than the server's max_payload %d",
+            len(big),
+            readings,
+            self.max_payload,
+        )
+        return [b for b in batches if len(b.payload) <= room]
 
     # -- duplicates beyond the dedupe window ------------------------------------------------
     async def _window_ns(self, js: JetStreamContext) -> int:
@@ -358,9 +387,16 @@ class Uplink:
         letter = stored.letter
         detail = letter.detail[:200].replace("\n", " ")
         hdrs.update(DeadLetterHeaders(letter.reason, letter.source, detail).to_headers())
+        payload = letter.payload
+        room = self.max_payload - _HEADER_ROOM
+        if len(payload) > room:  # would close the connection: cut it, say what it was
+            hdrs[ORIGINAL_SIZE] = str(len(payload))
+            hdrs[ORIGINAL_DIGEST] = hashlib.sha256(payload).hexdigest()
+            payload = payload[: max(0, room)]
+            self.stats.truncated_dead_letters += 1
         await js.publish(
             self.dlq_subject,
-            stored.letter.payload,
+            payload,
             headers=hdrs,
             timeout=self.settings.publish_timeout_s,
         )

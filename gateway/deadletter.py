@@ -8,6 +8,9 @@ documented in docs/wire-format.md and docs/api.md:
   Gateway-Dead-Letter-Source  the edge source (`mqtt1`) or the TELEMETRY subject
   Gateway-Dead-Letter-Detail  a human-readable line
   Gateway-Source-Seq          the TELEMETRY stream sequence (aggregator only)
+  Gateway-Original-Size       set when the payload was cut to fit the server's max_payload:
+                              the original length in bytes (edge only)
+  Gateway-Original-Sha256     then also: the SHA-256 (hex) of the original payload
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ REASON = "Gateway-Dead-Letter-Reason"
 SOURCE = "Gateway-Dead-Letter-Source"
 DETAIL = "Gateway-Dead-Letter-Detail"
 SOURCE_SEQ = "Gateway-Source-Seq"
+ORIGINAL_SIZE = "Gateway-Original-Size"
+ORIGINAL_DIGEST = "Gateway-Original-Sha256"
 UNKNOWN_REASON = "unknown"  # what a reader makes of a dead letter without a reason
 
 

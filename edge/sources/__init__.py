@@ -24,6 +24,12 @@ class SourceMessage:
     ack: Callable[[], None] | None = None
     received_ns: int = field(default_factory=time.time_ns)  # wall clock, for event times
     problem: str = ""  # set by the source for bytes it knows are bad: a dead-letter reason
+    # For redelivery recognition (edge/dedupe.py): the MQTT packet identifier (0: none,
+    # as for QoS 0 and serial) and the DUP flag. `session_reset`: no payload; the broker
+    # said (CONNACK) it holds no session for us, so nothing before can be resent.
+    packet_id: int = 0
+    dup: bool = False
+    session_reset: bool = False
 
 
 Deliver = Callable[[SourceMessage], None]

@@ -68,6 +68,11 @@ class MqttSource:
         self._lost = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
+        # Connections so far. An ack is sent only on the connection its message came by:
+        # a broker restarted meanwhile gives packet ids out afresh (measured: nats-server),
+        # so an old id would acknowledge another message, perhaps one not durable yet.
+        # Over a new connection the broker resends what is unacknowledged anyway.
+        self._connection = 0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -172,11 +177,14 @@ class MqttSource:
                 return
 
     # -- MQTT events -----------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             log.warning("%s: MQTT connect refused: %s", self.name, rc)
             return
         self.connected = True
+        self._connection += 1
+        if not flags.session_present:  # nothing sent before can be resent: say so, in order
+            self._deliver(SourceMessage(self.name, "", b"", session_reset=True))
         client.subscribe([(t, 1) for t in self.settings.topics])
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -190,14 +198,25 @@ class MqttSource:
         self.ready.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        mid, qos = msg.mid, msg.qos
+        mid, qos, connection = msg.mid, msg.qos, self._connection
         ack: Callable[[], None] | None = None
         if qos > 0:
 
             def ack() -> None:
-                client.ack(mid, qos)
+                if connection == self._connection and self.connected:
+                    client.ack(mid, qos)
 
-        self._deliver(SourceMessage(self.name, msg.topic, bytes(msg.payload), ack, time.time_ns()))
+        self._deliver(
+            SourceMessage(
+                self.name,
+                msg.topic,
+                bytes(msg.payload),
+                ack,
+                time.time_ns(),
+                packet_id=mid if qos > 0 else 0,
+                dup=bool(msg.dup),
+            )
+        )
 
 
 async def _answering_address(host: str, port: int) -> str:

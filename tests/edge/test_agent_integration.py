@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 from nats.js.client import JetStreamContext
 
@@ -17,7 +18,14 @@ from gateway import config, envelope, subjects
 from gateway.config import AgentConfig, StreamSettings
 from gateway.connect import connect
 from gateway.servers import NatsServer
-from tests.helpers import agent_nats, cloud_security, eventually, json_payloads, publish_qos1
+from tests.helpers import (
+    agent_nats,
+    cloud_security,
+    eventually,
+    json_payloads,
+    publish_qos1,
+    reading,
+)
 
 
 def agent_config(tmp_path: Path, cloud: NatsServer, mqtt_port: int) -> AgentConfig:
@@ -121,17 +129,25 @@ async def _buffered(agent: Agent) -> int:
     return agent.buffer.stats().readings
 
 
-async def test_redelivered_readings_are_dropped_by_high_water(
+async def test_a_device_that_restarts_its_seqs_loses_nothing(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
 ) -> None:
+    """Issue 12: a device that reboots and numbers from 1 again lost every reading below
+    its old high-water mark (20 of 20), counted as duplicates. Messages published again
+    are new messages (DUP=0): kept, and none is counted as a redelivery."""
     cfg = agent_config(tmp_path, cloud_server, edge_broker.mqtt_port)
     async with running(Agent(cfg)) as agent:
-        payloads = json_payloads("d1", range(1, 21))
-        await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", payloads)
-        await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", payloads[:10])
-        await eventually(lambda: _dups(agent), lambda n: n == 10)
-        seqs = await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= 20)
-    assert seqs == list(range(1, 21))
+        before = json_payloads("d1", range(1, 41))
+        await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", before)
+        await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= 40)
+        later = 1_700_000_000_000_000_000 + 10**9  # its clock went on
+        rebooted = [orjson.dumps(reading("d1", q, 1.0, time_ns=later)) for q in range(1, 21)]
+        await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", rebooted)
+        seqs = await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= 60)
+        assert await _dups(agent) == 0
+        report = agent.snapshot().accounting
+    assert seqs == sorted([*range(1, 41), *range(1, 21)])
+    assert report["reconciles"] and report["sources"]["mqtt0"]["received"] == 60
 
 
 async def _dups(agent: Agent) -> int:

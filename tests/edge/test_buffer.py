@@ -12,6 +12,7 @@ import pytest
 from app.cli import main
 from edge import accounting
 from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
+from edge.dedupe import PendingDeliveries, Record, digest
 from edge.errors import BufferFull
 
 
@@ -21,7 +22,15 @@ def _open(path: Path, max_bytes: int = 1 << 20) -> SqliteBuffer:
     return buf
 
 
-def test_batch_and_high_water_survive_reopen(tmp_path: Path) -> None:
+def _records(*packet_ids: int, source: str = "mqtt0") -> PendingDeliveries:
+    pending = PendingDeliveries()
+    for i, pid in enumerate(packet_ids):
+        pending.records[(source, pid)] = Record(digest("t", b"%d" % pid), i)
+    pending.ordinals[source] = len(packet_ids)
+    return pending
+
+
+def test_batch_and_delivery_records_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite3"
     buf = _open(path)
     bid = buf.next_batch_id("a1")
@@ -29,13 +38,14 @@ def test_batch_and_high_water_survive_reopen(tmp_path: Path) -> None:
         PendingBatch("ct", 3, b"x" * 100),
         bid,
         [DeadLetter("m", "invalid_json", "d", b"{")],
-        {"s/dev1": 7},
+        _records(7),
     )
     buf.close()
     again = _open(path)
     [stored] = again.oldest_batches(10)
     assert (stored.batch_id, stored.readings, stored.payload) == (bid, 3, b"x" * 100)
-    assert again.high_water == {"s/dev1": 7}
+    assert again.deliveries.records == {("mqtt0", 7): Record(digest("t", b"7"), 0)}
+    assert again.deliveries.ordinals == {"mqtt0": 1}
     assert again.next_batch_id("a1") != bid  # ids never repeat
     assert [d.letter.reason for d in again.oldest_dead_letters(10)] == ["invalid_json"]
     again.delete_batches([stored])
@@ -45,7 +55,7 @@ def test_batch_and_high_water_survive_reopen(tmp_path: Path) -> None:
 def test_drop_oldest_counts_what_it_dropped(tmp_path: Path) -> None:
     buf = _open(tmp_path / "b.sqlite3", max_bytes=1 << 16)
     for _ in range(10):
-        buf.commit(PendingBatch("ct", 5, random.randbytes(10_000)), buf.next_batch_id("a"), [], {})
+        buf.commit(PendingBatch("ct", 5, random.randbytes(10_000)), buf.next_batch_id("a"), [])
     assert buf.stats().bytes <= 1 << 16
     kept = buf.stats().readings
     assert buf.counters()["dropped:-:overflow"] == 50 - kept
@@ -54,7 +64,7 @@ def test_drop_oldest_counts_what_it_dropped(tmp_path: Path) -> None:
 def test_corrupt_file_is_moved_aside_and_a_fresh_buffer_used(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite3"
     buf = _open(path)
-    buf.commit(PendingBatch("ct", 1, b"z"), buf.next_batch_id("a"), [], {})
+    buf.commit(PendingBatch("ct", 1, b"z"), buf.next_batch_id("a"), [], None)
     buf.close()
     path.write_bytes(b"this is not a database" * 100)
     fresh = _open(path)
@@ -74,7 +84,11 @@ def _policy(path: Path, overflow: str, max_bytes: int = 1 << 16, **kw: float) ->
 def _add(buf: SqliteBuffer, readings: int, size: int, source: str = "mqtt0") -> None:
     intake = SourceCounts(Counter({source: readings}))
     buf.commit(
-        PendingBatch("ct", readings, random.randbytes(size)), buf.next_batch_id("a"), [], {}, intake
+        PendingBatch("ct", readings, random.randbytes(size)),
+        buf.next_batch_id("a"),
+        [],
+        None,
+        intake,
     )
 
 
@@ -174,27 +188,28 @@ def test_marking_a_batch_dropped_since_it_was_read_leaves_no_mark(tmp_path: Path
     assert buf.oldest_batches(1)[0].attempted_ns is not None
 
 
-def test_accounting_reconciles_across_reopen_with_dead_letters_and_duplicates(
+def test_accounting_reconciles_across_reopen_with_dead_letters_and_redeliveries(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "b.sqlite3"
     buf = _policy(path, "drop_oldest", max_bytes=1 << 20)
     intake = SourceCounts(Counter({"mqtt0": 4, "mqtt1": 2}), Counter({"mqtt0": 3}))
     letter = DeadLetter("mqtt1", "invalid_json", "", b"{")
-    buf.commit(PendingBatch("ct", 6, b"x" * 10), buf.next_batch_id("a"), [letter], {}, intake)
+    buf.commit(PendingBatch("ct", 6, b"x" * 10), buf.next_batch_id("a"), [letter], None, intake)
     [b] = buf.oldest_batches(1)
     buf.close()
     again = _policy(path, "drop_oldest", max_bytes=1 << 20)
     accts = _balanced(again)
     assert accts["mqtt0"].as_dict() == {
-        "received": 7,
+        "received": 4,  # a redelivered message is not received again
         "published": 0,
         "buffered": 4,
-        "dropped": {"duplicate": 3},
+        "dropped": {},
         "dead_lettered": 0,
         "reconciles": True,
     }
     assert (accts["mqtt1"].received, accts["mqtt1"].dead_lettered) == (3, 1)
+    assert again.counters()["redelivered:mqtt0"] == 3
     again.delete_batches([b])
     accts = _balanced(again)
     assert (accts["mqtt0"].published, accts["mqtt1"].published) == (4, 2)
@@ -206,7 +221,7 @@ def test_corrupt_index_moves_file_aside_and_salvages_the_batches(tmp_path: Path)
     ids = []
     for i in range(20):
         ids.append(buf.next_batch_id("a"))
-        buf.commit(PendingBatch("ct", 1, bytes([i]) * 3000), ids[-1], [], {"s/d": i})
+        buf.commit(PendingBatch("ct", 1, bytes([i]) * 3000), ids[-1], [], _records(i + 1))
     instance = buf.instance
     buf.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     root = buf.connection.execute(
@@ -219,7 +234,7 @@ def test_corrupt_index_moves_file_aside_and_salvages_the_batches(tmp_path: Path)
     fresh = _open(path)
     assert list(tmp_path.glob("b.sqlite3.corrupt-*"))
     assert [b.batch_id for b in fresh.oldest_batches(100)] == ids
-    assert fresh.instance == instance and fresh.high_water == {"s/d": 19}
+    assert fresh.instance == instance and len(fresh.deliveries.records) == 20
     assert fresh.next_batch_id("a") not in ids
     assert sqlite3.connect(path).execute("PRAGMA quick_check").fetchone()[0] == "ok"
 
@@ -228,7 +243,7 @@ def test_truncated_file_starts_fresh(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite3"
     buf = _open(path)
     for _ in range(20):
-        buf.commit(PendingBatch("ct", 1, b"q" * 3000), buf.next_batch_id("a"), [], {})
+        buf.commit(PendingBatch("ct", 1, b"q" * 3000), buf.next_batch_id("a"), [], None)
     buf.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     buf.close()
     with open(path, "r+b") as f:
@@ -250,3 +265,16 @@ def test_edge_stats_prints_the_accounting(
     assert "holds" in capsys.readouterr().out
     buf.close()
     assert main(["edge", "stats", "--data-dir", str(tmp_path / "nope")]) == 2
+
+
+def test_quarantined_batches_are_dropped_and_counted_by_source(tmp_path: Path) -> None:
+    buf = _open(tmp_path / "b.sqlite3")
+    _add(buf, 5, 100, "mqtt0")
+    _add(buf, 3, 100, "mqtt1")
+    first, second = buf.oldest_batches(10)
+    assert buf.quarantine_batches([first], "quarantined") == 5
+    assert buf.quarantine_batches([first], "quarantined") == 0  # gone already: once only
+    accts = _balanced(buf)
+    assert accts["mqtt0"].dropped == {"quarantined": 5} and accts["mqtt1"].buffered == 3
+    assert [b.row for b in buf.oldest_batches(10)] == [second.row]
+    assert buf.stats().bytes == buf._bytes == second.stored_bytes

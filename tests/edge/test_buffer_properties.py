@@ -34,6 +34,7 @@ from hypothesis.stateful import (
 
 from edge import accounting
 from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer, StoredBatch
+from edge.dedupe import PendingDeliveries, Record, digest
 from edge.errors import BufferFull
 
 AGENT = "a1"
@@ -58,7 +59,7 @@ class Flush:
     parts: dict[str, int]  # readings in the batch, by source
     size: int
     incompressible: bool
-    duplicates: dict[str, int]  # redelivered readings dropped, by source
+    duplicates: dict[str, int]  # redelivered messages dropped, by source
     letter: str | None  # the source of one dead letter
 
     @property
@@ -116,7 +117,9 @@ class BufferMachine(RuleBasedStateMachine):
         self.gone: dict[str, str] = {}  # batch_id -> "published" or the drop reason
         self.accounts: dict[str, ModelAccount] = {s: ModelAccount() for s in SOURCES}
         self.dead_letters = 0
-        self.high_water: dict[str, int] = {}
+        self.records: dict[tuple[str, int], Record] = {}  # delivery records (edge/dedupe.py)
+        self.ordinals: dict[str, int] = {}
+        self.redelivered: Counter[str] = Counter()
         self.commits = 0
         # what the test has seen
         self.in_flight: dict[str, StoredBatch] = {}  # read, "sent", not yet acknowledged
@@ -155,7 +158,7 @@ class BufferMachine(RuleBasedStateMachine):
     def _snapshot(self) -> object:
         b = self.b
         rows = [(s.row, s.batch_id, s.attempted_ns, s.created_ns) for s in b.oldest_batches(999)]
-        return (b.stats(), b.counters(), b.next_batch_id(AGENT), dict(b.high_water), rows)
+        return (b.stats(), b.counters(), b.next_batch_id(AGENT), dict(b.deliveries.records), rows)
 
     def _check_read(self, got: list[StoredBatch]) -> None:
         """Each batch read is the model's, and rows name batches for the life of the file."""
@@ -201,7 +204,12 @@ class BufferMachine(RuleBasedStateMachine):
         stored_bytes = len(lz4.block.compress(payload))
         letters = [DeadLetter(flush.letter, "invalid_json", "", b"{")] if flush.letter else []
         self.commits += 1
-        hw = {f"{s}/dev": self.commits for s in parts}
+        pending = PendingDeliveries()  # one MQTT message per source in this flush
+        for s in parts:
+            ordinal = self.ordinals.get(s, 0)
+            content = digest(s, b"%d" % self.commits)
+            pending.records[(s, self.commits)] = Record(content, ordinal)
+            pending.ordinals[s] = ordinal + 1
 
         # The model's decision: expiry first, then the policy with the room left after it.
         expiring = self._expirable()
@@ -218,7 +226,7 @@ class BufferMachine(RuleBasedStateMachine):
         before = self._snapshot()
         intake = SourceCounts(Counter(parts), Counter(duplicates))
         try:
-            result = b.commit(batch, batch_id, letters, hw, intake)
+            result = b.commit(batch, batch_id, letters, pending, intake)
         except BufferFull:
             assert outcome == "block", f"BufferFull, but the model says {outcome}"
             # the agent holds the flush and retries it: nothing of it may be durable
@@ -232,19 +240,18 @@ class BufferMachine(RuleBasedStateMachine):
         if outcome == "make_room":
             while self._bytes() + stored_bytes > MAX_BYTES:
                 self._drop(self.stored[0], "overflow", dropped)
-        # "received" is everything the flush took in: its batch's readings, the redelivered
-        # duplicates it dropped and its dead letters (one each), as _count_intake and
-        # _insert_letters count them; a refused batch was received too.
+        # "received" is everything the flush took in: its batch's readings and its dead
+        # letters (one each), as _count_intake and _insert_letters count them; a refused
+        # batch was received too. A redelivered message is not received again.
         for source, n in parts.items():
             self.accounts[source].received += n
-        for source, n in duplicates.items():
-            self.accounts[source].received += n
-            self.accounts[source].dropped["duplicate"] += n
+        self.redelivered.update(duplicates)
         for d in letters:
             self.accounts[d.source].received += 1
             self.accounts[d.source].dead_lettered += 1
         self.dead_letters += len(letters)
-        self.high_water.update(hw)
+        self.records.update(pending.records)
+        self.ordinals.update(pending.ordinals)
         if batch is not None:
             self.used_ids.add(batch_id)
             if outcome == "refuse":
@@ -338,7 +345,8 @@ class BufferMachine(RuleBasedStateMachine):
         self.b.close()
         self._open()
         assert self.b.instance == self.instance
-        assert self.b.high_water == self.high_water
+        assert self.b.deliveries.records == self.records
+        assert self.b.deliveries.ordinals == self.ordinals
 
     # -- invariants ------------------------------------------------------------------------
     @invariant()
@@ -375,6 +383,8 @@ class BufferMachine(RuleBasedStateMachine):
                 want.dead_lettered,
             ), (source, got, want)
             assert +got.dropped == +want.dropped, (source, got.dropped, want.dropped)
+            counted = b.counters().get(f"redelivered:{source}", 0)
+            assert counted == self.redelivered[source], source
 
     def teardown(self) -> None:
         if self.buf is not None:
@@ -419,7 +429,7 @@ def _buffer(path: Path, overflow: str, max_age_s: float = 0.0) -> SqliteBuffer:
 def _commit(buf: SqliteBuffer, size: int, readings: int = 1, source: str = "mqtt0") -> None:
     payload = random.Random(size).randbytes(size)
     intake = SourceCounts(Counter({source: readings}))
-    buf.commit(PendingBatch("ct", readings, payload), buf.next_batch_id(AGENT), [], {}, intake)
+    buf.commit(PendingBatch("ct", readings, payload), buf.next_batch_id(AGENT), [], None, intake)
 
 
 def _age_all(buf: SqliteBuffer) -> None:
@@ -462,7 +472,7 @@ def test_a_flush_without_a_batch_frees_the_room_its_expiry_freed(tmp_path: Path)
     buf = _buffer(tmp_path / "b.sqlite3", "block", max_age_s=MAX_AGE_S)
     _commit(buf, 3000)
     _age_all(buf)
-    buf.commit(None, buf.next_batch_id(AGENT), [DeadLetter("mqtt0", "invalid_json", "", b"{")], {})
+    buf.commit(None, buf.next_batch_id(AGENT), [DeadLetter("mqtt0", "invalid_json", "", b"{")])
     assert buf.stats().bytes == buf._bytes == 0
     _commit(buf, 3000)  # under block this raised BufferFull on an empty buffer
 

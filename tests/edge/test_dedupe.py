@@ -1,86 +1,135 @@
-"""The reorder-tolerant duplicate filter (edge/dedupe.py), without any server."""
+"""Redelivery recognition (edge/dedupe.py), without any server: each rule, and its bounds."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
+from edge.buffer import SqliteBuffer
+from edge.dedupe import HORIZON, PRUNE_EVERY, DeliveryLog, ExactCopies, PendingDeliveries, digest
 
-from edge.buffer import PendingBatch, SqliteBuffer
-from edge.dedupe import MAX_GAP, WINDOW, SeqFilter
-
-
-def _run(f: SeqFilter, seqs: list[int]) -> list[int]:
-    hw: dict[str, int] = {}
-    holes: dict[str, set[int]] = {}
-    kept = [s for s in seqs if f.accept("d", s, hw, holes)]
-    f.high_water.update(hw)  # what a commit does
-    f.holes.update(holes)
-    return kept
+SRC = "mqtt0"
+A = digest("sensors/s1/d1", b"21.5")
+B = digest("sensors/s1/d1", b"22.0")
 
 
-def test_late_redelivery_below_the_high_water_mark_is_kept_once() -> None:
-    f = SeqFilter({}, {})
-    # 5 and 6 were delivered to an agent that crashed; the broker sends 7.. first.
-    assert _run(f, [1, 2, 3, 4, 7, 8, 9]) == [1, 2, 3, 4, 7, 8, 9]
-    assert f.holes["d"] == {5, 6}
-    assert _run(f, [5, 6, 5, 7, 10]) == [5, 6, 10]
-    assert not f.holes["d"]
+def _taken(log: DeliveryLog, pid: int, dup: bool, content: bytes) -> tuple[bool, PendingDeliveries]:
+    pending = PendingDeliveries()
+    copy = log.redelivered(SRC, pid, dup, content, pending)
+    log.apply(pending, log.floors(pending))  # what a commit does
+    return copy, pending
 
 
-def test_unseen_device_may_start_out_of_order() -> None:
-    f = SeqFilter({}, {})
-    assert _run(f, [3, 1, 2, 1, 3]) == [3, 1, 2]
+def test_only_a_dup_with_the_same_packet_id_and_content_is_a_copy() -> None:
+    log = DeliveryLog({}, {})
+    assert _taken(log, 7, False, A)[0] is False
+    assert _taken(log, 7, True, A)[0] is True  # the broker's resend
+    assert _taken(log, 8, True, A)[0] is False  # another id: never taken, so kept
+    assert _taken(log, 7, True, B)[0] is False  # other content under that id: kept
+    assert _taken(log, 7, True, B)[0] is True  # ... and now it is the record
 
 
-def test_big_jumps_and_old_holes_are_not_waited_for() -> None:
-    f = SeqFilter({}, {})
-    assert _run(f, [1, 2, 4, 4 + MAX_GAP + 2]) == [1, 2, 4, 4 + MAX_GAP + 2]
-    assert f.holes["d"] == {3}  # the big jump left no holes
-    assert _run(f, [WINDOW + 10, 3]) == [WINDOW + 10]  # hole 3 is too old by now
+def test_a_fresh_publish_is_never_a_copy_even_with_the_same_id_and_content() -> None:
+    # The same payload again (a value that does not change) under a reused packet id:
+    # DUP=0 says it is a new message.
+    log = DeliveryLog({}, {})
+    for _ in range(3):
+        assert _taken(log, 7, False, A)[0] is False
 
 
-def test_regular_gaps_of_a_strided_series_are_not_holes() -> None:
-    # A device numbering readings across two metrics: each series steps by 2.
-    f = SeqFilter({}, {})
-    assert _run(f, [1, 3, 5, 7, 13, 15]) == [1, 3, 5, 7, 13, 15]
-    # Before the stride is learnt the first gap counts (2, never filled, forgotten after
-    # WINDOW seqs); after it, only the unusual jump leaves holes, on the stride.
-    assert f.holes["d"] == {2, 9, 11}
-    assert _run(f, [11, 9, 10, 17]) == [11, 9, 17]
+def test_without_a_packet_id_nothing_is_recorded_or_dropped() -> None:
+    log = DeliveryLog({}, {})
+    copy, pending = _taken(log, 0, True, A)
+    assert copy is False and not pending and not log.records
 
 
-def test_a_column_is_vectorised_when_usual_and_exact_when_not() -> None:
-    f = SeqFilter({}, {})
-    hw: dict[str, int] = {}
-    holes: dict[str, set[int]] = {}
-    first = f.accept_run("d", np.array([1, 2, 3], dtype=np.int64), hw, holes)
-    usual = f.accept_run("d", np.array([4, 5, 6], dtype=np.int64), hw, holes)
-    odd = f.accept_run("d", np.array([9, 5, 7, 8, 7], dtype=np.int64), hw, holes)
-    assert first.all() and usual.all()
-    assert odd.tolist() == [True, False, True, True, False]
-    assert hw == {"d": 9} and holes == {"d": set()}
+def test_a_copy_of_a_message_still_in_the_open_batch_is_dropped() -> None:
+    # nats-server resends after its ack_wait on a live connection: the first delivery may
+    # not be durable yet, and will be with the batch that now holds both acks.
+    log = DeliveryLog({}, {})
+    pending = PendingDeliveries()
+    assert log.redelivered(SRC, 3, False, A, pending) is False
+    assert log.redelivered(SRC, 3, True, A, pending) is True
+    assert not log.records  # nothing durable until the commit
 
 
-def test_holes_are_durable_with_the_batch(tmp_path: Path) -> None:
+def test_a_record_older_than_the_horizon_proves_nothing() -> None:
+    for since, copy in ((HORIZON - 1, True), (HORIZON, False)):
+        log = DeliveryLog({}, {})
+        _taken(log, 9, False, A)
+        log.ordinals[SRC] = 1 + since  # `since` more messages of the source recorded
+        assert _taken(log, 9, True, A)[0] is copy
+
+
+def test_records_are_pruned_by_ordinal_and_bounded_by_packet_ids(tmp_path: Path) -> None:
     buf = SqliteBuffer(tmp_path / "b.sqlite3", max_bytes=1 << 20)
     buf.open()
-    buf.commit(PendingBatch("ct", 1, b"x"), buf.next_batch_id("a"), [], {"d": 9}, None, {"d": {4}})
+    total = HORIZON + 2 * PRUNE_EVERY
+    for start in range(0, total, 1000):  # batches of 1000 messages, ids wrapping at 65535
+        pending = PendingDeliveries()
+        for n in range(start, min(start + 1000, total)):
+            buf.deliveries.redelivered(SRC, n % 65_535 + 1, False, A, pending)
+        buf.commit(None, buf.next_batch_id("a"), [], pending)
+    kept = len(buf.deliveries.records)
+    assert HORIZON <= kept <= HORIZON + PRUNE_EVERY + 1000
+    held = dict(buf.deliveries.records)
     buf.close()
-    again = SqliteBuffer(tmp_path / "b.sqlite3", max_bytes=1 << 20)
-    again.open()
-    assert (again.high_water, again.holes) == ({"d": 9}, {"d": {4}})
-    f = SeqFilter(again.high_water, again.holes)
-    assert _run(f, [4, 4, 9]) == [4]
+    buf = SqliteBuffer(tmp_path / "b.sqlite3", max_bytes=1 << 20)
+    buf.open()  # what the file holds: the same, plus at most a run pruned only in memory
+    reloaded = buf.deliveries.records
+    assert held.items() <= reloaded.items()
+    assert len(reloaded) <= HORIZON + PRUNE_EVERY + 2000
+    buf.close()
 
 
-def test_a_flush_that_does_not_touch_holes_keeps_them_on_disk(tmp_path: Path) -> None:
+def test_records_are_durable_and_a_lost_session_clears_them(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite3"
     buf = SqliteBuffer(path, max_bytes=1 << 20)
     buf.open()
-    buf.commit(None, buf.next_batch_id("a"), [], {"d": 9}, None, {"d": {4}})
-    buf.commit(None, buf.next_batch_id("a"), [], {"d": 10}, None, {})
+    pending = PendingDeliveries()
+    assert not buf.deliveries.redelivered(SRC, 5, False, A, pending)
+    assert not buf.deliveries.redelivered("mqtt1", 5, False, A, pending)
+    buf.commit(None, buf.next_batch_id("a"), [], pending)
     buf.close()
-    again = SqliteBuffer(path, max_bytes=1 << 20)
-    again.open()
-    assert (again.high_water, again.holes) == ({"d": 10}, {"d": {4}})
+    buf = SqliteBuffer(path, max_bytes=1 << 20)
+    buf.open()
+    assert buf.deliveries.redelivered(SRC, 5, True, A, PendingDeliveries())  # after a restart
+    buf.forget_deliveries(SRC)
+    assert not buf.deliveries.redelivered(SRC, 5, True, A, PendingDeliveries())
+    assert buf.deliveries.redelivered("mqtt1", 5, True, A, PendingDeliveries())
+    buf.close()
+    buf = SqliteBuffer(path, max_bytes=1 << 20)
+    buf.open()
+    assert set(buf.deliveries.records) == {("mqtt1", 5)}
+    buf.close()
+
+
+def test_write_cost_of_the_records_per_commit(tmp_path: Path) -> None:
+    """What the records add to each commit, in bytes written (docs/benchmarks.md has the
+    figures); here only that it stays small: 1000 one-reading messages per commit."""
+    buf = SqliteBuffer(tmp_path / "b.sqlite3", max_bytes=1 << 30)
+    buf.open()
+    size = os.path.getsize
+    for start in range(0, 20_000, 1000):
+        pending = PendingDeliveries()
+        for n in range(start, start + 1000):
+            buf.deliveries.redelivered(SRC, n % 65_535 + 1, False, digest("t", b"%d" % n), pending)
+        buf.commit(None, buf.next_batch_id("a"), [], pending)
+    assert size(tmp_path / "b.sqlite3") + size(tmp_path / "b.sqlite3-wal") < 8 << 20
+    buf.close()
+
+
+def test_exact_copies_forget_series_silent_past_the_prune_time() -> None:
+    copies = ExactCopies(per_series=4, silent_s=60.0)
+    assert copies.fresh("s/d/t", 1, 10, 1.0, now=0.0)
+    assert not copies.fresh("s/d/t", 1, 10, 1.0, now=1.0)  # the very same reading
+    assert copies.fresh("s/d/t", 1, 11, 1.0, now=1.0)  # seq again, later: a reboot
+    for i in range(100_000):  # a flood of device names, then silence
+        copies.fresh(f"s/flood-{i}/t", 1, i, 1.0, now=2.0)
+    assert len(copies) == 100_002
+    copies.fresh("s/d/t", 2, 12, 1.0, now=61.0)  # still talking
+    copies.prune(now=63.0)
+    assert len(copies) == 3  # only the live series is left, bounded per series
+    for seq in range(3, 20):
+        copies.fresh("s/d/t", seq, seq + 10, 1.0, now=64.0)
+    assert len(copies) == 4

@@ -30,8 +30,8 @@ def test_metrics_match_the_accounting_of_the_buffer(tmp_path: Path) -> None:
             PendingBatch("ct", 10, random.randbytes(10_000)),  # incompressible
             buf.next_batch_id("a"),
             [DeadLetter(source, "invalid_json", "d", b"{")] if i == 4 else [],
-            {},
-            SourceCounts(Counter({source: 10}), Counter({source: 2})),
+            None,
+            SourceCounts(Counter({source: 10})),
         )
     oldest = buf.oldest_batches(2)
     buf.delete_batches(oldest)  # as after their PubAck
@@ -64,7 +64,6 @@ def test_metrics_match_the_accounting_of_the_buffer(tmp_path: Path) -> None:
         k: v for k, v in m.items() if k.startswith("gateway_agent_source_dropped_readings_total")
     }
     assert sum(v for k, v in dropped.items() if "reason=overflow" in k) == 70  # 7 batches
-    assert sum(v for k, v in dropped.items() if "reason=duplicate" in k) == 24
     assert m["gateway_agent_source_published_readings_total{source=mqtt0}"] == 20
     assert m["gateway_agent_uplink_batches_published_total"] == 2
     assert m["gateway_agent_uplink_in_flight"] == 3

@@ -167,16 +167,20 @@ def test_senml_batch_decode_of_junk_raises_codec_error(data: bytes) -> None:
         pass
 
 
-def test_batcher_high_water_per_series_and_senml_encoding() -> None:
-    b = Batcher("s1", "a1", BatchSettings(encoding="senml"), {})
+def test_batcher_drops_only_exact_copies_and_encodes_senml() -> None:
+    # Seqs alone prove nothing (a device may restart its numbering): the same series and
+    # seq with another event time is another reading. Only the very same reading again
+    # (series, seq, event time, value: the device sent it twice) is dropped.
+    b = Batcher("s1", "a1", BatchSettings(encoding="senml"))
     assert b.add_one(rd(seq=5)) and b.add_one(rd(metric="humidity", unit="%RH", seq=5))
-    assert not b.add_one(rd(seq=5))  # same series, same seq: redelivered
-    assert b.add_one(rd(seq=NO_SEQ)) and b.add_one(rd(seq=NO_SEQ))
+    assert b.add_one(rd(seq=5, time_ns=NOW + 1))  # rebooted: seq 5 again, later
+    assert not b.add_one(rd(seq=5))  # the very same reading again
+    assert b.add_one(rd(seq=NO_SEQ)) and b.add_one(rd(seq=NO_SEQ))  # unnumbered: kept
     flush = b.take("a1:x:1")
     assert flush is not None and flush.batch is not None
     assert flush.batch.content_type == codec.SENML_CONTENT_TYPE
-    assert len(codec.decode(flush.batch.payload)) == 4
-    assert flush.high_water == {"s1/d1/temperature": 5, "s1/d1/humidity": 5}
+    assert len(codec.decode(flush.batch.payload)) == 5
+    assert flush.duplicates == 1 and flush.redelivered == 0 and not flush.deliveries
 
 
 def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
@@ -191,7 +195,7 @@ def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
     )
     metrics = AgentMetrics()
     intake = Intake(cfg, load_catalog(), metrics)
-    batcher = Batcher("s1", "a1", cfg.batch, {})
+    batcher = Batcher("s1", "a1", cfg.batch)
     bt = NOW // S
     pack = [{"bt": bt, "bu": "Cel"}] + [
         {"n": "temperature", "v": v, "t": i, "seq": i + 1}

@@ -29,7 +29,7 @@ def _uplink(tmp_path: Path) -> Uplink:
             PendingBatch("ct", 10, b"x" * 100),
             buf.next_batch_id("a"),
             [],
-            {},
+            None,
             SourceCounts(Counter({"mqtt0": 10})),
         )
     return Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())

@@ -36,7 +36,7 @@ async def test_backlog_goes_out_once_oldest_first_in_pipelined_windows(
             PendingBatch("application/octet-stream", 10, b"batch %d " % i * 2500),
             ids[-1],
             [],
-            {},
+            None,
             SourceCounts(Counter({"mqtt0": 10})),
         )
     uplink = Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())
