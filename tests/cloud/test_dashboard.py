@@ -29,7 +29,7 @@ from gateway import subjects
 from gateway.config import StreamSettings
 from gateway.deadletter import DeadLetterHeaders
 from tests.chaos.rig import AGENT, SITE, Rig, rig
-from tests.helpers import eventually
+from tests.helpers import cli_nats, eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
@@ -86,7 +86,7 @@ async def login(page: Any, base: str, token: str) -> None:
 
 
 async def cloud_tier(r: Rig, tmp_path: Path) -> tuple[ApiAuth, str]:
-    r.children.start("aggregator", "cloud", "aggregate", "--nats", r.cloud.url)
+    r.children.start("aggregator", "cloud", "aggregate", *cli_nats(r.cloud, "aggregator"))
     tokens = tmp_path / "tokens.jsonl"
     token = create_token(tokens, "viewer")[1]
     return ApiAuth.from_file(tokens), token
