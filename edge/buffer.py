@@ -387,7 +387,10 @@ class SqliteBuffer:
             log.error(
                 "disk full writing the buffer %s; applying the %s policy", self.path, self.overflow
             )
-            result = self._commit_disk_full(flush)
+            try:  # even freeing space needs WAL pages: a refusal here is the buffer's error
+                result = self._commit_disk_full(flush)
+            except sqlite3.Error as full:
+                raise BufferStoreError(f"disk full: cannot write to {self.path}") from full
         except sqlite3.Error as exc:
             raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
         self.deliveries.apply(deliveries, floors)
