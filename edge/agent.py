@@ -27,7 +27,7 @@ from edge.batcher import Batcher, Flush
 from edge.buffer import SourceCounts, SqliteBuffer
 from edge.control.heartbeat import ActualState, AgentSnapshot, IntakeCounts
 from edge.control.remote_config import RemoteConfig
-from edge.errors import BufferFull
+from edge.errors import BufferStoreError
 from edge.forwarding_metrics import ForwardingCollector
 from edge.intake import Intake, IntakeStats, source_names
 from edge.metrics import AgentMetrics, MetricsServer
@@ -244,7 +244,7 @@ class Agent:
         flush, batch_id, counts = self._held
         try:
             self.buffer.commit(flush.batch, batch_id, flush.dead_letters, flush.deliveries, counts)
-        except BufferFull as exc:
+        except BufferStoreError as exc:  # BufferFull, or a disk that refuses even drops
             if not self._blocked:
                 self._blocked = True
                 log.warning(

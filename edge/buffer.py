@@ -101,6 +101,7 @@ _TABLES = (
     "counters",
 )
 UNKNOWN_SOURCE = "-"
+_RESERVE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,7 @@ class SqliteBuffer:
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keep_reserve()
         try:
             self._open_checked()
         except sqlite3.DatabaseError as exc:
@@ -387,10 +389,14 @@ class SqliteBuffer:
             log.error(
                 "disk full writing the buffer %s; applying the %s policy", self.path, self.overflow
             )
-            result = self._commit_disk_full(flush)
+            try:  # even freeing space needs WAL pages: a refusal here is the buffer's error
+                result = self._commit_disk_full(flush)
+            except sqlite3.Error as full:
+                raise BufferStoreError(f"disk full: cannot write to {self.path}") from full
         except sqlite3.Error as exc:
             raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
         self.deliveries.apply(deliveries, floors)
+        self._keep_reserve()
         return result
 
     def forget_deliveries(self, source: str) -> None:
@@ -403,9 +409,25 @@ class SqliteBuffer:
             raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
         self.deliveries.forget(source)
 
+    @property
+    def _reserve(self) -> Path:
+        return self.path.with_name(self.path.name + ".reserve")
+
+    def _keep_reserve(self) -> None:
+        """Headroom: a file of `_RESERVE_BYTES` next to the buffer, given up when the disk
+        is full so that the drops and counters of that moment can still commit (even a
+        DELETE needs WAL pages), and taken back once there is space again."""
+        if self._reserve.exists():
+            return
+        try:
+            self._reserve.write_bytes(bytes(_RESERVE_BYTES))
+        except OSError:  # no space yet: try again after a later commit
+            self._reserve.unlink(missing_ok=True)
+
     def _commit_disk_full(self, flush: _Commit) -> CommitResult:
         if self.overflow == "block":
             raise BufferFull(f"disk full at {self.path}")
+        self._reserve.unlink(missing_ok=True)
         if self.overflow == "drop_oldest":
             while self._drop_oldest_batch_alone():
                 try:
