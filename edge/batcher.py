@@ -112,16 +112,8 @@ class Batcher:
         for row, t in check.original_time_ns.items():
             sent[row] = t
         key = f"{cols.site}/{cols.device}/{cols.metric}"
-        now = time.monotonic()
-        fresh = self.copies.fresh
-        keep = np.fromiter(
-            (
-                s == NO_SEQ or fresh(key, s, t, v, now)
-                for s, t, v in zip(seq.tolist(), sent, value.tolist(), strict=True)
-            ),
-            dtype=np.bool_,
-            count=seq.size,
-        )
+        fresh = self.copies.fresh_many(key, seq.tolist(), sent, value.tolist(), time.monotonic())
+        keep = np.array(fresh, dtype=np.bool_)
         dups = int(keep.size - np.count_nonzero(keep))
         original = check.original_time_ns
         flags = check.flags

@@ -48,7 +48,10 @@ nothing per device.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field
+
+from edge.decoders.context import NO_SEQ
 
 HORIZON = 32_768  # records older than this many messages of their source are not trusted
 PRUNE_EVERY = 4096  # messages of a source between two prunings of its records
@@ -138,6 +141,27 @@ class DeliveryLog:
             del self.records[k]
 
 
+class _Recent:
+    """One series' last readings: a set to look up, a queue to forget the oldest in O(1)
+    (deleting a dict's first key again and again makes each next lookup scan the
+    tombstones left at its front)."""
+
+    __slots__ = ("keys", "order")
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[int, int, float]] = set()
+        self.order: deque[tuple[int, int, float]] = deque()
+
+    def fresh(self, k: tuple[int, int, float], limit: int) -> bool:
+        if k in self.keys:
+            return False
+        self.keys.add(k)
+        self.order.append(k)
+        if len(self.order) > limit:
+            self.keys.discard(self.order.popleft())
+        return True
+
+
 class ExactCopies:
     """Readings a device itself sent twice: the same series, seq, event time and value.
 
@@ -152,26 +176,35 @@ class ExactCopies:
     def __init__(self, per_series: int = 256, silent_s: float = 3600.0) -> None:
         self.per_series = per_series
         self.silent_s = silent_s
-        self._seen: dict[str, dict[tuple[int, int, float], None]] = {}  # insertion-ordered
+        self._seen: dict[str, _Recent] = {}
         self._last: dict[str, float] = {}
         self._next_prune = 0.0
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._seen.values())
+        return sum(len(r.order) for r in self._seen.values())
 
     def fresh(self, key: str, seq: int, time_ns: int, value: float, now: float) -> bool:
         """False if this exact reading was seen; otherwise remember it."""
-        seen = self._seen.get(key)
-        if seen is None:
-            seen = self._seen[key] = {}
+        recent = self._seen.get(key)
+        if recent is None:
+            recent = self._seen[key] = _Recent()
         self._last[key] = now
-        k = (seq, time_ns, value)
-        if k in seen:
-            return False
-        seen[k] = None
-        if len(seen) > self.per_series:
-            del seen[next(iter(seen))]
-        return True
+        return recent.fresh((seq, time_ns, value), self.per_series)
+
+    def fresh_many(
+        self, key: str, seqs: list[int], times: list[int], values: list[float], now: float
+    ) -> list[bool]:
+        """`fresh` for each reading of one series in turn, in one call: a pack's column
+        goes through here, so the series is looked up once, not per reading.
+        Readings without a seq (NO_SEQ) are always fresh and never remembered."""
+        recent = self._seen.get(key)
+        if recent is None:
+            recent = self._seen[key] = _Recent()
+        self._last[key] = now
+        fresh, limit = recent.fresh, self.per_series
+        return [
+            k[0] == NO_SEQ or fresh(k, limit) for k in zip(seqs, times, values, strict=True)
+        ]
 
     def prune(self, now: float) -> None:
         """Forget series silent longer than `silent_s` (at most once a minute)."""
