@@ -311,7 +311,12 @@ class Agent:
             ready=self.ready.is_set(),
             time_ns=time.time_ns(),
             intake=IntakeCounts(
-                s.messages, s.readings, s.duplicates_dropped, dict(s.dead_letters), dict(s.filtered)
+                s.messages,
+                s.readings,
+                s.duplicates_dropped,
+                dict(s.dead_letters),
+                dict(s.filtered),
+                dict(s.device_events),
             ),
             buffer=buf,
             uplink=self.uplink.metrics(buf.readings),

@@ -33,6 +33,7 @@ class IntakeStats:
     redelivered: int = 0  # messages: broker redeliveries of ones already taken
     dead_letters: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
+    device_events: Counter[str] = field(default_factory=Counter)  # Sparkplug B births, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,7 @@ class Intake:
 
     def _context(self, msg: SourceMessage, plan: _SourcePlan) -> Context:
         if plan.topic_device:
-            return Context.for_topic(self.site, msg.topic, msg.received_ns)
+            return Context.for_topic(self.site, msg.topic, msg.received_ns, msg.reply)
         return Context(self.site, msg.received_ns, msg.topic, plan.device)
 
     def _accept_columns(self, msg: SourceMessage, plan: _SourcePlan, batcher: Batcher) -> bool:
@@ -145,6 +146,8 @@ class Intake:
         except DecodeError as exc:
             self._reject(msg, batcher, exc.reason, exc.detail)
             return
+        finally:
+            self._count_events(plan.decoder)
         self.stats.readings += len(readings)
         plan.decoded.inc(len(readings))
         check, filters = self.validator.check, self.filters
@@ -162,6 +165,14 @@ class Intake:
                 self.metrics.copies.inc()
         if filters:
             self._count_filtered()
+
+    def _count_events(self, decoder: Decoder) -> None:
+        """Device events a stateful decoder counted (Sparkplug B births, deaths, rebirth
+        requests), into the agent's stats."""
+        events: Counter[str] | None = getattr(decoder, "events", None)
+        if events:
+            self.stats.device_events.update(events)
+            events.clear()
 
     def _count_filtered(self) -> None:
         for name, n in self.filters.dropped.items():

@@ -40,7 +40,7 @@ class NatsSettings(_Model):
     ca_file: Path | None = None
 
 
-PayloadFormat = Literal["json", "senml", "line", "frame", "mapped", "value"]
+PayloadFormat = Literal["json", "senml", "line", "frame", "mapped", "value", "sparkplug"]
 
 
 # -- mapping what real devices send (docs/devices.md) ---------------------------------------

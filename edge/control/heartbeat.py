@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ class IntakeCounts:
     duplicates_dropped: int
     dead_letters: dict[str, int]  # by reason
     filtered: dict[str, int]  # by filter
+    device_events: dict[str, int] = field(default_factory=dict)  # Sparkplug B births, deaths
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from edge.decoders.mapped import MappedJson, MappedLine, TopicDefaults
 from edge.decoders.mapping import CompiledMapping
 from edge.decoders.plain import PlainValue
 from edge.decoders.senml import decode_senml, decode_senml_columns
+from edge.decoders.sparkplug import SparkplugDecoder
 from gateway.config import MappingSettings
 from gateway.reading import Reading
 
@@ -37,11 +38,19 @@ MAPPED_DECODERS: dict[str, Callable[[CompiledMapping], Decoder]] = {
     "value": PlainValue,
     "line": MappedLine,
 }
+# Formats whose decoder keeps state per source; a mapping is optional (its defaults apply).
+STATEFUL_DECODERS: dict[str, Callable[[CompiledMapping], Decoder]] = {
+    "sparkplug": SparkplugDecoder,
+}
+_SPARKPLUG_DEFAULTS = MappingSettings(device="{edge_node}/{device?}")
 
 
 def build_decoder(key: str, fmt: str, mapping: MappingSettings | None) -> Decoder:
     """The decoder of one source: `DECODERS[fmt]`, or, with a mapping, the mapped form of
     the format. `ConfigError` naming `key` (`sources.0.mapping`) if the mapping is wrong."""
+    stateful = STATEFUL_DECODERS.get(fmt)
+    if stateful is not None:
+        return stateful(CompiledMapping(key, mapping or _SPARKPLUG_DEFAULTS))
     if mapping is None:
         return DECODERS[fmt]
     compiled = CompiledMapping(key, mapping)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +54,21 @@ class Context:
     received_ns: int  # wall-clock receive time: the event time of readings without one
     topic: str = ""
     device: str | None = None  # used when the payload names no device
+    # Publish (topic, payload) back through the broker connection the message came by:
+    # Sparkplug B's rebirth request. None where there is none (serial, `gateway decode`).
+    publish: Callable[[str, bytes], None] | None = None
 
     @classmethod
-    def for_topic(cls, site: str, topic: str, received_ns: int) -> Context:
+    def for_topic(
+        cls,
+        site: str,
+        topic: str,
+        received_ns: int,
+        publish: Callable[[str, bytes], None] | None = None,
+    ) -> Context:
         """Default device: the last topic level (`sensors/site1/dev-7` -> `dev-7`)."""
         last = topic.rsplit("/", 1)[-1]
-        return cls(site, received_ns, topic, last or None)
+        return cls(site, received_ns, topic, last or None, publish)
 
 
 _SAFE: set[str] = set()  # names already checked: the same few recur in every message

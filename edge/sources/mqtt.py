@@ -215,8 +215,19 @@ class MqttSource:
                 time.time_ns(),
                 packet_id=mid if qos > 0 else 0,
                 dup=bool(msg.dup),
+                reply=self.publish,
             )
         )
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish QoS 0 on this connection (a decoder's answer to a device: Sparkplug B's
+        rebirth request, which a node that misses it is asked again for). Dropped, and
+        logged, while disconnected: the request is repeated on the node's next message."""
+        client = self._client
+        if client is None or not self.connected:
+            log.info("%s: not connected; not sent to %s", self.name, topic)
+            return
+        client.publish(topic, payload, qos=0)
 
 
 async def _answering_address(host: str, port: int) -> str:
