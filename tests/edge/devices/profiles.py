@@ -19,9 +19,7 @@ def profile_doc(name: str) -> dict[str, Any]:
     return tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())
 
 
-def profile_config(
-    name: str, tmp_path: Path, cloud: NatsServer | None, port: int
-) -> AgentConfig:
+def profile_config(name: str, tmp_path: Path, cloud: NatsServer | None, port: int) -> AgentConfig:
     """The profile's config for a test agent; with no `cloud`, for decoding only (the
     config is never connected)."""
     doc = profile_doc(name)
