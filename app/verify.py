@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from firmware_sim.ground_truth import ATTRIBUTABLE, GroundTruth, payload_digest, reading_digest
+from firmware_sim.unnumbered import unnumbered_seqs
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -37,11 +38,27 @@ class StreamContents:
     undecodable: int = 0
 
     def add(self, batch: codec.Batch) -> None:
-        for idx, (device, _metric, _unit) in enumerate(batch.series):
+        times = _device_times(batch)
+        for idx, (device, metric, _unit) in enumerate(batch.series):
             mask = batch.series_index == idx
             key = (batch.site, device)
-            self.seqs[key].append(batch.seq[mask])
-            self.values[key].append(batch.value[mask])
+            seq, value = batch.seq[mask], batch.value[mask]
+            unnumbered = seq < 0  # formats without a seq: named by metric, time, value
+            if unnumbered.any():
+                named = unnumbered_seqs(metric, times[mask], value)
+                seq = np.where(unnumbered, named, seq)
+            self.seqs[key].append(seq)
+            self.values[key].append(value)
+
+
+def _device_times(batch: codec.Batch) -> np.ndarray:
+    """Event times as the devices sent them (before a clock correction)."""
+    if not batch.original_time_ns:
+        return batch.time_ns
+    times = batch.time_ns.copy()
+    for row, t in batch.original_time_ns.items():
+        times[row] = t
+    return times
 
 
 @dataclass(slots=True)

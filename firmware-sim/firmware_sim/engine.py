@@ -16,6 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from devices.catalog import Catalog
+from firmware_sim.ecosystems import ECOSYSTEM_PREFIXES, ECOSYSTEM_TYPES, truth_name
 from firmware_sim.firmware import DeviceGroup, Message
 from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.profiles import Profile
@@ -58,20 +59,24 @@ class Engine:
         self.start_ns = start_ns if start_ns is not None else time.time_ns()
         self.groups: list[DeviceGroup] = []
         self.endpoints: list[Endpoint] = []
+        truth_names: list[str] = []
         for spec in mix:
-            if spec.type_name not in catalog.types:
-                known = ", ".join(catalog.types)
+            make, base = ECOSYSTEM_TYPES.get(spec.type_name, (DeviceGroup, spec.type_name))
+            if base not in catalog.types:
+                known = ", ".join([*catalog.types, *ECOSYSTEM_TYPES])
                 raise ValueError(f"unknown device type {spec.type_name!r}; known: {known}")
-            dtype = catalog.types[spec.type_name]
-            names = [f"{dtype.prefix}-{i:05d}" for i in range(spec.count)]
-            group = DeviceGroup(
+            dtype = catalog.types[base]
+            prefix = ECOSYSTEM_PREFIXES.get(spec.type_name, dtype.prefix)
+            names = [f"{prefix}-{i:05d}" for i in range(spec.count)]
+            group = make(
                 spec.type_name, dtype, names, len(self.endpoints), site, profile, seed,
                 self.start_ns, rate_hz,
             )  # fmt: skip
             self.groups.append(group)
             self.endpoints += [Endpoint(n, site, dtype.protocol, dtype.baud) for n in names]
+            truth_names += [truth_name(group, n) for n in names]
         self.truth = GroundTruth.empty()
-        self._truths = [self.truth.device(site, ep.name) for ep in self.endpoints]
+        self._truths = [self.truth.device(site, n) for n in truth_names]
         self.stats = EngineStats()
         n = len(self.endpoints)
         self.queues: list[deque[Message] | None] = [None] * n

@@ -42,6 +42,7 @@ class Message:
     noise: bool = False  # garbage, or cut short: no reading a dead letter can be matched by
     send_twice: bool = False  # the duplicated-send fault
     delivered: bool = False
+    topic: bytes = b""  # its own topic (ecosystem devices, firmware_sim/ecosystems.py)
 
     @property
     def readings(self) -> int:

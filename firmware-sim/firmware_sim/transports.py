@@ -87,10 +87,10 @@ class MqttPerDevice:
         return self.links[dev].can_send()
 
     def send(self, msg: Message) -> None:
-        link = self.links[msg.device]
-        link.publish(self.topics[msg.device], msg.payload, msg)
+        link, topic = self.links[msg.device], msg.topic or self.topics[msg.device]
+        link.publish(topic, msg.payload, msg)
         if msg.send_twice and link.can_send():
-            link.publish(self.topics[msg.device], msg.payload, msg)
+            link.publish(topic, msg.payload, msg)
 
     def idle(self, dev: int) -> bool:
         return not self.links[dev].inflight
@@ -134,10 +134,11 @@ class MqttMux:
 
     def send(self, msg: Message) -> None:
         self.pending[msg.device] += 1
-        self.link.publish(self.topics[msg.device], msg.payload, msg)
+        topic = msg.topic or self.topics[msg.device]
+        self.link.publish(topic, msg.payload, msg)
         if msg.send_twice and self.link.can_send():
             self.pending[msg.device] += 1
-            self.link.publish(self.topics[msg.device], msg.payload, msg)
+            self.link.publish(topic, msg.payload, msg)
 
     def idle(self, dev: int) -> bool:
         return self.pending[dev] == 0

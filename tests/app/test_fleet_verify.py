@@ -188,3 +188,47 @@ async def test_every_format_and_32_serial_devices_through_the_agent(
 
 async def _async(value: T) -> T:
     return value
+
+
+def _ecosystem_sources(port: int) -> list[dict[str, object]]:
+    """The ready profiles' own sources (config/devices/), pointed at the test broker."""
+    from tests.edge.devices.profiles import profile_doc
+
+    picked = [("tasmota", 0), ("zigbee2mqtt", 0), ("shelly", 1), ("sparkplug", 0)]
+    return [
+        {**profile_doc(name)["sources"][i], "url": f"mqtt://127.0.0.1:{port}",
+         "client_id": f"agent-{name}"}
+        for name, i in picked
+    ]  # fmt: skip
+
+
+async def test_ecosystem_fleet_verifies_through_the_ready_profiles(
+    tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer, js: JetStreamContext
+) -> None:
+    """Devices that publish like Tasmota, Zigbee2MQTT, Shelly Gen2 and a Sparkplug B edge
+    node (firmware_sim/ecosystems.py), with faults on, into an agent running the ready
+    profiles' sources: every valid reading stored once, every bad message a dead letter."""
+    settings = FleetSettings(
+        port=edge_broker.mqtt_port, devices=16, site="s1", rate_hz=1.0, seed=31, grace_s=15,
+        types=("tasmota_th", "zigbee_th", "shelly_plug", "sparkplug_th"),
+    )  # fmt: skip
+    fleet = Fleet(settings, load_catalog(), JSON_CHAOS)
+    cfg = AgentConfig.model_validate(
+        {"site": "s1", "agent": "a1", "data_dir": str(tmp_path / "agent"),
+         "nats": agent_nats(cloud_server), "sources": _ecosystem_sources(edge_broker.mqtt_port),
+         "batch": {"max_readings": 500, "linger_ms": 50}}
+    )  # fmt: skip
+    async with running(Agent(cfg)):
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(10.0, stop.set)
+        await fleet.run(stop)
+        report = await eventually(
+            lambda: _report(js, fleet.truth), lambda r: r.ok, timeout=45, interval=0.5
+        )
+    names = {name.split("-")[0] for _, name in fleet.truth.devices}
+    assert names == {"tas", "z2m", "shellyplus1pm", "spb"}
+    assert all(d.count > 0 for d in fleet.truth.devices.values())
+    faults = fleet.engine.stats.faults
+    assert faults["garbage"] > 0 and faults["nan"] > 0 and faults["reboot"] > 0, faults
+    assert report.emitted > 200 and report.missing == report.duplicates == 0
+    assert report.noise_found == report.noise_expected > 0 and report.dead_unexpected == 0
