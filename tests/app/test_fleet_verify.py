@@ -232,3 +232,12 @@ async def test_ecosystem_fleet_verifies_through_the_ready_profiles(
     assert faults["garbage"] > 0 and faults["nan"] > 0 and faults["reboot"] > 0, faults
     assert report.emitted > 200 and report.missing == report.duplicates == 0
     assert report.noise_found == report.noise_expected > 0 and report.dead_unexpected == 0
+
+    path = tmp_path / "truth.json"  # `gateway verify` itself says the same
+    fleet.truth.save(path)
+    cmd = [sys.executable, "-m", "app", "verify", "--truth", str(path)]
+    done = await asyncio.to_thread(
+        subprocess.run, [*cmd, *cli_nats(cloud_server), "--json"], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert orjson.loads(done.stdout.splitlines()[-1])["ok"] is True
