@@ -36,11 +36,13 @@ NODE_TOKEN, DEVICE_TOKEN = "node1", "node1__2Fpump"
 class NodeClient:
     """The edge node's own MQTT connection: NDEATH as its will, NCMD subscribed."""
 
-    def __init__(self, port: int, node: SparkplugNode) -> None:
+    def __init__(
+        self, port: int, node: SparkplugNode, group: str = GROUP, edge_node: str = NODE
+    ) -> None:
         self.node = node
         self.commands: queue.Queue[bytes] = queue.Queue()
         self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"edge-{NODE}"
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"edge-{edge_node}"
         )
         death = node.death()
         self.client.will_set(death.topic, death.payload, qos=1)
@@ -49,7 +51,7 @@ class NodeClient:
         self.client.on_subscribe = lambda _c, _u, mid, _codes, _p: subscribed.put(mid)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(f"spBv1.0/{GROUP}/NCMD/{NODE}", qos=1)
+        self.client.subscribe(f"spBv1.0/{group}/NCMD/{edge_node}", qos=1)
         subscribed.get(timeout=10)
 
     def send(self, messages: list[NodeMessage]) -> None:
@@ -144,3 +146,38 @@ async def test_data_before_a_birth_is_a_dead_letter_and_a_rebirth_request(
         finally:
             await asyncio.to_thread(edge.die)
     assert stats.device_events["rebirth_requests_no_birth"] == 1
+
+
+async def test_umh_vectors_through_a_real_broker_and_agent(
+    tmp_path: Path, broker_port: int, cloud_server: NatsServer, js: JetStreamContext
+) -> None:
+    """benthos-umh's verbatim vectors (tests/edge/devices/samples/README.md): birth, data by
+    alias, a seq gap (the agent's NCMD reaches the node's topic), a stale NDEATH."""
+    from tests.edge.devices.test_sparkplug_decoder import UMH_T_NS, umh
+
+    cfg = profile_config("sparkplug", tmp_path, cloud_server, broker_port)
+    node = SparkplugNode("DeviceLevelTest", "node1", {})
+    async with running(Agent(cfg)) as agent:
+        edge = await asyncio.to_thread(NodeClient, broker_port, node, "DeviceLevelTest", "node1")
+        try:
+            msgs = [umh("nbirth"), umh("ndata"), umh("gap")]
+            await asyncio.to_thread(edge.send, msgs)
+            assert SparkplugNode.is_rebirth_request(
+                await asyncio.to_thread(edge.commands.get, True, 20)
+            )
+            await asyncio.to_thread(edge.send, [umh("ndeath")])
+            got = await eventually(lambda: stored_readings(js), lambda rs: len(rs) >= 4)
+            stats = await eventually(
+                lambda: asyncio.sleep(0, agent.stats), lambda s: s.messages >= 4
+            )
+            events = dict(stats.device_events)  # before the node's own will arrives
+        finally:
+            await asyncio.to_thread(edge.die)
+    assert sorted((r.device, r.metric, r.value, r.unit, r.time_ns) for r in got) == [
+        ("node1", "online", 1.0, "", UMH_T_NS),
+        ("node1", "temperature", 21.5, "Cel", UMH_T_NS),
+        ("node1", "temperature", 22.5, "Cel", UMH_T_NS),
+        ("node1", "temperature", 27.0, "Cel", UMH_T_NS),
+    ]
+    assert events == {"node_births": 1, "seq_gaps": 1, "rebirth_requests_seq_gap": 1,
+                      "stale_deaths": 1}  # fmt: skip

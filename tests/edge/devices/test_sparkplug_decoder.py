@@ -183,3 +183,45 @@ def test_group_can_be_the_site() -> None:
     h = Harness(MappingSettings(site="{group}", device="{edge_node}"))
     got = h(NodeMessage("spBv1.0/plant-7/NBIRTH/n1", Payload(seq=0).SerializeToString()))
     assert [(r.site, r.device) for r in got] == [("plant-7", "n1")]
+
+
+# Verbatim test vectors of united-manufacturing-hub/benthos-umh, sparkplug_plugin/
+# test_vectors.go (Apache-2.0): NBIRTH_V1 (bdSeq 88, Temperature alias 100 = 21.5), NDATA_V1
+# (alias 100 = 22.5, seq 1), NDATA_GAP (27.0, seq 5), NDEATH_V1 (bdSeq 0),
+# NDATA_BEFORE_BIRTH (25.0). Their timestamps are all 1750855643474 ms.
+UMH_T_NS = 1_750_855_643_474 * 1_000_000
+UMH = {
+    "nbirth": "19-sparkplug-b-nbirth-umh.bin",
+    "ndata": "20-sparkplug-b-ndata-umh.bin",
+    "gap": "21-sparkplug-b-ndata-gap-umh.bin",
+    "ndeath": "22-sparkplug-b-ndeath-umh.bin",
+    "before_birth": "23-sparkplug-b-ndata-before-birth-umh.bin",
+}
+
+
+def umh(name: str) -> NodeMessage:
+    kind = {"nbirth": "NBIRTH", "ndeath": "NDEATH"}.get(name, "NDATA")
+    payload = (SAMPLE.parent / UMH[name]).read_bytes()
+    return NodeMessage(f"spBv1.0/DeviceLevelTest/{kind}/node1", payload)
+
+
+def test_umh_vectors_birth_alias_data_gap_and_a_stale_death() -> None:
+    h = Harness()
+
+    def rows(rs: list[Reading]) -> list[tuple[str, str, float, int]]:
+        return [(r.device, r.metric, r.value, r.time_ns) for r in rs]
+
+    assert rows(h(umh("nbirth"))) == [
+        ("node1", "online", 1.0, UMH_T_NS),
+        ("node1", "temperature", 21.5, UMH_T_NS),
+    ]
+    assert rows(h(umh("ndata"))) == [("node1", "temperature", 22.5, UMH_T_NS)]
+    assert rows(h(umh("gap"))) == [("node1", "temperature", 27.0, UMH_T_NS)]
+    assert [t for t, _ in h.sent] == ["spBv1.0/DeviceLevelTest/NCMD/node1"]
+    assert h(umh("ndeath")) == []  # bdSeq 0 is not the birth's 88: an older session's will
+    assert h.events["stale_deaths"] == 1 and "node_deaths" not in h.events
+
+
+def test_umh_vector_data_before_birth() -> None:
+    with pytest.raises(DecodeError, match="no_birth"):
+        Harness()(umh("before_birth"))
