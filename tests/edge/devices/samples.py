@@ -4,7 +4,8 @@ readings each must become. Shared by the decoder tests and the broker + agent te
 Sources (files under tests/edge/devices/samples/, copied from /work/shared/samples/devices/
 and the projects named):
 - Tasmota docs: `docs/AM2301.md`, `docs/BME280.md`, `docs/devices/Sonoff-Pow-R2.md`; a
-  Tasmota user's log line (US 121 V mains)
+  Tasmota user's log line (US 121 V mains); tasmota/docs `docs/DS18x20.md`,
+  `docs/BME680.md` (pretty-printed there, kept so), `docs/BH1750.md`
 - zigbee2mqtt.io `docs/guide/usage/mqtt_topics_and_messages.md` (WSDCGQ01LM); a state
   message quoted in Koenkk/zigbee-herdsman-converters issue #1020 (QBKG12LM)
 - Shelly Gen2 API docs, General/Notifications, example 1; a captured Gen2 NotifyStatus
@@ -196,6 +197,33 @@ SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
             _e("dev1", "temperature", 1.0, "Cel", 1581520546_014773143),
             _e("dev1", "luminosity", 0.64, "lx", 1581520546_014773143),
         ),
+    ),
+    Sample(
+        "tasmota",
+        "24-tasmota-ds18b20.json",
+        "tele/tasmota_C26D46/SENSOR",
+        (_e("tasmota_C26D46-DS18B20", "temperature", 49.7, "Cel", 1546300800 * 10**9),),
+    ),
+    Sample(
+        "tasmota",
+        "25-tasmota-bme680.json",
+        "tele/tasmota_C26D46/SENSOR",
+        tuple(
+            _e("tasmota_C26D46-BME680", m, v, u, 1632330000 * 10**9)  # 2021-09-22T17:00:00
+            for m, v, u in [
+                ("temperature", 24.5, "Cel"),
+                ("humidity", 33.0, "%RH"),
+                ("dew_point", 7.1, "Cel"),
+                ("pressure", 987.7, "hPa"),
+                ("gas", 1086.43, "kOhm"),  # gas resistance
+            ]
+        ),
+    ),
+    Sample(
+        "tasmota",
+        "26-tasmota-bh1750.json",
+        "tele/tasmota_C26D46/SENSOR",
+        (_e("tasmota_C26D46-BH1750", "illuminance", 79, "lx", 1572813937 * 10**9),),
     ),
 )
 
