@@ -10,7 +10,8 @@ and the projects named):
   message quoted in Koenkk/zigbee-herdsman-converters issue #1020 (QBKG12LM)
 - Shelly Gen2 API docs, General/Notifications, example 1; a captured Gen2 NotifyStatus
   quoted in a public Go project; a Shelly Gen1 plugin's test (`relay/0/power`)
-- ESPHome `components/mqtt/mqtt_sensor.cpp` (state topic, value formatted as text)
+- ESPHome `components/mqtt/mqtt_sensor.cpp` (state topic, value formatted as text),
+  `components/mqtt/mqtt_binary_sensor.cpp` (`state ? "ON" : "OFF"`)
 - home-assistant.io `source/_integrations/mqtt.markdown`, discovery example (sensorBedroom)
 - Telegraf `plugins/inputs/temp/README.md`, example output
 - RFC 8428 sections 5.1.1, 5.1.2, 5.1.3
@@ -224,6 +225,12 @@ SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
         "26-tasmota-bh1750.json",
         "tele/tasmota_C26D46/SENSOR",
         (_e("tasmota_C26D46-BH1750", "illuminance", 79, "lx", 1572813937 * 10**9),),
+    ),
+    Sample(
+        "esphome",
+        "27-esphome-binary-sensor-state.txt",
+        "esp32-dht22/binary_sensor/motion/state",
+        (_e("esp32-dht22", "motion", 1.0, "", RECEIVED),),
     ),
 )
 
