@@ -202,9 +202,7 @@ class ExactCopies:
             recent = self._seen[key] = _Recent()
         self._last[key] = now
         fresh, limit = recent.fresh, self.per_series
-        return [
-            k[0] == NO_SEQ or fresh(k, limit) for k in zip(seqs, times, values, strict=True)
-        ]
+        return [k[0] == NO_SEQ or fresh(k, limit) for k in zip(seqs, times, values, strict=True)]
 
     def prune(self, now: float) -> None:
         """Forget series silent longer than `silent_s` (at most once a minute)."""

@@ -14,6 +14,7 @@ FLOAT, DOUBLE, BOOLEAN = 9, 10, 11
 NUMERIC = frozenset({*_SIGNED_BITS, *UNSIGNED, FLOAT, DOUBLE, BOOLEAN})
 REBIRTH_METRIC = "Node Control/Rebirth"
 BD_SEQ_METRIC = "bdSeq"
+ENG_UNIT_PROPERTY = "engUnit"
 
 
 def _signed(v: int, bits: int, field_bits: int) -> int:
@@ -59,6 +60,15 @@ def integer_metric(payload: Payload, name: str) -> int | None:
             if which == "long_value":
                 return int(m.long_value)
     return None
+
+
+def eng_unit(m: Metric) -> str:
+    """The metric's `engUnit` property (as Eclipse Tahu's examples set it), or ""."""
+    props = m.properties
+    for key, value in zip(props.keys, props.values, strict=False):
+        if key == ENG_UNIT_PROPERTY and value.WhichOneof("value") == "string_value":
+            return str(value.string_value)
+    return ""
 
 
 def rebirth_request(now_ms: int) -> bytes:

@@ -6,8 +6,8 @@ The part of Sparkplug B's payload that the agent reads, written for this project
 Wire-compatible with Eclipse Tahu's `sparkplug_b/sparkplug_b.proto` (github.com/eclipse/tahu,
 Copyright Cirrus Link Solutions and others, EPL-2.0), from which the message names, field
 numbers and types are taken (they are the Sparkplug B specification's wire format). Fields
-we do not read (DataSet, Template, PropertySet, MetaData, extensions) are left out; protobuf
-skips them as unknown fields, so a Tahu payload that carries them still parses.
+we do not read (DataSet, Template, MetaData, nested property sets, extensions) are left out;
+protobuf skips them as unknown fields, so a Tahu payload that carries them still parses.
 
 Regenerate (grpcio-tools and mypy-protobuf are development tools, not runtime needs):
   python -m grpc_tools.protoc -I devices/sparkplug --python_out=devices/sparkplug \\
@@ -34,6 +34,70 @@ class Payload(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
+    class PropertyValue(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TYPE_FIELD_NUMBER: _builtins.int
+        IS_NULL_FIELD_NUMBER: _builtins.int
+        INT_VALUE_FIELD_NUMBER: _builtins.int
+        LONG_VALUE_FIELD_NUMBER: _builtins.int
+        FLOAT_VALUE_FIELD_NUMBER: _builtins.int
+        DOUBLE_VALUE_FIELD_NUMBER: _builtins.int
+        BOOLEAN_VALUE_FIELD_NUMBER: _builtins.int
+        STRING_VALUE_FIELD_NUMBER: _builtins.int
+        type: _builtins.int
+        is_null: _builtins.bool
+        int_value: _builtins.int
+        long_value: _builtins.int
+        float_value: _builtins.float
+        double_value: _builtins.float
+        boolean_value: _builtins.bool
+        string_value: _builtins.str
+        def __init__(
+            self,
+            *,
+            type: _builtins.int | None = ...,
+            is_null: _builtins.bool | None = ...,
+            int_value: _builtins.int | None = ...,
+            long_value: _builtins.int | None = ...,
+            float_value: _builtins.float | None = ...,
+            double_value: _builtins.float | None = ...,
+            boolean_value: _builtins.bool | None = ...,
+            string_value: _builtins.str | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["boolean_value", b"boolean_value", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "is_null", b"is_null", "long_value", b"long_value", "string_value", b"string_value", "type", b"type", "value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["boolean_value", b"boolean_value", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "is_null", b"is_null", "long_value", b"long_value", "string_value", b"string_value", "type", b"type", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"]  # noqa: Y015
+        _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+    @_typing.final
+    class PropertySet(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEYS_FIELD_NUMBER: _builtins.int
+        VALUES_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """property names: Tahu's examples give "engUnit" """
+
+        @_builtins.property
+        def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payload.PropertyValue]: ...
+        def __init__(
+            self,
+            *,
+            keys: _abc.Iterable[_builtins.str] | None = ...,
+            values: _abc.Iterable[Global___Payload.PropertyValue] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "values", b"values"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class Metric(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -44,6 +108,7 @@ class Payload(_message.Message):
         IS_HISTORICAL_FIELD_NUMBER: _builtins.int
         IS_TRANSIENT_FIELD_NUMBER: _builtins.int
         IS_NULL_FIELD_NUMBER: _builtins.int
+        PROPERTIES_FIELD_NUMBER: _builtins.int
         INT_VALUE_FIELD_NUMBER: _builtins.int
         LONG_VALUE_FIELD_NUMBER: _builtins.int
         FLOAT_VALUE_FIELD_NUMBER: _builtins.int
@@ -68,6 +133,8 @@ class Payload(_message.Message):
         boolean_value: _builtins.bool
         string_value: _builtins.str
         bytes_value: _builtins.bytes
+        @_builtins.property
+        def properties(self) -> Global___Payload.PropertySet: ...
         def __init__(
             self,
             *,
@@ -78,6 +145,7 @@ class Payload(_message.Message):
             is_historical: _builtins.bool | None = ...,
             is_transient: _builtins.bool | None = ...,
             is_null: _builtins.bool | None = ...,
+            properties: Global___Payload.PropertySet | None = ...,
             int_value: _builtins.int | None = ...,
             long_value: _builtins.int | None = ...,
             float_value: _builtins.float | None = ...,
@@ -86,9 +154,9 @@ class Payload(_message.Message):
             string_value: _builtins.str | None = ...,
             bytes_value: _builtins.bytes | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "boolean_value", b"boolean_value", "bytes_value", b"bytes_value", "datatype", b"datatype", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "is_historical", b"is_historical", "is_null", b"is_null", "is_transient", b"is_transient", "long_value", b"long_value", "name", b"name", "string_value", b"string_value", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "boolean_value", b"boolean_value", "bytes_value", b"bytes_value", "datatype", b"datatype", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "is_historical", b"is_historical", "is_null", b"is_null", "is_transient", b"is_transient", "long_value", b"long_value", "name", b"name", "properties", b"properties", "string_value", b"string_value", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "boolean_value", b"boolean_value", "bytes_value", b"bytes_value", "datatype", b"datatype", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "is_historical", b"is_historical", "is_null", b"is_null", "is_transient", b"is_transient", "long_value", b"long_value", "name", b"name", "string_value", b"string_value", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "boolean_value", b"boolean_value", "bytes_value", b"bytes_value", "datatype", b"datatype", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "is_historical", b"is_historical", "is_null", b"is_null", "is_transient", b"is_transient", "long_value", b"long_value", "name", b"name", "properties", b"properties", "string_value", b"string_value", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value", "bytes_value"]  # noqa: Y015
         _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015

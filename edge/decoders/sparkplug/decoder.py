@@ -24,13 +24,14 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from devices.sparkplug.payload import (
     BD_SEQ_METRIC,
     Metric,
+    eng_unit,
     integer_metric,
     numeric_value,
     rebirth_request,
 )
 from devices.sparkplug.sparkplug_b_pb2 import Payload
 from edge.decoders.context import NO_SEQ, Context, make_reading
-from edge.decoders.mapping import CompiledMapping, MappedDecoder
+from edge.decoders.mapping import CompiledMapping, MappedDecoder, MetricRule
 from edge.decoders.sparkplug.state import (
     MAX_DEVICES_PER_NODE,
     MAX_METRICS_PER_BIRTH,
@@ -168,6 +169,13 @@ class SparkplugDecoder(MappedDecoder):
         t = msg.timestamp * _MS if msg.timestamp else ctx.received_ns
         return make_reading(site, device, ONLINE_METRIC, value, "", t, NO_SEQ)
 
+    def _unit(self, rule: MetricRule, d: MetricDef) -> str:
+        """The config's unit for the metric, else the birth's `engUnit` (through the
+        mapping's `units` table), else the mapping's default."""
+        if rule.unit or not d.unit:
+            return self.m.unit(rule, None)
+        return self.m.settings.units.get(d.unit, d.unit)
+
     def _readings(
         self,
         key: NodeKey,
@@ -196,7 +204,7 @@ class SparkplugDecoder(MappedDecoder):
             if rule is None:
                 continue
             t = m.timestamp * _MS if m.timestamp else base_ns
-            unit = self.m.unit(rule, None)
+            unit = self._unit(rule, d)
             out.append(make_reading(site, device, rule.name, value * rule.scale, unit, t, NO_SEQ))
         return out
 
@@ -217,7 +225,8 @@ def _definitions(metrics: Iterable[Metric]) -> Definitions:
             raise DecodeError("too_many_metrics", f"birth over {MAX_METRICS_PER_BIRTH}")
         if not m.name:
             raise DecodeError("invalid_birth", f"metric {i} of a birth has no name")
-        defs.add(m.alias if m.HasField("alias") else None, MetricDef(m.name, m.datatype))
+        d = MetricDef(m.name, m.datatype, eng_unit(m))
+        defs.add(m.alias if m.HasField("alias") else None, d)
     return defs
 
 

@@ -26,6 +26,7 @@ class MetricDef:
 
     name: str
     datatype: int
+    unit: str = ""  # its `engUnit` property, if the birth gave one
 
 
 @dataclass(slots=True)

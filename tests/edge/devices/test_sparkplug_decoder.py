@@ -11,7 +11,7 @@ from firmware_sim.sparkplug_node import NodeMessage, SparkplugNode
 from devices.sparkplug.sparkplug_b_pb2 import Payload
 from edge.decoders import Context, build_decoder
 from edge.errors import DecodeError
-from gateway.config import MappingSettings
+from gateway.config import MappingSettings, MetricMapping
 from gateway.reading import Reading
 
 T0_MS = 1_700_000_000_000
@@ -225,3 +225,23 @@ def test_umh_vectors_birth_alias_data_gap_and_a_stale_death() -> None:
 def test_umh_vector_data_before_birth() -> None:
     with pytest.raises(DecodeError, match="no_birth"):
         Harness()(umh("before_birth"))
+
+
+def test_birth_eng_unit_property_gives_the_unit_unless_the_config_names_one() -> None:
+    metrics = {"pressure": MetricMapping(unit="hPa")}
+    h = Harness(MappingSettings(device="{edge_node}", units={"°C": "Cel"}, metrics=metrics))
+    p = Payload(timestamp=T0_MS, seq=0)
+    for name, unit, v in [("Temp", "°C", 21.0), ("Flow", "l/min", 3.0), ("Pressure", "bar", 1.0)]:
+        m = p.metrics.add(name=name, alias=len(p.metrics) + 1, datatype=10, double_value=v)
+        m.properties.keys.append("engUnit")
+        m.properties.values.add(type=12, string_value=unit)  # 12: String
+    h(NodeMessage("spBv1.0/g1/NBIRTH/n1", p.SerializeToString()))
+    d = Payload(timestamp=T0_MS + 1, seq=1)
+    for alias in (1, 2, 3):
+        d.metrics.add(alias=alias, datatype=10, double_value=float(alias))
+    got = h(NodeMessage("spBv1.0/g1/NDATA/n1", d.SerializeToString()))
+    assert {(r.metric, r.unit) for r in got} == {
+        ("temp", "Cel"),
+        ("flow", "l/min"),
+        ("pressure", "hPa"),
+    }
