@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from firmware_sim.sparkplug_node import NodeMessage, SparkplugNode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devices.sparkplug.sparkplug_b_pb2 import Payload
 from edge.decoders import Context, build_decoder
@@ -245,3 +247,22 @@ def test_birth_eng_unit_property_gives_the_unit_unless_the_config_names_one() ->
         ("flow", "l/min"),
         ("pressure", "hPa"),
     }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH", "STATE"]),
+    payload=st.binary(max_size=200),
+)
+def test_any_bytes_give_readings_or_a_decode_error(kind: str, payload: bytes) -> None:
+    """Whatever arrives on a Sparkplug topic: readings or a DecodeError, never a crash."""
+    h = Harness()
+    node = _node()
+    _birth(h, node)
+    device = "/pump" if kind.startswith("D") else ""
+    topic = f"spBv1.0/g1/{kind}/node 1{device}" if kind != "STATE" else "spBv1.0/STATE/h"
+    try:
+        got = h(NodeMessage(topic, payload))
+    except DecodeError:
+        return
+    assert all(isinstance(r, Reading) for r in got)
