@@ -88,9 +88,68 @@ class MappingSettings(_Model):
         return v
 
 
+def _readable(key: str, path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{key} {str(path)!r}: cannot read: {exc.strerror}") from None
+
+
+class MqttTlsSettings(_Model):
+    """TLS towards the MQTT broker (`mqtts://`, or this table with any URL). The files are
+    read and checked at load, so a wrong path fails there with its key, not in the source."""
+
+    ca_file: Path | None = None  # the CA that signed the broker's certificate
+    system_ca: bool = False  # True: trust the system's CA store (when ca_file is not set)
+    cert_file: Path | None = None  # our client certificate (PEM), for `require_certificate`
+    key_file: Path | None = None  # its private key (PEM, unencrypted)
+    server_name: str | None = None  # the name the broker's certificate must carry
+
+    @model_validator(mode="after")
+    def _files(self) -> MqttTlsSettings:
+        if self.ca_file is None and not self.system_ca:
+            raise ValueError("set ca_file, or system_ca = true to trust the system's CAs")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.ca_file is not None:
+            _check_certificates("ca_file", self.ca_file)
+        if self.cert_file is not None and self.key_file is not None:
+            _check_key_pair(self.cert_file, self.key_file)
+        return self
+
+
+def _check_certificates(key: str, path: Path) -> list[Any]:
+    from cryptography import x509  # here: only configs with TLS pay for the import
+
+    try:
+        return x509.load_pem_x509_certificates(_readable(key, path))
+    except ValueError as exc:
+        if "cannot read" in str(exc):
+            raise
+        raise ValueError(f"{key} {str(path)!r}: not a PEM certificate") from None
+
+
+def _check_key_pair(cert_path: Path, key_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert = _check_certificates("cert_file", cert_path)[0]
+    try:
+        key = serialization.load_pem_private_key(_readable("key_file", key_path), None)
+    except (ValueError, TypeError) as exc:
+        if "cannot read" in str(exc):
+            raise
+        raise ValueError(
+            f"key_file {str(key_path)!r}: not an unencrypted PEM private key"
+        ) from None
+    public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+        raise ValueError(f"key_file {str(key_path)!r} is not the key of cert_file")
+
+
 class MqttSourceSettings(_Model):
     type: Literal["mqtt"] = "mqtt"
-    url: str = "mqtt://127.0.0.1:1883"
+    url: str = "mqtt://127.0.0.1:1883"  # mqtts://host[:8883] for TLS (needs [tls])
+    tls: MqttTlsSettings | None = None
     topics: list[str] = Field(default_factory=lambda: ["sensors/#"], min_length=1)
     format: PayloadFormat = "json"
     client_id: str | None = None  # default: gw-<site>-<agent>
@@ -106,6 +165,14 @@ class MqttSourceSettings(_Model):
     def _mapping_needed(self) -> MqttSourceSettings:
         if self.format in ("mapped", "value") and self.mapping is None:
             raise ValueError(f"format {self.format!r} needs a [mapping] table")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_needed(self) -> MqttSourceSettings:
+        if self.url.startswith("mqtts://") and self.tls is None:
+            raise ValueError(
+                "url: mqtts:// needs a [sources.tls] table (ca_file, or system_ca = true)"
+            )
         return self
 
 
