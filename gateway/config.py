@@ -146,6 +146,21 @@ def _check_key_pair(cert_path: Path, key_path: Path) -> None:
         raise ValueError(f"key_file {str(key_path)!r} is not the key of cert_file")
 
 
+class PrivacySettings(_Model):
+    """A source's privacy rules, applied to each reading right after decoding, before
+    validation and before anything is stored (edge/filters/privacy.py). Patterns are
+    globs (`fnmatch`, case-sensitive) over device and metric names as decoded."""
+
+    drop_devices: list[str] = Field(default_factory=list)  # every reading of these devices
+    drop_metrics: list[str] = Field(default_factory=list)  # these metrics, of any device
+    # metric pattern -> decimals kept (`lat = 2`: about 1 km); negative: tens, hundreds...
+    round: dict[str, Annotated[int, Field(ge=-9, le=15)]] = Field(default_factory=dict)
+    # A message this source refuses (undecodable, invalid) becomes a dead letter with its
+    # raw bytes, which hold what the rules drop or coarsen: by default only its reason and
+    # detail are kept.
+    dead_letter_payload: Literal["withhold", "keep"] = "withhold"
+
+
 class MqttSourceSettings(_Model):
     type: Literal["mqtt"] = "mqtt"
     url: str = "mqtt://127.0.0.1:1883"  # mqtts://host[:8883] for TLS (needs [tls])
@@ -160,6 +175,7 @@ class MqttSourceSettings(_Model):
     # What the payloads mean (formats `mapped` and `value` need it; the others may use
     # its topic patterns for site and device).
     mapping: MappingSettings | None = None
+    privacy: PrivacySettings | None = None
 
     @model_validator(mode="after")
     def _mapping_needed(self) -> MqttSourceSettings:
@@ -189,6 +205,7 @@ class SerialSourceSettings(_Model):
     stopbits: float = 1.0
     max_line: Annotated[int, Field(ge=16, le=65536)] = 1024
     reconnect_max_s: Annotated[float, Field(gt=0)] = 5.0
+    privacy: PrivacySettings | None = None
 
     @field_validator("stopbits")
     @classmethod
