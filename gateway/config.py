@@ -315,6 +315,9 @@ class BufferSettings(_Model):
     overflow: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     # SQLite synchronous mode: "normal" (WAL, fsync at checkpoints) or "full" (every commit).
     durability: Literal["normal", "full"] = "normal"
+    # AES-GCM encryption of stored payloads (edge/buffer_cipher.py); None: off. The file
+    # (from `gateway edge buffer-key`) must lie outside data_dir and be mode 0600.
+    encryption_key_file: Path | None = None
 
 
 class UplinkSettings(_Model):
@@ -345,6 +348,16 @@ class AgentConfig(_Model):
     @classmethod
     def _token(cls, v: str) -> str:
         return subjects.check_token("name", v)
+
+    @model_validator(mode="after")
+    def _key_outside_data_dir(self) -> AgentConfig:
+        key = self.buffer.encryption_key_file
+        if key is not None and Path(key).resolve().is_relative_to(self.data_dir.resolve()):
+            raise ValueError(
+                f"buffer.encryption_key_file {str(key)!r} is inside data_dir: keep the key"
+                " apart from the data it protects (a copy of data_dir would carry it)"
+            )
+        return self
 
 
 class StreamSettings(_Model):
@@ -476,7 +489,7 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 # What `gateway deploy config` may push to an agent; the rest is device-local.
 PUSHABLE = ("sources", "validation", "filters", "batch", "buffer", "uplink")
-_RESTART_ONLY = {"buffer": ("durability",)}
+_RESTART_ONLY = {"buffer": ("durability", "encryption_key_file")}
 
 
 def parse_overlay(text: str) -> dict[str, Any]:
