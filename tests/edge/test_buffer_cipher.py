@@ -4,21 +4,28 @@ changed on disk is quarantined with a reason, counted, and never stops the buffe
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from nats.js.client import JetStreamContext
 
 from app.cli import main
 from edge import accounting
+from edge.agent import Agent
 from edge.buffer import DeadLetter, PendingBatch, SourceCounts, SqliteBuffer
 from edge.buffer_cipher import create_key_file
 from edge.errors import BufferKeyError
 from gateway import config
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError
+from gateway.servers import NatsServer
+from tests.edge.test_agent_integration import _seqs_in_stream, running
+from tests.edge.test_mqtt_source import make_config
+from tests.helpers import eventually, json_payloads, publish_qos1
 
 SECRET = b'{"device":"phone","lat":59.4313733,"lon":18.3259013}' * 20
 
@@ -189,3 +196,23 @@ def test_buffer_key_command_writes_0600_and_never_overwrites(
     assert main(["edge", "buffer-key", str(path)]) == 2
     assert "already exists" in capsys.readouterr().err and path.read_bytes() == before
     opened(tmp_path / "buffer.sqlite3", path).close()  # a usable key
+
+
+async def test_an_agent_with_an_encrypted_buffer_streams_its_readings(
+    tmp_path: Path,
+    key: Path,
+    cloud_server: NatsServer,
+    edge_broker: NatsServer,
+    js: JetStreamContext,
+) -> None:
+    cfg = make_config(
+        tmp_path, cloud_server, edge_broker.mqtt_port, buffer={"encryption_key_file": str(key)}
+    )
+    async with running(Agent(cfg)) as agent:
+        payloads = json_payloads("d1", range(1, 201))
+        await asyncio.to_thread(publish_qos1, edge_broker.mqtt_port, "sensors/s1/d1", payloads)
+        seqs = await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= 200)
+        sealed = agent.buffer.connection.execute(
+            "SELECT COUNT(*) FROM meta WHERE key = 'cipher_check'"
+        ).fetchone()
+    assert seqs == list(range(1, 201)) and sealed == (1,)
