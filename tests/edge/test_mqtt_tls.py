@@ -18,9 +18,11 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from firmware_sim.fleet import Fleet, FleetSettings
 from nats.js.client import JetStreamContext
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devices.catalog import load_catalog
 from edge.agent import Agent
 from edge.sources.mqtt import broker_address
 from gateway import config
@@ -63,10 +65,16 @@ def agent_config(tmp_path: Path, cloud: NatsServer, url: str, tls: dict[str, Any
     return make_config(tmp_path, cloud, 0, sources=[source])
 
 
-def publish_tls(port: int, pki: BrokerPki, topic: str, payloads: list[bytes]) -> None:
-    """A device publishing over TLS with its client certificate, QoS 1, until acked."""
+def device_context(pki: BrokerPki) -> ssl.SSLContext:
+    """What a device holds: the broker's CA and its own client certificate."""
     ctx = ssl.create_default_context(cafile=str(pki.ca))
     ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    return ctx
+
+
+def publish_tls(port: int, pki: BrokerPki, topic: str, payloads: list[bytes]) -> None:
+    """A device publishing over TLS with its client certificate, QoS 1, until acked."""
+    ctx = device_context(pki)
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dev-tls")
     client.tls_set_context(ctx)
     client.connect("127.0.0.1", port)
@@ -211,3 +219,27 @@ def test_a_file_that_is_not_pem_is_refused(tmp_path: Path) -> None:
     junk.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=rf"ca_file '{junk}': not a PEM certificate"):
         parse_source({"url": "mqtts://b", "tls": {"ca_file": str(junk)}})
+
+
+async def test_the_firmware_simulator_publishes_over_tls_to_the_agent(
+    tmp_path: Path, broker: Mosquitto, cloud_server: NatsServer, js: JetStreamContext
+) -> None:
+    """Both legs on TLS with client certificates: simulated devices -> Mosquitto -> agent."""
+    tls = broker.tls
+    assert tls is not None
+    ctx = device_context(tls)
+    settings = FleetSettings("127.0.0.1", broker.port, devices=3, site="s1", rate_hz=20.0, tls=ctx)
+    fleet, stop = Fleet(settings, load_catalog()), asyncio.Event()
+    cfg = agent_config(tmp_path, cloud_server, broker.url, tls_table(tls))
+    async with running(Agent(cfg)):
+        task = asyncio.create_task(fleet.run(stop))
+        await eventually(lambda: _fleet_readings(fleet), lambda n: n >= 60)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        sent = fleet.stats.readings
+        seqs = await eventually(lambda: _seqs_in_stream(js), lambda s: len(s) >= sent)
+    assert fleet.stats.retries == 0 and len(seqs) == sent
+
+
+async def _fleet_readings(fleet: Fleet) -> int:
+    return fleet.stats.readings
