@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.catalog import load_catalog
 from edge.agent import Agent
-from edge.sources.mqtt import broker_address
+from edge.sources.mqtt import MqttSource, broker_address
 from gateway import config
-from gateway.config import AgentConfig
+from gateway.config import AgentConfig, MqttSourceSettings
 from gateway.errors import ConfigError
 from gateway.servers import NatsServer
 from tests.conftest import mosquitto_binary
@@ -243,3 +243,30 @@ async def test_the_firmware_simulator_publishes_over_tls_to_the_agent(
 
 async def _fleet_readings(fleet: Fleet) -> int:
     return fleet.stats.readings
+
+
+async def test_the_broker_is_checked_under_server_name_not_the_address(
+    broker: Mosquitto, tls: BrokerPki
+) -> None:
+    """paho is handed the resolved address; the name checked is the configured one."""
+    for name, ok in (("localhost", True), ("elsewhere.example", False)):
+        table = tls_table(tls) | {"server_name": name}
+        settings = parse_source({"url": broker.url, "tls": table}).sources[0]
+        assert isinstance(settings, MqttSourceSettings)
+        source = MqttSource("mqtt0", settings, f"gw-name-{ok}", lambda _m: None)
+        await source.start()
+        try:
+            if ok:
+                await asyncio.wait_for(source.ready.wait(), 20)
+                assert source.last_error == ""
+            else:
+                await eventually(_last_error(source), lambda e: "Hostname mismatch" in e)
+        finally:
+            await source.stop()
+
+
+def _last_error(source: MqttSource) -> Callable[[], Awaitable[str]]:
+    async def probe() -> str:
+        return source.last_error
+
+    return probe
