@@ -71,6 +71,7 @@ class MqttSource:
         self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
         self.last_error = ""  # why the last connection attempt failed ("" once subscribed)
+        self._tls: ssl.SSLContext | None = None
         # Connections so far. An ack is sent only on the connection its message came by:
         # a broker restarted meanwhile gives packet ids out afresh (measured: nats-server),
         # so an old id would acknowledge another message, perhaps one not durable yet.
@@ -96,7 +97,8 @@ class MqttSource:
         if mqtt_tls.wants_tls(self.settings):
             assert self.settings.tls is not None  # the config refuses mqtts:// without it
             host = broker_address(self.settings.url)[0]
-            client.tls_set_context(mqtt_tls.client_context(self.settings.tls, host))
+            self._tls = mqtt_tls.client_context(self.settings.tls, host)
+            client.tls_set_context(self._tls)
             client.enable_logger(mqtt_tls.paho_logger(self.name, self._failed))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -125,7 +127,7 @@ class MqttSource:
         while True:
             self._lost.clear()
             try:
-                address = await _answering_address(host, port)
+                address = await _answering_address(host, port, self._tls)
                 self._client.connect(address, port, keepalive=_KEEPALIVE_S)
             except (OSError, TimeoutError, mqtt.WebsocketConnectionError) as exc:
                 delay = backoff.next()
@@ -229,9 +231,10 @@ class MqttSource:
         )
 
 
-async def _answering_address(host: str, port: int) -> str:
-    """The first address of `host` that accepts a TCP connection within the timeout,
-    found without blocking the loop (the probe connection is closed at once)."""
+async def _answering_address(host: str, port: int, tls: ssl.SSLContext | None = None) -> str:
+    """The first address of `host` that accepts a TCP connection (with `tls`: completes a
+    TLS handshake, since paho's own handshake blocks) within the timeout, found without
+    blocking the loop (the probe connection is closed at once)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     error: Exception = OSError(f"no address for {host}")
@@ -239,11 +242,18 @@ async def _answering_address(host: str, port: int) -> str:
         address = str(sockaddr[0])
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                _, writer = await asyncio.open_connection(address, port)
+                # A bare Protocol: a stream's would warn on the broker's EOF under TLS.
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol,
+                    address,
+                    port,
+                    ssl=tls,
+                    server_hostname=mqtt_tls.server_name(tls, host),
+                )
         except (OSError, TimeoutError) as exc:
             error = exc
             continue
-        writer.close()
+        transport.close()
         return address
     raise error
 

@@ -37,6 +37,13 @@ class _NamedContext(ssl.SSLContext):
         return super().wrap_socket(sock, *args, **kwargs)
 
 
+def server_name(ctx: ssl.SSLContext | None, host: str) -> str | None:
+    """The name `ctx` verifies the broker under (None without TLS)."""
+    if ctx is None:
+        return None
+    return ctx.server_name if isinstance(ctx, _NamedContext) else host
+
+
 def client_context(tls: MqttTlsSettings, host: str, key: str = "tls") -> ssl.SSLContext:
     """Verifies the broker against `tls.ca_file` (or the system CAs) under `server_name`
     or `host`, and presents the client certificate if one is configured."""
