@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -270,3 +272,26 @@ def _last_error(source: MqttSource) -> Callable[[], Awaitable[str]]:
         return source.last_error
 
     return probe
+
+
+async def test_a_broker_that_never_answers_tls_does_not_block_the_loop(tls: BrokerPki) -> None:
+    """It accepts TCP (the kernel completes the handshake from its backlog) but never
+    says a word of TLS: paho's blocking handshake would freeze every source for 5 s."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        url = f"mqtts://127.0.0.1:{mute.getsockname()[1]}"
+        settings = parse_source({"url": url, "tls": tls_table(tls)}).sources[0]
+        assert isinstance(settings, MqttSourceSettings)
+        source = MqttSource("mqtt0", settings, "gw-mute", lambda _m: None)
+        await source.start()
+        worst = 0.0
+        try:
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                worst = max(worst, time.monotonic() - before)
+        finally:
+            await source.stop()
+    assert not source.connected and worst < 0.5, f"the loop stalled for {worst:.2f}s"
