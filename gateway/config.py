@@ -121,11 +121,10 @@ class MqttTlsSettings(_Model):
 def _check_certificates(key: str, path: Path) -> list[Any]:
     from cryptography import x509  # here: only configs with TLS pay for the import
 
+    data = _readable(key, path)
     try:
-        return x509.load_pem_x509_certificates(_readable(key, path))
-    except ValueError as exc:
-        if "cannot read" in str(exc):
-            raise
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
         raise ValueError(f"{key} {str(path)!r}: not a PEM certificate") from None
 
 
@@ -133,11 +132,10 @@ def _check_key_pair(cert_path: Path, key_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
     cert = _check_certificates("cert_file", cert_path)[0]
+    data = _readable("key_file", key_path)
     try:
-        key = serialization.load_pem_private_key(_readable("key_file", key_path), None)
-    except (ValueError, TypeError) as exc:
-        if "cannot read" in str(exc):
-            raise
+        key = serialization.load_pem_private_key(data, None)
+    except (ValueError, TypeError):
         raise ValueError(
             f"key_file {str(key_path)!r}: not an unencrypted PEM private key"
         ) from None
