@@ -14,7 +14,11 @@ Disk: bytes the process caused to be written to storage (`write_bytes` in /proc/
 which excludes sockets) while buffering the N readings and draining them, per reading,
 against the encoded size of a reading on the wire.
 
-    python -m bench.drain [--readings 1000000] [--batch 1000] [--rounds 15] [--json]
+With `--encrypt`, each round also fills and drains a buffer encrypted at rest (AES-GCM,
+edge/buffer_cipher.py) beside the plain one: the cost of sealing (fill) and of opening
+(drain) is reported as encrypted / plain, from each side's best round and from medians.
+
+    python -m bench.drain [--readings 1000000] [--batch 1000] [--rounds 15] [--encrypt] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from nats.js.client import JetStreamContext
 
 from cloud.streams import ensure_streams
 from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
+from edge.buffer_cipher import create_key_file
 from edge.heap import retain_freed_heap
 from edge.uplink import Uplink
 from gateway import codec, envelope, subjects
@@ -115,13 +120,60 @@ async def drain_bare(js: JetStreamContext, batches: list[tuple[bytes, int]], tag
     return time.perf_counter() - started
 
 
-async def run(readings: int, per_batch: int, rounds: int, root: Path) -> dict[str, Any]:
+async def buffered_round(
+    nc: Any, batches: list[tuple[bytes, int]], cfg: AgentConfig, path: Path, key: Path | None
+) -> tuple[float, float, int]:
+    """Fill a fresh buffer with the batches, drain it: fill and drain seconds, bytes written."""
+    buf = SqliteBuffer(path, max_bytes=1 << 40, key_file=key)
+    buf.open()
+    before = disk_written()
+    started = time.perf_counter()
+    fill(buf, batches)
+    filled = time.perf_counter() - started
+    drained = await drain_ours(nc, buf, cfg)
+    buf.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    written = disk_written() - before
+    buf.close()
+    return filled, drained, written
+
+
+def encrypted_vs_plain(
+    readings: int, plain: list[tuple[float, float, int]], sealed: list[tuple[float, float, int]]
+) -> dict[str, Any]:
+    """Rates of the encrypted buffer and its ratios to the plain one (1.0: no cost)."""
+
+    def best(rounds: list[tuple[float, float, int]], i: int) -> float:
+        return min(r[i] for r in rounds)
+
+    def median(rounds: list[tuple[float, float, int]], i: int) -> float:
+        return statistics.median(r[i] for r in rounds)
+
+    return {
+        "encrypted_readings_per_s": round(readings / best(sealed, 1)),
+        "encrypted_vs_plain_drain": round(best(plain, 1) / best(sealed, 1), 3),
+        "encrypted_vs_plain_drain_medians": round(median(plain, 1) / median(sealed, 1), 3),
+        "plain_fill_readings_per_s": round(readings / best(plain, 0)),
+        "encrypted_fill_readings_per_s": round(readings / best(sealed, 0)),
+        "encrypted_vs_plain_fill": round(best(plain, 0) / best(sealed, 0), 3),
+        "encrypted_vs_plain_fill_medians": round(median(plain, 0) / median(sealed, 0), 3),
+        "encrypted_disk_bytes_per_reading": round(median(sealed, 2) / readings, 2),
+    }
+
+
+async def run(
+    readings: int, per_batch: int, rounds: int, root: Path, encrypt: bool = False
+) -> dict[str, Any]:
     batches = make_batches(readings, per_batch)
     encoded = sum(len(b) for b, _ in batches)
     cfg = AgentConfig(site=SITE, agent=AGENT, data_dir=root / "agent")
     ours: list[float] = []
     bare: list[float] = []
     disk: list[int] = []
+    plain: list[tuple[float, float, int]] = []
+    sealed: list[tuple[float, float, int]] = []
+    key = root / "keys" / "buffer.key"
+    if encrypt:
+        create_key_file(key)
     security = CloudSecurity.ensure(root / "cloud-security")  # TLS + JWT: the defaults
     async with NatsServer(root / "cloud", name="cloud", security=security) as server:
         nc = await connect(server.client(), "bench")
@@ -131,20 +183,19 @@ async def run(readings: int, per_batch: int, rounds: int, root: Path) -> dict[st
             await js.purge_stream(subjects.TELEMETRY_STREAM)
             bare.append(await drain_bare(js, batches, f"bare{r}"))
             await js.purge_stream(subjects.TELEMETRY_STREAM)
-            path = root / f"buffer{r}.sqlite3"
-            buf = SqliteBuffer(path, max_bytes=1 << 40)
-            buf.open()
-            before = disk_written()
-            fill(buf, batches)
-            ours.append(await drain_ours(nc, buf, cfg))
-            buf.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            disk.append(disk_written() - before)
-            buf.close()
+            plain.append(await buffered_round(nc, batches, cfg, root / f"buffer{r}.sqlite3", None))
+            ours.append(plain[-1][1])
+            disk.append(plain[-1][2])
+            if encrypt:  # same batches, same server, right after the plain one
+                await js.purge_stream(subjects.TELEMETRY_STREAM)
+                path = root / f"sealed{r}.sqlite3"
+                sealed.append(await buffered_round(nc, batches, cfg, path, key))
         await nc.close()
     ours_rate = readings / min(ours)
     bare_rate = readings / min(bare)
     ours_median = readings / statistics.median(ours)
     bare_median = readings / statistics.median(bare)
+    extra = encrypted_vs_plain(readings, plain, sealed) if encrypt else {}
     return {
         "readings": readings,
         "batch": per_batch,
@@ -158,6 +209,7 @@ async def run(readings: int, per_batch: int, rounds: int, root: Path) -> dict[st
         "encoded_bytes_per_reading": round(encoded / readings, 2),
         "disk_bytes_per_reading": round(statistics.median(disk) / readings, 2),
         "disk_vs_encoded": round(statistics.median(disk) / encoded, 3),
+        **extra,
     }
 
 
@@ -166,11 +218,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--readings", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=1000, help="readings per batch")
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--encrypt", action="store_true", help="also an encrypted buffer, side by side")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     retain_freed_heap()  # as `gateway edge run` does; both sides share this process
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
-        result = asyncio.run(run(args.readings, args.batch, args.rounds, Path(tmp)))
+        result = asyncio.run(run(args.readings, args.batch, args.rounds, Path(tmp), args.encrypt))
     if args.json:
         print(orjson.dumps(result).decode())
     else:

@@ -307,7 +307,7 @@ class Agent:
             bundle=os.environ.get(BUNDLE_VERSION_ENV, ""),
             pid=os.getpid(),
             config_revision=self.remote.revision,
-            last_error=self.remote.error,
+            last_error=self.remote.error or self._source_error(),
             ready=self.ready.is_set(),
             time_ns=time.time_ns(),
             intake=IntakeCounts(
@@ -323,6 +323,13 @@ class Agent:
             blocked=self._held is not None,
             accounting=accounting.report(self.buffer.connection),
         )
+
+    def _source_error(self) -> str:
+        """The first source's failure to connect (e.g. a TLS refusal), for status/healthz."""
+        for src in self.sources:
+            if error := getattr(src, "last_error", ""):  # sources that can fail to connect
+                return f"{src.name}: {error}"
+        return ""
 
     async def _heartbeat(self, nc: NatsClient) -> None:
         subject = subjects.status(self.config.site, self.config.agent)

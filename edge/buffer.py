@@ -28,6 +28,10 @@ incoming one, `block` raises `BufferFull` so the agent holds the flush and stops
 acknowledging. A full disk (SQLITE_FULL) is handled by the same policy. Every dropped
 reading is counted by source and reason in the same transaction (edge/accounting.py).
 
+Encryption at rest (off by default): with `encryption_key_file`, batch and dead-letter
+payloads are sealed with AES-GCM before they are written (edge/buffer_cipher.py); a row
+that fails authentication when read is quarantined (`dropped: tampered`), never fatal.
+
 A file that SQLite reports as corrupt at start is moved aside, what can still be read from
 it is copied into a fresh buffer, and the agent carries on: it never refuses to start.
 """
@@ -48,8 +52,10 @@ from pathlib import Path
 import lz4.block
 import orjson
 
+from edge import buffer_cipher
+from edge.buffer_cipher import BufferCipher
 from edge.dedupe import DeliveryLog, PendingDeliveries, Record
-from edge.errors import BufferFull, BufferStoreError
+from edge.errors import BufferFull, BufferKeyError, BufferStoreError, TamperedError
 from gateway.config import BufferSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +84,8 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     source TEXT NOT NULL,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    encrypted INTEGER NOT NULL DEFAULT 0
 );
 -- The MQTT messages each commit made durable: what proves a redelivery a copy
 -- (edge/dedupe.py). One row per source and commit, its records packed (`_pack`): an
@@ -194,6 +201,7 @@ class SqliteBuffer:
         durability: str = "normal",
         overflow: str = "drop_oldest",
         max_age_s: float = 0.0,
+        key_file: Path | None = None,
     ) -> None:
         if overflow not in ("drop_oldest", "drop_newest", "block"):
             raise ValueError(
@@ -206,6 +214,8 @@ class SqliteBuffer:
         self.durability = durability
         self.overflow = overflow
         self.max_age_ns = int(max_age_s * 1e9)
+        self.key_file = key_file  # read at open(): payloads are sealed with its key
+        self._cipher: BufferCipher | None = None
         self.instance = ""
         # delivery records (edge/dedupe.py), shared with the batcher's DeliveryLog
         self.deliveries = DeliveryLog({}, {})
@@ -221,6 +231,7 @@ class SqliteBuffer:
             durability=settings.durability,
             overflow=settings.overflow,
             max_age_s=settings.max_age_s,
+            key_file=settings.encryption_key_file,
         )
 
     def reconfigure(self, settings: BufferSettings) -> None:
@@ -232,6 +243,8 @@ class SqliteBuffer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
+        if self.key_file is not None:
+            self._cipher = BufferCipher.from_key_file(self.key_file)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keep_reserve()
         try:
@@ -257,9 +270,10 @@ class SqliteBuffer:
             db.execute("PRAGMA secure_delete=OFF")
             db.executescript(_SCHEMA)
             self._migrate(db)
+            buffer_cipher.check_store(db, self._cipher, self.path)
             self._db = db
             self._load_state()
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, BufferKeyError):
             db.close()
             self._db = None
             raise
@@ -272,6 +286,8 @@ class SqliteBuffer:
             db.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
         if "compressed" not in have:
             db.execute("ALTER TABLE batches ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0")
+        if "encrypted" not in {r[1] for r in db.execute("PRAGMA table_info(dead_letters)")}:
+            db.execute("ALTER TABLE dead_letters ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0")
         # The seq high-water marks of earlier versions are not evidence of anything.
         db.execute("DROP TABLE IF EXISTS high_water")
 
@@ -452,6 +468,8 @@ class SqliteBuffer:
         counters: Counter[str] = Counter()
         batch = flush.batch
         stored = lz4.block.compress(batch.payload) if batch is not None else b""
+        if self._cipher is not None and batch is not None:
+            stored = self._cipher.seal(stored, buffer_cipher.batch_aad(flush.batch_id))
         freed = 0
         with self._transaction():
             freed += self._expire(now, counters, result)
@@ -575,7 +593,7 @@ class SqliteBuffer:
         # (delete_batches) or attempt mark for the old batch would hit the new one.
         self._conn.execute(
             "INSERT INTO batches(id, batch_id, content_type, created_ns, readings, bytes,"
-            " payload, sources, compressed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            " payload, sources, compressed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._next_batch,
                 batch_id,
@@ -585,18 +603,26 @@ class SqliteBuffer:
                 len(stored),
                 stored,
                 orjson.dumps({k: v for k, v in intake.readings.items() if v}),
+                buffer_cipher.LZ4 | (buffer_cipher.ENCRYPTED if self._cipher else 0),
             ),
         )
 
     def _insert_letters(self, letters: list[DeadLetter], now: int, counters: Counter[str]) -> None:
         self._conn.executemany(
-            "INSERT INTO dead_letters(created_ns, source, reason, detail, payload)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(now, d.source, d.reason, d.detail, d.payload) for d in letters],
+            "INSERT INTO dead_letters(created_ns, source, reason, detail, payload, encrypted)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(now, d.source, d.reason, d.detail, *self._seal_letter(d)) for d in letters],
         )
         for d in letters:
             counters[counter_name("received", d.source)] += 1
             counters[counter_name("dead_lettered", d.source)] += 1
+
+    def _seal_letter(self, d: DeadLetter) -> tuple[bytes, int]:
+        if self._cipher is None:
+            return d.payload, 0
+        return self._cipher.seal(
+            d.payload, buffer_cipher.letter_aad(d.source, d.reason, d.detail)
+        ), 1
 
     @staticmethod
     def _count_intake(intake: SourceCounts, counters: Counter[str]) -> None:
@@ -637,16 +663,25 @@ class SqliteBuffer:
             (after_row, limit),
         )
         out: list[StoredBatch] = []
+        tampered: list[StoredBatch] = []
         total = 0
         try:
             for r in cursor:
-                payload = lz4.block.decompress(r[5]) if r[9] else r[5]
+                try:
+                    payload = buffer_cipher.batch_payload(r[5], r[9], r[1], self._cipher)
+                except TamperedError:
+                    tampered.append(StoredBatch(r[0], r[1], r[2], r[3], r[4], b"", *r[6:9]))
+                    continue
                 total += len(payload)
                 if max_bytes is not None and total > max_bytes and out:
                     break
                 out.append(StoredBatch(r[0], r[1], r[2], r[3], r[4], payload, r[6], r[7], r[8]))
         finally:
             cursor.close()
+        if tampered:
+            lost = self.quarantine_batches(tampered, "tampered")
+            why = "failed authentication: dropped as tampered"
+            log.error("buffer %s: %d batches (%d readings) %s", self.path, len(tampered), lost, why)
         return out
 
     def mark_attempted(self, rows: Iterable[int]) -> None:
@@ -714,11 +749,25 @@ class SqliteBuffer:
 
     def oldest_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
         rows = self._conn.execute(
-            "SELECT id, created_ns, source, reason, detail, payload FROM dead_letters"
+            "SELECT id, created_ns, source, reason, detail, payload, encrypted FROM dead_letters"
             " ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall()
-        return [StoredDeadLetter(r[0], r[1], DeadLetter(*r[2:])) for r in rows]
+        return [StoredDeadLetter(r[0], r[1], self._letter(*r[2:])) for r in rows]
+
+    def _letter(
+        self, source: str, reason: str, detail: str, stored: bytes, sealed: int
+    ) -> DeadLetter:
+        """A stored dead letter; one whose payload fails authentication still goes out,
+        without it (it is counted dead-lettered already), saying so in its detail."""
+        try:
+            payload = buffer_cipher.letter_payload(
+                stored, sealed, source, reason, detail, self._cipher
+            )
+        except TamperedError:
+            log.error("buffer %s: a dead letter's payload failed authentication", self.path)
+            return DeadLetter(source, reason, f"{detail} (stored payload tampered: withheld)", b"")
+        return DeadLetter(source, reason, detail, payload)
 
     def delete_dead_letters(self, rows: Iterable[int]) -> None:
         self._conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rows])

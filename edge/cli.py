@@ -17,6 +17,19 @@ def register(sub: Any) -> None:
     run.add_argument("--config", type=Path, required=True)
     run.set_defaults(func=_edge_run)
     _register_stats(edge)
+    key = edge.add_parser(
+        "buffer-key", help="create a key file for [buffer] encryption_key_file (mode 0600)"
+    )
+    key.add_argument("path", type=Path, help="where to write it: outside the agent's data_dir")
+    key.set_defaults(func=_edge_buffer_key)
+
+
+def _edge_buffer_key(args: argparse.Namespace) -> int:
+    from edge.buffer_cipher import create_key_file
+
+    create_key_file(args.path)
+    print(f"wrote {args.path} (mode 0600); set [buffer] encryption_key_file = {str(args.path)!r}")
+    return 0
 
 
 def _edge_run(args: argparse.Namespace) -> int:

@@ -24,3 +24,11 @@ class BufferFull(BufferStoreError):
 
 class PublishFailed(GatewayError):
     """Some batches of a window were not acknowledged; the acknowledged ones are deleted."""
+
+
+class BufferKeyError(BufferStoreError):
+    """The buffer's encryption key file is missing, unusable, or not the buffer's key."""
+
+
+class TamperedError(BufferStoreError):
+    """A stored payload failed authentication: it was changed outside the agent."""

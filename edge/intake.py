@@ -1,4 +1,6 @@
-"""The agent's intake: one source message -> decode -> validate -> filter -> batcher.
+"""The agent's intake: one source message -> decode -> privacy -> validate -> filter ->
+batcher. A source's privacy rules come first, so nothing they drop or coarsen is seen,
+in its original form, by any later step (dead letters of such a source carry no payload).
 
 Whatever is refused at any step becomes a dead letter carrying the raw bytes and a
 reason; the message's acknowledgement joins the open batch either way, so it is sent
@@ -15,10 +17,17 @@ from typing import Any
 from devices.catalog import Catalog
 from edge.batcher import Batcher
 from edge.buffer import DeadLetter
-from edge.decoders import COLUMN_DECODERS, ColumnDecoder, Context, Decoder, build_decoder
+from edge.decoders import (
+    COLUMN_DECODERS,
+    ColumnDecoder,
+    Context,
+    Decoder,
+    SeriesColumns,
+    build_decoder,
+)
 from edge.dedupe import digest
 from edge.errors import DecodeError
-from edge.filters import FilterChain, build_chain
+from edge.filters import FilterChain, Privacy, build_chain, build_privacy
 from edge.metrics import AgentMetrics
 from edge.sources import SourceMessage
 from edge.validation import Validator
@@ -42,6 +51,7 @@ class _SourcePlan:
     columns: ColumnDecoder | None  # the same decoder, giving columns per series
     topic_device: bool  # MQTT: the default device is the topic's last level
     device: str | None  # serial: the configured device
+    privacy: Privacy | None  # the source's own rules
     messages: Any  # the source's pre-labelled counters
     decoded: Any
 
@@ -87,6 +97,7 @@ class Intake:
                 None if _mapping(s) else COLUMN_DECODERS.get(s.format),
                 isinstance(s, MqttSourceSettings),
                 None if isinstance(s, MqttSourceSettings) else s.device,
+                build_privacy(s.privacy),
                 self.metrics.messages.labels(name),
                 self.metrics.decoded.labels(name),
             )
@@ -126,6 +137,8 @@ class Intake:
         n = sum(len(cols) for cols in series)
         self.stats.readings += n
         plan.decoded.inc(n)
+        if plan.privacy is not None:
+            series = self._private(plan.privacy, series)
         for cols in series:
             check = self.validator.check_series(cols, msg.received_ns)
             for _row, reason, detail in check.rejects:
@@ -150,8 +163,11 @@ class Intake:
             self._count_events(plan.decoder)
         self.stats.readings += len(readings)
         plan.decoded.inc(len(readings))
-        check, filters = self.validator.check, self.filters
-        for r in readings:
+        check, filters, privacy = self.validator.check, self.filters, plan.privacy
+        for decoded in readings:
+            r = decoded if privacy is None else privacy.apply(decoded)
+            if r is None:
+                continue
             try:
                 checked = check(r, msg.received_ns)
             except DecodeError as exc:
@@ -164,7 +180,9 @@ class Intake:
                 self.stats.duplicates_dropped += 1
                 self.metrics.copies.inc()
         if filters:
-            self._count_filtered()
+            self._count_filtered(self.filters.dropped)
+        if privacy is not None and privacy.dropped:
+            self._count_filtered(privacy.dropped)
 
     def _count_events(self, decoder: Decoder) -> None:
         """Device events a stateful decoder counted (Sparkplug B births, deaths, rebirth
@@ -174,13 +192,23 @@ class Intake:
             self.stats.device_events.update(events)
             events.clear()
 
-    def _count_filtered(self) -> None:
-        for name, n in self.filters.dropped.items():
+    def _private(self, privacy: Privacy, series: list[SeriesColumns]) -> list[SeriesColumns]:
+        kept = [c for c in map(privacy.apply_series, series) if c is not None]
+        if privacy.dropped:
+            self._count_filtered(privacy.dropped)
+        return kept
+
+    def _count_filtered(self, dropped: Counter[str]) -> None:
+        for name, n in dropped.items():
             self.stats.filtered[name] += n
             self.metrics.filtered.labels(name).inc(n)
-        self.filters.dropped.clear()
+        dropped.clear()
 
     def _reject(self, msg: SourceMessage, batcher: Batcher, reason: str, detail: str) -> None:
         self.stats.dead_letters[reason] += 1
         self.metrics.rejected.labels(reason).inc()
-        batcher.add_dead_letter(DeadLetter(msg.source, reason, detail, msg.payload))
+        payload = msg.payload
+        privacy = self._plans[msg.source].privacy
+        if privacy is not None and privacy.withhold_dead_letters and payload:
+            payload, detail = b"", f"{detail} ({len(msg.payload)} bytes withheld: privacy rules)"
+        batcher.add_dead_letter(DeadLetter(msg.source, reason, detail, payload))

@@ -88,9 +88,81 @@ class MappingSettings(_Model):
         return v
 
 
+def _readable(key: str, path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{key} {str(path)!r}: cannot read: {exc.strerror}") from None
+
+
+class MqttTlsSettings(_Model):
+    """TLS towards the MQTT broker (`mqtts://`, or this table with any URL). The files are
+    read and checked at load, so a wrong path fails there with its key, not in the source."""
+
+    ca_file: Path | None = None  # the CA that signed the broker's certificate
+    system_ca: bool = False  # True: trust the system's CA store (when ca_file is not set)
+    cert_file: Path | None = None  # our client certificate (PEM), for `require_certificate`
+    key_file: Path | None = None  # its private key (PEM, unencrypted)
+    server_name: str | None = None  # the name the broker's certificate must carry
+
+    @model_validator(mode="after")
+    def _files(self) -> MqttTlsSettings:
+        if self.ca_file is None and not self.system_ca:
+            raise ValueError("set ca_file, or system_ca = true to trust the system's CAs")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.ca_file is not None:
+            _check_certificates("ca_file", self.ca_file)
+        if self.cert_file is not None and self.key_file is not None:
+            _check_key_pair(self.cert_file, self.key_file)
+        return self
+
+
+def _check_certificates(key: str, path: Path) -> list[Any]:
+    from cryptography import x509  # here: only configs with TLS pay for the import
+
+    data = _readable(key, path)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{key} {str(path)!r}: not a PEM certificate") from None
+
+
+def _check_key_pair(cert_path: Path, key_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert = _check_certificates("cert_file", cert_path)[0]
+    data = _readable("key_file", key_path)
+    try:
+        key = serialization.load_pem_private_key(data, None)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"key_file {str(key_path)!r}: not an unencrypted PEM private key"
+        ) from None
+    public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+        raise ValueError(f"key_file {str(key_path)!r} is not the key of cert_file")
+
+
+class PrivacySettings(_Model):
+    """A source's privacy rules, applied to each reading right after decoding, before
+    validation and before anything is stored (edge/filters/privacy.py). Patterns are
+    globs (`fnmatch`, case-sensitive) over device and metric names as decoded."""
+
+    drop_devices: list[str] = Field(default_factory=list)  # every reading of these devices
+    drop_metrics: list[str] = Field(default_factory=list)  # these metrics, of any device
+    # metric pattern -> decimals kept (`lat = 2`: about 1 km); negative: tens, hundreds...
+    round: dict[str, Annotated[int, Field(ge=-9, le=15)]] = Field(default_factory=dict)
+    # A message this source refuses (undecodable, invalid) becomes a dead letter with its
+    # raw bytes, which hold what the rules drop or coarsen: by default only its reason and
+    # detail are kept.
+    dead_letter_payload: Literal["withhold", "keep"] = "withhold"
+
+
 class MqttSourceSettings(_Model):
     type: Literal["mqtt"] = "mqtt"
-    url: str = "mqtt://127.0.0.1:1883"
+    url: str = "mqtt://127.0.0.1:1883"  # mqtts://host[:8883] for TLS (needs [tls])
+    tls: MqttTlsSettings | None = None
     topics: list[str] = Field(default_factory=lambda: ["sensors/#"], min_length=1)
     format: PayloadFormat = "json"
     client_id: str | None = None  # default: gw-<site>-<agent>
@@ -101,11 +173,20 @@ class MqttSourceSettings(_Model):
     # What the payloads mean (formats `mapped` and `value` need it; the others may use
     # its topic patterns for site and device).
     mapping: MappingSettings | None = None
+    privacy: PrivacySettings | None = None
 
     @model_validator(mode="after")
     def _mapping_needed(self) -> MqttSourceSettings:
         if self.format in ("mapped", "value") and self.mapping is None:
             raise ValueError(f"format {self.format!r} needs a [mapping] table")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_needed(self) -> MqttSourceSettings:
+        if self.url.startswith("mqtts://") and self.tls is None:
+            raise ValueError(
+                "url: mqtts:// needs a [sources.tls] table (ca_file, or system_ca = true)"
+            )
         return self
 
 
@@ -122,6 +203,7 @@ class SerialSourceSettings(_Model):
     stopbits: float = 1.0
     max_line: Annotated[int, Field(ge=16, le=65536)] = 1024
     reconnect_max_s: Annotated[float, Field(gt=0)] = 5.0
+    privacy: PrivacySettings | None = None
 
     @field_validator("stopbits")
     @classmethod
@@ -231,6 +313,9 @@ class BufferSettings(_Model):
     overflow: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     # SQLite synchronous mode: "normal" (WAL, fsync at checkpoints) or "full" (every commit).
     durability: Literal["normal", "full"] = "normal"
+    # AES-GCM encryption of stored payloads (edge/buffer_cipher.py); None: off. The file
+    # (from `gateway edge buffer-key`) must lie outside data_dir and be mode 0600.
+    encryption_key_file: Path | None = None
 
 
 class UplinkSettings(_Model):
@@ -261,6 +346,16 @@ class AgentConfig(_Model):
     @classmethod
     def _token(cls, v: str) -> str:
         return subjects.check_token("name", v)
+
+    @model_validator(mode="after")
+    def _key_outside_data_dir(self) -> AgentConfig:
+        key = self.buffer.encryption_key_file
+        if key is not None and Path(key).resolve().is_relative_to(self.data_dir.resolve()):
+            raise ValueError(
+                f"buffer.encryption_key_file {str(key)!r} is inside data_dir: keep the key"
+                " apart from the data it protects (a copy of data_dir would carry it)"
+            )
+        return self
 
 
 class StreamSettings(_Model):
@@ -392,7 +487,7 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 # What `gateway deploy config` may push to an agent; the rest is device-local.
 PUSHABLE = ("sources", "validation", "filters", "batch", "buffer", "uplink")
-_RESTART_ONLY = {"buffer": ("durability",)}
+_RESTART_ONLY = {"buffer": ("durability", "encryption_key_file")}
 
 
 def parse_overlay(text: str) -> dict[str, Any]:

@@ -62,6 +62,17 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def worst_loop_stall(seconds: float) -> float:
+    """The longest the event loop went without running this task, over `seconds`."""
+    worst = 0.0
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        before = time.monotonic()
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.monotonic() - before)
+    return worst
+
+
 def reading(
     device: str,
     seq: int,

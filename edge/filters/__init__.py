@@ -11,6 +11,17 @@ from edge.filters.deadband import Deadband
 from edge.filters.dedupe import Dedupe
 from edge.filters.downsample import Downsample
 from edge.filters.outlier import Outlier
-from edge.filters.registry import build_chain
+from edge.filters.privacy import Privacy
+from edge.filters.registry import build_chain, build_privacy
 
-__all__ = ["Deadband", "Dedupe", "Downsample", "Filter", "FilterChain", "Outlier", "build_chain"]
+__all__ = [
+    "Deadband",
+    "Dedupe",
+    "Downsample",
+    "Filter",
+    "FilterChain",
+    "Outlier",
+    "Privacy",
+    "build_chain",
+    "build_privacy",
+]

@@ -1,5 +1,6 @@
 """Every filter the agent can run, by its settings type: the one place a new filter is
-registered (beside its own module and its settings model in `gateway.config`)."""
+registered (beside its own module and its settings model in `gateway.config`). Privacy
+rules are a source's own (`[sources.privacy]`), built by `build_privacy`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from edge.filters.deadband import Deadband
 from edge.filters.dedupe import Dedupe
 from edge.filters.downsample import Downsample
 from edge.filters.outlier import Outlier
+from edge.filters.privacy import Privacy
 from gateway.config import (
     DeadbandSettings,
     DedupeSettings,
     DownsampleSettings,
     FilterSettings,
     OutlierSettings,
+    PrivacySettings,
 )
 
 # settings type -> the filter it configures
@@ -26,6 +29,11 @@ FILTERS: dict[type[Any], Callable[[Any], Filter]] = {
     DedupeSettings: Dedupe.from_settings,
     OutlierSettings: Outlier.from_settings,
 }
+
+
+def build_privacy(settings: PrivacySettings | None) -> Privacy | None:
+    """A source's privacy rules, or None when it has none."""
+    return None if settings is None else Privacy.from_settings(settings)
 
 
 def build_chain(settings: Sequence[FilterSettings]) -> FilterChain:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge.sources import Deliver, SourceMessage, cancel_and_wait
+from edge.sources import Deliver, SourceMessage, cancel_and_wait, mqtt_tls
 from gateway.config import MqttSourceSettings
 from gateway.retry import Backoff
 
@@ -45,9 +46,10 @@ _CONNECT_TIMEOUT_S = 5.0  # as paho's own
 
 def broker_address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp", ""):
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", ""):
         raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
-    return parts.hostname or "127.0.0.1", parts.port or 1883
+    default = mqtt_tls.DEFAULT_TLS_PORT if parts.scheme == "mqtts" else 1883
+    return parts.hostname or "127.0.0.1", parts.port or default
 
 
 class MqttSource:
@@ -68,6 +70,8 @@ class MqttSource:
         self._lost = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
+        self.last_error = ""  # why the last connection attempt failed ("" once subscribed)
+        self._tls: ssl.SSLContext | None = None
         # Connections so far. An ack is sent only on the connection its message came by:
         # a broker restarted meanwhile gives packet ids out afresh (measured: nats-server),
         # so an old id would acknowledge another message, perhaps one not durable yet.
@@ -90,6 +94,12 @@ class MqttSource:
         client.max_inflight_messages_set(self.settings.max_inflight)  # our own publishes
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
+        if mqtt_tls.wants_tls(self.settings):
+            assert self.settings.tls is not None  # the config refuses mqtts:// without it
+            host = broker_address(self.settings.url)[0]
+            self._tls = mqtt_tls.client_context(self.settings.tls, host)
+            client.tls_set_context(self._tls)
+            client.enable_logger(mqtt_tls.paho_logger(self.name, self._failed))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -117,18 +127,11 @@ class MqttSource:
         while True:
             self._lost.clear()
             try:
-                address = await _answering_address(host, port)
+                address = await _answering_address(host, port, self._tls)
                 self._client.connect(address, port, keepalive=_KEEPALIVE_S)
             except (OSError, TimeoutError, mqtt.WebsocketConnectionError) as exc:
                 delay = backoff.next()
-                log.warning(
-                    "%s: cannot reach %s:%d (%s); retry in %.1fs",
-                    self.name,
-                    host,
-                    port,
-                    exc or type(exc).__name__,
-                    delay,
-                )
+                self._failed(f"cannot connect to {host}:{port}: {mqtt_tls.describe(exc)}", delay)
                 await asyncio.sleep(delay)
                 continue
             async with asyncio.TaskGroup() as tg:
@@ -142,6 +145,14 @@ class MqttSource:
     @property
     def connected_once(self) -> bool:
         return self.ready.is_set()
+
+    def _failed(self, error: str, retry_s: float | None = None) -> None:
+        """Record why connecting failed; log it once per change, not once per retry."""
+        error = mqtt_tls.explain(error)
+        if error != self.last_error:
+            then = f"; retrying (next in {retry_s:.1f}s)" if retry_s is not None else ""
+            log.warning("%s: %s%s", self.name, error, then)
+        self.last_error = error
 
     async def _misc(self) -> None:
         """Keepalive pings and their timeouts (paho's `loop_misc`), once a second."""
@@ -179,7 +190,7 @@ class MqttSource:
     # -- MQTT events -----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            log.warning("%s: MQTT connect refused: %s", self.name, rc)
+            self._failed(f"MQTT connect refused: {rc}")
             return
         self.connected = True
         self._connection += 1
@@ -193,8 +204,9 @@ class MqttSource:
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(c.is_failure for c in codes):
-            log.error("%s: subscription refused: %s", self.name, codes)
+            self._failed(f"subscription refused: {codes}")
             return
+        self.last_error = ""
         self.ready.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -230,9 +242,10 @@ class MqttSource:
         client.publish(topic, payload, qos=0)
 
 
-async def _answering_address(host: str, port: int) -> str:
-    """The first address of `host` that accepts a TCP connection within the timeout,
-    found without blocking the loop (the probe connection is closed at once)."""
+async def _answering_address(host: str, port: int, tls: ssl.SSLContext | None = None) -> str:
+    """The first address of `host` that accepts a TCP connection (with `tls`: completes a
+    TLS handshake, since paho's own handshake blocks) within the timeout, found without
+    blocking the loop (the probe connection is closed at once)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     error: Exception = OSError(f"no address for {host}")
@@ -240,17 +253,26 @@ async def _answering_address(host: str, port: int) -> str:
         address = str(sockaddr[0])
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                _, writer = await asyncio.open_connection(address, port)
+                # A bare Protocol: a stream's would warn on the broker's EOF under TLS.
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol,
+                    address,
+                    port,
+                    ssl=tls,
+                    server_hostname=mqtt_tls.server_name(tls, host),
+                )
         except (OSError, TimeoutError) as exc:
             error = exc
             continue
-        writer.close()
+        transport.close()
         return address
     raise error
 
 
 def _has_data(sock: socket.socket) -> bool:
     """More bytes (or EOF) waiting on a non-blocking socket, without consuming them."""
+    if isinstance(sock, ssl.SSLSocket):  # no peeking through TLS: what it has decrypted
+        return sock.pending() > 0
     try:
         sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:

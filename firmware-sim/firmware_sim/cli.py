@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,12 @@ def register(sub: Any) -> None:
     run.add_argument("--rate", type=float, default=None, help="samples/s per device")
     run.add_argument("--transport", choices=("mqtt", "mqtt-mux", "serial"), default="mqtt")
     run.add_argument("--qos", type=int, choices=(0, 1), default=1)
-    run.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    run.add_argument(
+        "--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL (mqtts:// for TLS)"
+    )
+    run.add_argument("--ca", type=Path, default=None, help="mqtts: CA of the broker's cert")
+    run.add_argument("--cert", type=Path, default=None, help="mqtts: the devices' client cert")
+    run.add_argument("--key", type=Path, default=None, help="mqtts: its private key")
     run.add_argument("--profile", default="none", help="fault profile: none, flaky, chaos")
     run.add_argument("--duration", type=float, default=None, help="seconds; default until ^C")
     run.add_argument("--seed", type=int, default=1)
@@ -47,15 +53,16 @@ def _settings(args: argparse.Namespace) -> Any:
     from firmware_sim.fleet import FleetSettings
 
     url = urlsplit(args.broker)
-    if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-        raise ConfigError(f"--broker {args.broker!r}: expected mqtt://HOST:PORT")
+    if url.scheme not in ("mqtt", "mqtts", "tcp") or not url.hostname:
+        raise ConfigError(f"--broker {args.broker!r}: expected mqtt://HOST:PORT or mqtts://")
     if args.devices < 1:
         raise ConfigError("--devices must be at least 1")
     if args.ports_file and args.transport != "serial":
         raise ConfigError("--ports-file needs --transport serial")
     return FleetSettings(
         host=url.hostname,
-        port=url.port or 1883,
+        port=url.port or (8883 if url.scheme == "mqtts" else 1883),
+        tls=_tls(args) if url.scheme == "mqtts" else None,
         devices=args.devices,
         site=args.site,
         rate_hz=args.rate,
@@ -65,6 +72,20 @@ def _settings(args: argparse.Namespace) -> Any:
         profile=args.profile,
         types=tuple(t.strip() for t in args.types.split(",") if t.strip()),
     )
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext:
+    """The devices' TLS: the broker verified against --ca (or the system's CAs), with a
+    client certificate if --cert and --key are given."""
+    if (args.cert is None) != (args.key is None):
+        raise ConfigError("--cert and --key go together")
+    try:
+        ctx = ssl.create_default_context(cafile=str(args.ca) if args.ca else None)
+        if args.cert is not None:
+            ctx.load_cert_chain(str(args.cert), str(args.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ca/--cert/--key: cannot load: {exc}") from None
+    return ctx
 
 
 def _fleet_run(args: argparse.Namespace) -> int:

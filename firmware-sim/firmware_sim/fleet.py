@@ -8,6 +8,7 @@ fleet.truth.save(path)         # what `gateway verify` compares with
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ class FleetSettings:
     types: tuple[str, ...] = ()  # a mix of types sharing `devices`; default (device_type,)
     start_ns: int | None = None  # the fleet's time zero; default: now
     grace_s: float = 10.0  # after stop: time to deliver what is queued or in flight
+    tls: ssl.SSLContext | None = None  # MQTT over TLS (firmware_sim.cli builds it)
 
     def mix(self) -> list[DeviceSpec]:
         types = self.types or (self.device_type,)
@@ -92,8 +94,9 @@ class Fleet:
         if s.transport == "serial":
             return SerialPtys(eps, cb)
         if s.transport == "mqtt-mux":
-            return MqttMux(s.host, s.port, eps, s.qos, cb, s.topic_prefix, f"sim-{s.site}-gw")
-        return MqttPerDevice(s.host, s.port, eps, s.qos, cb, s.topic_prefix)
+            client_id = f"sim-{s.site}-gw"
+            return MqttMux(s.host, s.port, eps, s.qos, cb, s.topic_prefix, client_id, tls=s.tls)
+        return MqttPerDevice(s.host, s.port, eps, s.qos, cb, s.topic_prefix, tls=s.tls)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:

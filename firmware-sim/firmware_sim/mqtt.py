@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -114,11 +115,13 @@ class MqttLink:
         on_ack: Callable[[Any], None],
         max_inflight: int = 16,
         keepalive: int = 60,
+        tls: ssl.SSLContext | None = None,  # MQTT over TLS (the broker's name: `host`)
     ) -> None:
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, not {qos}")
         self.host, self.port, self.client_id, self.qos = host, port, client_id, qos
         self.on_ack, self.max_inflight, self.keepalive = on_ack, max_inflight, keepalive
+        self.tls = tls
         self.inflight: dict[int, tuple[bytes, bytes, Any]] = {}
         self.connected = False
         self.connects = 0
@@ -170,7 +173,10 @@ class MqttLink:
         while not self._closed.is_set():
             try:
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Connection(self), self.host, self.port), 10
+                    loop.create_connection(
+                        lambda: _Connection(self), self.host, self.port, ssl=self.tls
+                    ),
+                    10,
                 )
                 self._conn = conn
                 rc = await asyncio.wait_for(conn.connack, 10)

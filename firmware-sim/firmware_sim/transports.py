@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import termios
 import time
 import tty
@@ -62,12 +63,14 @@ class MqttPerDevice:
 
     def __init__(
         self, host: str, port: int, endpoints: list[Endpoint], qos: int, on_delivered: Delivered,
-        prefix: str = "sensors",
+        prefix: str = "sensors", tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.topics = [topic(ep, prefix) for ep in endpoints]
         self.on_delivered = on_delivered
         self.links = [
-            MqttLink(host, port, f"sim-{ep.site}-{ep.name}", qos, self._acked, max_inflight=8)
+            MqttLink(
+                host, port, f"sim-{ep.site}-{ep.name}", qos, self._acked, max_inflight=8, tls=tls
+            )
             for ep in endpoints
         ]
 
@@ -112,10 +115,13 @@ class MqttMux:
     def __init__(
         self, host: str, port: int, endpoints: list[Endpoint], qos: int, on_delivered: Delivered,
         prefix: str = "sensors", client_id: str = "sim-gateway", max_inflight: int = 1000,
+        tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.topics = [topic(ep, prefix) for ep in endpoints]
         self.on_delivered = on_delivered
-        self.link = MqttLink(host, port, client_id, qos, self._acked, max_inflight=max_inflight)
+        self.link = MqttLink(
+            host, port, client_id, qos, self._acked, max_inflight=max_inflight, tls=tls
+        )
         self.pending = [0] * len(endpoints)
         self.n = len(endpoints)
 
