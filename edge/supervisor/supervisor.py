@@ -44,7 +44,7 @@ from edge.control.remote_config import open_watch
 from edge.supervisor import install
 from edge.supervisor.agent_process import AgentProcess, wait_healthy
 from edge.supervisor.render import render_agent_config
-from gateway import config, permissions, records
+from gateway import config, permissions, process, records
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.records import DesiredState, DeviceStatus, version_key
@@ -58,6 +58,7 @@ class SupervisorSettings:
     root: Path
     health_timeout_s: float = 60.0
     restart_delay_s: float = 2.0
+    agent_user: str | None = None  # the account the agent runs as; None: ours
 
 
 @dataclass(slots=True)
@@ -87,7 +88,8 @@ class Supervisor:
     def __init__(self, settings: SupervisorSettings) -> None:
         self.settings = settings
         self.root = settings.root
-        self.agent = AgentProcess(self.root / "log" / "agent.log")
+        user = process.Account.lookup(settings.agent_user) if settings.agent_user else None
+        self.agent = AgentProcess(self.root / "log" / "agent.log", user)
         self.memory = Memory.load(self.root / "state.json")
         self.device: AgentConfig | None = None
         self.status: DeviceStatus | None = None
