@@ -55,6 +55,7 @@ class BootstrapOptions:
     creds: str = ""
     ca: str = ""  # PEM of the CA that signed the cloud's certificate (`gateway cloud up`)
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    topics: tuple[str, ...] = ("sensors/#",)
     root: PurePosixPath = DEFAULT_ROOT
     agent_user: str = AGENT_USER
 
@@ -84,7 +85,7 @@ url = {s(opts.nats_url)}
 [[sources]]
 type = "mqtt"
 url = {s(opts.mqtt_url)}
-topics = ["sensors/#"]
+topics = {s(list(opts.topics))}
 """
     config.parse(AgentConfig, tomllib.loads(text), "device.toml")  # fail here, not on a device
     return text

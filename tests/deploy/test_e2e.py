@@ -1,14 +1,17 @@
 """End to end: three devices (supervisors on temporary roots) while a fleet streams.
 
-v1 is installed everywhere, v2 rolled out in a canary and a batch, v3 (whose agent never
-reports ready) is caught by the canary, rolled back and halts the rollout, and a tampered
+v1 is installed by `gateway cloud enroll` and the real `gateway deploy bootstrap` script,
+v2 rolled out in a canary and a batch, v3 (whose agent never reports ready) is caught by
+the canary, rolled back and halts the rollout, and a tampered
 bundle is refused. Then every reading the fleet emitted is in TELEMETRY exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ from gateway import records
 from gateway.records import DeviceStatus
 from gateway.servers import NatsServer
 from tests.deploy.conftest import BundleFactory, build_wheel, copy_project
-from tests.deploy.device import make_device, supervising
+from tests.deploy.device import Enrolment, bootstrap_device, supervising
 from tests.helpers import eventually
 
 SITE = "s1"
@@ -71,7 +74,7 @@ async def statuses(js: JetStreamContext) -> dict[str, DeviceStatus]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 async def test_rollout_canary_rollback_tamper_no_loss(
     tmp_path: Path,
     cloud_server: NatsServer,
@@ -100,21 +103,33 @@ async def test_rollout_canary_rollback_tamper_no_loss(
         load_catalog(),
     )
     names = fleet.device_names()
+    # Each device as an operator installs it: `gateway cloud enroll`, `gateway deploy
+    # bootstrap` (its own creds and the CA, v1 installed offline), the script run as root.
+    how = Enrolment(tmp_path / "cloud-security", cloud_server, v1, pub)
     devices = [
-        make_device(
-            tmp_path / agent,
+        await bootstrap_device(
+            tmp_path,
             SITE,
             agent,
-            cloud_server,
+            how,
             edge_broker.mqtt_url,
             [f"sensors/+/{SITE}/{n}" for n in names[2 * i : 2 * i + 2]],
-            pub,
         )
         for i, agent in enumerate(AGENTS)
     ]
+    for d in devices:
+        device_cfg = tomllib.loads((d.root / "etc" / "device.toml").read_text())
+        assert device_cfg["nats"]["ca_file"] == str(d.root / "etc" / "ca.pem")  # TLS
+        assert device_cfg["nats"]["creds_file"] == str(d.root / "etc" / "nats.creds")
+        assert (d.root / "etc" / "nats.creds").stat().st_uid != 0 or os.geteuid() != 0
     fleet_stop = asyncio.Event()
     async with supervising(devices, health_timeout_s=20.0) as sups:
-        await eventually(lambda: statuses(js), lambda s: len(s) == 3, timeout=30)
+        # The bootstrapped v1 starts at once, each agent with its own identity over TLS.
+        await eventually(
+            lambda: statuses(js),
+            lambda s: len(s) == 3 and all(x.state == records.HEALTHY for x in s.values()),
+            timeout=60,
+        )
         await rollout(js, RolloutOptions("1.0.0", f"{SITE}/*", canary=0, step_timeout_s=90))
         # Every agent has a persistent MQTT session now: the fleet may start.
         fleet_task = asyncio.create_task(fleet.run(fleet_stop))
