@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 from nats.aio.client import Client as NatsClient
 
@@ -51,10 +52,19 @@ async def _publish_round(nc: NatsClient, payload: bytes, n: int, window: int) ->
     return time.perf_counter() - t0
 
 
-async def _connect_time(settings: NatsSettings, inbox: str) -> float:
+async def _open(settings: NatsSettings | None, url: str, inbox: str) -> NatsClient:
+    """The agent's way (gateway.connect: TLS against the CA, its creds, its inbox), or,
+    with no settings, a bare nats-py connection: no TLS context at all (building one loads
+    a CA store, which is not what the baseline should pay)."""
+    if settings is None:
+        return await nats.connect(url, name="bench-plain", allow_reconnect=False)
+    return await connect(settings, "bench-secure", inbox_prefix=inbox, reconnect=False)
+
+
+async def _connect_time(settings: NatsSettings | None, url: str, inbox: str) -> float:
     """Connect (TCP, TLS handshake, JWT nonce signing) up to the first PubAck."""
     t0 = time.perf_counter()
-    nc = await connect(settings, "bench-connect", inbox_prefix=inbox, reconnect=False)
+    nc = await _open(settings, url, inbox)
     try:
         await nc.jetstream().publish(subjects.telemetry(SITE, AGENT), b"x")
         return time.perf_counter() - t0
@@ -81,12 +91,13 @@ async def measure(messages: int, rounds: int, window: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         secure, plain, agent = await _servers(Path(tmp))
         inbox = permissions.agent_inbox(SITE, AGENT)
-        sides = {"secure": (agent, inbox), "plain": (plain.client(), "_INBOX")}
+        sides: dict[str, tuple[NatsSettings | None, str, str]] = {
+            "secure": (agent, agent.url, inbox),
+            "plain": (None, plain.url, "_INBOX"),
+        }
         try:
             out: dict[str, Any] = {"messages": messages, "rounds": rounds, "window": window}
-            conns = {
-                k: await connect(s, f"bench-{k}", inbox_prefix=i) for k, (s, i) in sides.items()
-            }
+            conns = {k: await _open(*side) for k, side in sides.items()}
             for size in SIZES:
                 payload = bytes(range(256)) * (size // 256)
                 times: dict[str, list[float]] = {k: [] for k in sides}
@@ -98,8 +109,8 @@ async def measure(messages: int, rounds: int, window: int) -> dict[str, Any]:
                 await nc.close()
             connect_s: dict[str, list[float]] = {k: [] for k in sides}
             for _ in range(max(rounds, 5)):
-                for k, (s, i) in sides.items():
-                    connect_s[k].append(await _connect_time(s, i))
+                for k, side in sides.items():
+                    connect_s[k].append(await _connect_time(*side))
             out["connect_ms"] = {
                 k: round(statistics.median(v) * 1000, 2) for k, v in connect_s.items()
             }

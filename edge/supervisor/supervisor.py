@@ -88,8 +88,7 @@ class Supervisor:
     def __init__(self, settings: SupervisorSettings) -> None:
         self.settings = settings
         self.root = settings.root
-        user = process.Account.lookup(settings.agent_user) if settings.agent_user else None
-        self.agent = AgentProcess(self.root / "log" / "agent.log", user)
+        self.agent = AgentProcess(self.root / "log" / "agent.log")
         self.memory = Memory.load(self.root / "state.json")
         self.device: AgentConfig | None = None
         self.status: DeviceStatus | None = None
@@ -97,6 +96,8 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        if self.settings.agent_user:  # before anything starts: an unknown user is fatal
+            self.agent.user = process.Account.lookup(self.settings.agent_user)
         device = config.load(AgentConfig, self.root / "etc" / "device.toml")
         self.device = device
         key = signing.load_public_key((self.root / "etc" / "trusted.pub").read_bytes())

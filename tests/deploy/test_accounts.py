@@ -4,13 +4,17 @@ account owns only its buffer and its creds, and the supervisor starts the agent 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from deploy.bootstrap import BootstrapOptions
 from deploy.systemd import UNIT_NAME
+from edge.supervisor.agent_process import AgentProcess
 from gateway import process
 from gateway.errors import ConfigError
 from tests.deploy.conftest import BundleFactory
@@ -107,3 +111,38 @@ def test_the_unit_names_the_agent_user_and_root() -> None:
     assert "ExecStart=/opt/gw/current/venv/bin/gateway edge supervise --root /opt/gw " \
         "--agent-user edge-7\n" in unit  # fmt: skip
     assert "User=root\n" in unit and "NoNewPrivileges=yes" in unit
+
+
+@pytest.fixture
+def world_traversable() -> Iterator[Path]:
+    """A directory another user can reach (pytest's tmp dirs are root's alone, 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="gw-accounts-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@as_root
+def test_the_supervisor_starts_the_agent_as_its_user_who_can_read_its_config(
+    world_traversable: Path,
+) -> None:
+    user = process.Account.lookup("nobody")
+    vdir = world_traversable / "versions" / "1.0.0"
+    (vdir / "venv" / "bin").mkdir(parents=True)
+    fake_agent = vdir / "venv" / "bin" / "gateway"  # stands in for `gateway edge run`
+    fake_agent.write_text(
+        f'#!/bin/sh\n[ "$(id -u)" = {user.uid} ] && [ "$1 $2 $3" = "edge run --config" ] '
+        '&& grep -q "site = " "$4" && ! id -G | tr " " "\\n" | grep -qx 0\n'
+    )
+    fake_agent.chmod(0o755)
+    (world_traversable / "run").mkdir()
+    config = world_traversable / "run" / "agent.toml"
+    config.write_text('site = "s1"\n')  # written by root, as render_agent_config does
+    config.chmod(0o600)
+    child = AgentProcess(world_traversable / "agent.log", user)
+    child.start(vdir, config, "1.0.0")
+    assert child.proc is not None
+    assert child.proc.wait(10) == 0, (world_traversable / "agent.log").read_text()
+    assert _owner(config) == (0, user.gid, 0o640)  # readable by the agent, not writable
