@@ -8,7 +8,8 @@ round publishes the same batches to `telemetry.<site>.<agent>` with `publish_asy
 pipelined (a window of `--window` in flight), and waits for every PubAck; rounds alternate
 between the two. Two payload sizes: a 4 KiB batch (about 200 readings, columnar) and a
 64 KiB one. Reported: each side's best round (msg/s, MB/s) and the ratio secure/plain of
-the best and of the medians; and connect + first PubAck time (handshake + JWT auth).
+the best and of the medians; the client's CPU time per message (median); and connect +
+first PubAck time (handshake + JWT auth).
 
     python -m bench.tls_cost [--messages 5000] [--rounds 5] [--window 256] [--json]
 """
@@ -39,17 +40,20 @@ SITE, AGENT = "bench", "tls-1"
 SIZES = (4096, 65536)
 
 
-async def _publish_round(nc: NatsClient, payload: bytes, n: int, window: int) -> float:
-    """Seconds to publish `n` messages and get every PubAck."""
+async def _publish_round(
+    nc: NatsClient, payload: bytes, n: int, window: int
+) -> tuple[float, float]:
+    """Wall seconds to publish `n` messages and get every PubAck, and this process's CPU
+    seconds meanwhile (less sensitive than wall time to the other load on the machine)."""
     js = nc.jetstream(publish_async_max_pending=window)
     subject = subjects.telemetry(SITE, AGENT)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     futures = []
     for i in range(n):
         hdrs = {"Nats-Msg-Id": f"{t0}-{i}"}
         futures.append(await js.publish_async(subject, payload, headers=hdrs))
     await asyncio.wait_for(asyncio.gather(*futures), 120)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 async def _open(settings: NatsSettings | None, url: str, inbox: str) -> NatsClient:
@@ -101,10 +105,16 @@ async def measure(messages: int, rounds: int, window: int) -> dict[str, Any]:
             for size in SIZES:
                 payload = bytes(range(256)) * (size // 256)
                 times: dict[str, list[float]] = {k: [] for k in sides}
+                cpu: dict[str, list[float]] = {k: [] for k in sides}
                 for _ in range(rounds):
                     for k, nc in conns.items():  # alternate: the machine's load hits both
-                        times[k].append(await _publish_round(nc, payload, messages, window))
+                        wall, used = await _publish_round(nc, payload, messages, window)
+                        times[k].append(wall)
+                        cpu[k].append(used)
                 out[f"{size}B"] = _summary(times, messages, size)
+                out[f"{size}B"]["client_cpu_us_per_msg"] = {
+                    k: round(statistics.median(v) / messages * 1e6, 1) for k, v in cpu.items()
+                }
             for nc in conns.values():
                 await nc.close()
             connect_s: dict[str, list[float]] = {k: [] for k in sides}
@@ -143,11 +153,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         for size in SIZES:
             r = result[f"{size}B"]
+            cpu = r["client_cpu_us_per_msg"]
             print(
                 f"{size:>6} B: secure {r['best_msg_s']['secure']:>7} msg/s "
                 f"({r['best_MB_s']['secure']} MB/s), plain {r['best_msg_s']['plain']:>7} msg/s "
                 f"({r['best_MB_s']['plain']} MB/s); ratio best {r['ratio_best']}, "
-                f"median {r['ratio_median']}"
+                f"median {r['ratio_median']}; client CPU per message "
+                f"{cpu['secure']} vs {cpu['plain']} us"
             )
         c = result["connect_ms"]
         print(f"connect to first PubAck: secure {c['secure']} ms, plain {c['plain']} ms")
