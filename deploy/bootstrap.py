@@ -43,6 +43,7 @@ from gateway.config import AgentConfig
 from gateway.errors import ConfigError
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_ROOT_PATH = re.compile(r"[A-Za-z0-9._/-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,9 @@ class BootstrapOptions:
             raise ConfigError(
                 f"--agent-user {self.agent_user!r}: a system user name (not root) is needed"
             )
+        if not self.root.is_absolute() or not _ROOT_PATH.fullmatch(str(self.root)):
+            # it goes unquoted into the unit's ExecStart: no spaces, quotes or specials
+            raise ConfigError(f"--root {str(self.root)!r}: an absolute path of [A-Za-z0-9._/-]")
 
 
 def device_toml(opts: BootstrapOptions) -> str:

@@ -50,6 +50,9 @@ def test_the_agent_never_runs_as_root_nor_as_a_stranger() -> None:
         BootstrapOptions("s", "a", "tls://x:4222", "", Path("b"), agent_user="root")
     with pytest.raises(ConfigError, match="--agent-user"):
         BootstrapOptions("s", "a", "tls://x:4222", "", Path("b"), agent_user="a b;rm")
+    for root in ("opt/gw", "/opt/my gw"):
+        with pytest.raises(ConfigError, match="--root"):
+            BootstrapOptions("s", "a", "tls://x:4222", "", Path("b"), root=PurePosixPath(root))
 
 
 def _owner(path: Path) -> tuple[int, int, int]:
