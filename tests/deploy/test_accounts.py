@@ -4,9 +4,7 @@ account owns only its buffer and its creds, and the supervisor starts the agent 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -18,6 +16,7 @@ from edge.supervisor.agent_process import AgentProcess
 from gateway import process
 from gateway.errors import ConfigError
 from tests.deploy.conftest import BundleFactory
+from tests.deploy.device import device_base
 from tests.deploy.test_bootstrap import _run, bootstrapped
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing accounts needs root")
@@ -118,13 +117,8 @@ def test_the_unit_names_the_agent_user_and_root() -> None:
 
 @pytest.fixture
 def world_traversable() -> Iterator[Path]:
-    """A directory another user can reach (pytest's tmp dirs are root's alone, 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="gw-accounts-"))
-    d.chmod(0o755)
-    try:
+    with device_base() as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @as_root
