@@ -58,7 +58,8 @@ async def run_cloud(
     security = CloudSecurity.ensure(data_dir)  # CA, certificates, identities: first start
     http = http or HttpOptions()
     # The API's certificate comes from the same CA (tls/http.pem) unless the operator's.
-    tls = http_tls(data_dir, http.cert, http.key, tuple(sorted(allowed_hosts)))
+    names = tuple(sorted(allowed_hosts))
+    tls = http_tls(data_dir, http.cert, http.key, names) if http_port else None
     server = NatsServer(data_dir / "nats", name="cloud", security=security)
     server.port = port
     await server.start()
