@@ -42,7 +42,7 @@ from devices.catalog import load_catalog
 from gateway import process, subjects
 from gateway.config import CloudConfig, NatsSettings
 from gateway.connect import nats_connection
-from gateway.pki import write_private
+from gateway.pki import ensure_http_cert, write_private
 from gateway.security import CloudSecurity
 from gateway.servers import NatsServer, free_port
 
@@ -335,12 +335,18 @@ def _start_dashboard(
     token_file = root / "dashboard-token"
     write_private(token_file, (token + "\n").encode())
     port = free_port()
+    assert views.ca_file is not None
+    https = ensure_http_cert(views.ca_file.parent)  # HTTPS from the demo cloud's own CA
     children.start(
         "dashboard", "cloud", "serve", "--nats", nats_url, "--http-port", str(port),
         "--ca", str(views.ca_file), "--creds", str(views.creds_file),
         "--data-dir", str(root / "cloud-api"),
+        "--tls-cert", str(https.cert), "--tls-key", str(https.key),
     )  # fmt: skip
-    say(f"dashboard on http://127.0.0.1:{port}/dashboard/ (log in with the token in {token_file})")
+    say(
+        f"dashboard on https://127.0.0.1:{port}/dashboard/ (CA {views.ca_file}; log in with "
+        f"the token in {token_file})"
+    )
 
 
 async def _keep_viewing(view: LiveView, nc: NatsClient) -> None:

@@ -60,6 +60,11 @@ def register(sub: Any) -> None:
             c.add_argument(
                 "--allow-host", action="append", default=[], help="also accept this Host"
             )
+            c.add_argument(
+                "--host", default="127.0.0.1", help="HTTP bind address (not loopback: HTTPS only)"
+            )
+            c.add_argument("--tls-cert", type=Path, default=None, help="your own HTTPS cert")
+            c.add_argument("--tls-key", type=Path, default=None, help="its private key")
         if name == "serve":
             c.add_argument("--data-dir", type=Path, default=Path("var/cloud"))
 
@@ -154,13 +159,14 @@ def _cloud_init(args: argparse.Namespace) -> int:
 
 
 def _cloud_up(args: argparse.Namespace) -> int:
-    from cloud.up import run_cloud
+    from cloud.up import HttpOptions, run_cloud
 
     cfg = _cloud_config(args)
     hosts = _allowed_hosts(args)
+    http = HttpOptions(args.host, args.tls_cert, args.tls_key)
     run_until_signalled(
         lambda stop: run_cloud(
-            cfg, stop, args.data_dir, args.port, args.workers, args.http_port, hosts
+            cfg, stop, args.data_dir, args.port, args.workers, args.http_port, hosts, http
         )
     )
     return 0
@@ -209,16 +215,21 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _cloud_serve(args: argparse.Namespace) -> int:
+    from cloud.httpd import check_bind, http_tls
     from cloud.up import api_tokens_file
     from cloud.views.auth import ApiAuth
     from cloud.views.http import serve
 
     cfg = _cloud_config(args, "views")
-    auth = ApiAuth.from_file(api_tokens_file(args.data_dir), _allowed_hosts(args))
+    hosts = _allowed_hosts(args)
+    auth = ApiAuth.from_file(api_tokens_file(args.data_dir), hosts)
+    tls = http_tls(args.data_dir, args.tls_cert, args.tls_key, tuple(sorted(hosts)))
+    check_bind(args.host, tls)  # before connecting: a refusal is a usage error
 
     async def service(stop: asyncio.Event) -> None:
         async with nats_connection(cfg.nats, "cloud-http") as nc:
-            await serve(nc, args.http_port, auth, stop, cfg.views.live_max_clients)
+            live = cfg.views.live_max_clients
+            await serve(nc, args.http_port, auth, stop, live, tls, args.host)
 
     run_until_signalled(service)
     return 0

@@ -8,12 +8,14 @@ loopback with R3 streams, for clients given all three URLs.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.aggregator import Aggregator
+from cloud.httpd import LOOPBACK, http_tls
 from cloud.streams import ensure_streams
 from cloud.views.auth import DEFAULT_HOSTS, ApiAuth
-from cloud.views.http import http_api
+from cloud.views.http import announce, http_api
 from gateway.config import AggregatorSettings, CloudConfig, StreamSettings
 from gateway.connect import nats_connection
 from gateway.security import CloudSecurity
@@ -29,6 +31,15 @@ def _worker_config(cfg: CloudConfig, i: int) -> CloudConfig:
     return cfg.model_copy(update={"aggregator": agg})
 
 
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """Where the API listens and, optionally, the operator's own certificate."""
+
+    host: str = LOOPBACK
+    cert: Path | None = None
+    key: Path | None = None
+
+
 def api_tokens_file(data_dir: Path) -> Path:
     """Where `gateway cloud token create` writes and the HTTP API reads its tokens."""
     return data_dir / "api" / "tokens.jsonl"
@@ -42,8 +53,13 @@ async def run_cloud(
     workers: int,
     http_port: int,
     allowed_hosts: frozenset[str] = DEFAULT_HOSTS,
+    http: HttpOptions | None = None,
 ) -> None:
     security = CloudSecurity.ensure(data_dir)  # CA, certificates, identities: first start
+    http = http or HttpOptions()
+    # The API's certificate comes from the same CA (tls/http.pem) unless the operator's.
+    names = tuple(sorted(allowed_hosts))
+    tls = http_tls(data_dir, http.cert, http.key, names) if http_port else None
     server = NatsServer(data_dir / "nats", name="cloud", security=security)
     server.port = port
     await server.start()
@@ -63,9 +79,8 @@ async def run_cloud(
             if http_port:
                 auth = ApiAuth.from_file(api_tokens_file(data_dir), allowed_hosts)
                 live = cfg.views.live_max_clients
-                async with http_api(views_nc, http_port, auth, live) as bound:
-                    print(f"HTTP API on http://127.0.0.1:{bound}/api/", flush=True)
-                    print(f"dashboard on http://127.0.0.1:{bound}/dashboard/", flush=True)
+                async with http_api(views_nc, http_port, auth, live, tls, http.host) as bound:
+                    announce(http.host, bound, tls)
                     await stop.wait()
     finally:
         await server.stop()

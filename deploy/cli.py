@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import orjson
 from nats.js.client import JetStreamContext
 
+from deploy.systemd import AGENT_USER, DEFAULT_ROOT
 from gateway.commands import group, nats_args, nats_settings
 from gateway.connect import nats_connection
 
@@ -67,6 +68,16 @@ def register(sub: Any) -> None:
     p.add_argument("--key", type=Path, required=True, help="ed25519 public key (PEM)")
     p.add_argument("--bundle", type=Path, required=True, help="first bundle to install")
     p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--topic",
+        action="append",
+        dest="topics",
+        help="MQTT topic filter of the device's sensors; repeatable (default: sensors/#)",
+    )
+    p.add_argument("--root", type=PurePosixPath, default=DEFAULT_ROOT, help="install root")
+    p.add_argument(
+        "--agent-user", default=AGENT_USER, help="the account the agent runs as (not root)"
+    )
     p.add_argument("-o", "--output", type=Path, default=None, help="default: stdout")
     p.set_defaults(func=_bootstrap)
 
@@ -159,6 +170,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
             creds=args.creds.read_text() if args.creds else "",
             ca=args.ca.read_text() if args.ca else "",
             mqtt_url=args.mqtt_url,
+            topics=tuple(args.topics or ("sensors/#",)),
+            root=args.root,
+            agent_user=args.agent_user,
         )
     )
     if args.output:

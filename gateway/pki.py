@@ -4,6 +4,9 @@
 server certificate for 127.0.0.1, ::1, localhost and any extra names (2 years), signed by
 it. Keys are written 0600, certificates 0644. Files already there are kept, so an operator
 may put their own `ca.pem`, `server.pem` and `server-key.pem` in place instead.
+The same CA issues the HTTPS certificate of the API (`http.pem`, `ensure_http_cert`) and
+the cluster's route certificates (`route.pem`, `ensure_route_cert`: server and client
+auth, since each node is both ends of a route).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.errors import ConfigError
 
 DEFAULT_NAMES = ("127.0.0.1", "::1", "localhost")
 
@@ -98,18 +103,63 @@ def make_ca(files: TlsFiles) -> ec.EllipticCurvePrivateKey:
 
 
 def make_server_cert(
-    files: TlsFiles, ca_key: ec.EllipticCurvePrivateKey, names: tuple[str, ...]
+    files: TlsFiles,
+    ca_key: ec.EllipticCurvePrivateKey,
+    names: tuple[str, ...],
+    usages: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,),
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder(names[0], "gateway cloud CA", key.public_key(), 730)
         .add_extension(_san(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     write_private(files.key, _key_pem(key))
     write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _ca_key(files: TlsFiles) -> ec.EllipticCurvePrivateKey | None:
+    path = files.ca.with_name("ca-key.pem")
+    if not (files.ca.exists() and path.exists()):
+        return None
+    loaded = serialization.load_pem_private_key(path.read_bytes(), None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: not an EC private key")
+    return loaded
+
+
+def _ensure_leaf(
+    directory: Path,
+    stem: str,
+    names: tuple[str, ...],
+    usages: tuple[x509.ObjectIdentifier, ...],
+) -> TlsFiles:
+    """`stem.pem` + `stem-key.pem` issued by the CA in `directory`, made if absent."""
+    files = TlsFiles(directory / "ca.pem", directory / f"{stem}.pem", directory / f"{stem}-key.pem")
+    if files.cert.exists() and files.key.exists():
+        return files
+    ca_key = _ca_key(files)
+    if ca_key is None:
+        raise ConfigError(
+            f"{directory}: no ca.pem + ca-key.pem to issue {stem}.pem; put your own "
+            f"{files.cert.name} and {files.key.name} there"
+        )
+    make_server_cert(files, ca_key, names, usages)
+    return files
+
+
+def ensure_http_cert(directory: Path, extra_names: tuple[str, ...] = ()) -> TlsFiles:
+    """The HTTPS certificate of the API and dashboard, from the cloud's CA."""
+    names = DEFAULT_NAMES + tuple(n for n in extra_names if n not in DEFAULT_NAMES)
+    return _ensure_leaf(directory, "http", names, (ExtendedKeyUsageOID.SERVER_AUTH,))
+
+
+def ensure_route_cert(directory: Path) -> TlsFiles:
+    """The certificate every cluster node presents on its routes, both ways."""
+    usages = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return _ensure_leaf(directory, "route", DEFAULT_NAMES, usages)
 
 
 def ensure_tls(directory: Path, extra_names: tuple[str, ...] = ()) -> TlsFiles:
@@ -117,12 +167,6 @@ def ensure_tls(directory: Path, extra_names: tuple[str, ...] = ()) -> TlsFiles:
     files = tls_files(directory)
     if files.ca.exists() and files.cert.exists() and files.key.exists():
         return files
-    ca_key_path = files.ca.with_name("ca-key.pem")
-    if files.ca.exists() and ca_key_path.exists():
-        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-        ca_key = loaded
-    else:
-        ca_key = make_ca(files)
+    ca_key = _ca_key(files) or make_ca(files)
     make_server_cert(files, ca_key, DEFAULT_NAMES + extra_names)
     return files

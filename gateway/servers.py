@@ -23,6 +23,7 @@ from pathlib import Path
 from gateway import process
 from gateway.config import NatsSettings
 from gateway.errors import ServerStartError
+from gateway.pki import ensure_route_cert
 from gateway.security import CloudSecurity
 
 _CLIENT_RE = re.compile(r"Listening for client connections on [^\s]*?:(\d+)")
@@ -192,9 +193,12 @@ def free_port() -> int:
 class NatsCluster:
     """`size` nats-server nodes with JetStream, clustered over loopback routes.
 
-    Streams created with `num_replicas=3` survive the loss of any one node. Node `i` keeps
-    its client and route ports across `kill(i)` / `start_node(i)`, so clients given every
-    node's URL (`urls`) fail over and come back.
+    Routes are TLS both ways (`cluster { tls { ... verify: true } }`): every node presents
+    the route certificate the cloud's CA issued (tls/route.pem) and requires the same of
+    its peers, so a plain or unknown route is refused. Streams created with
+    `num_replicas=3` survive the loss of any one node. Node `i` keeps its client and route
+    ports across `kill(i)` / `start_node(i)`, so clients given every node's URL (`urls`)
+    fail over and come back.
     """
 
     def __init__(
@@ -226,13 +230,18 @@ class NatsCluster:
     def _configure(self) -> None:
         if not self.route_ports:
             self.route_ports = [free_port() for _ in self.nodes]
+        route = ensure_route_cert(self.security.tls.ca.parent)
+        tls = (
+            f'tls {{ cert_file: "{route.cert}", key_file: "{route.key}", '
+            f'ca_file: "{route.ca}", verify: true, timeout: 5 }}'
+        )
         for i, node in enumerate(self.nodes):
             routes = ", ".join(
                 f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i
             )
             node.extra_config = (
                 f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, "
-                f"routes: [{routes}] }}"
+                f"routes: [{routes}]\n{tls} }}"
             )
 
     async def start(self, timeout: float = 30.0) -> None:

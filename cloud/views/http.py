@@ -1,4 +1,5 @@
-"""HTTP JSON API of the cloud tier (documented in docs/api.md), bound to 127.0.0.1.
+"""HTTP JSON API of the cloud tier (documented in docs/api.md): HTTPS with the cloud's CA,
+plain HTTP on 127.0.0.1 only without one (cloud/httpd.py).
 
 - `GET /api/windows` - history from the AGG stream (`gateway query`), JSON or CSV;
 - `GET /api/series` - one series as chart-ready columns (`gateway query --points N`);
@@ -23,7 +24,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 
 from cloud.errors import QueryError, TooManyClients
-from cloud.httpd import serve_app
+from cloud.httpd import LOOPBACK, HttpTls, base_url, serve_app
 from cloud.records import WindowRecord
 from cloud.views.auth import AUTH_KEY, ApiAuth, authenticate
 from cloud.views.dashboard import add_dashboard
@@ -191,10 +192,21 @@ def make_app(
 
 @contextlib.asynccontextmanager
 async def http_api(
-    nc: NatsClient, port: int, auth: ApiAuth, live_clients: int = DEFAULT_LIVE_CLIENTS
+    nc: NatsClient,
+    port: int,
+    auth: ApiAuth,
+    live_clients: int = DEFAULT_LIVE_CLIENTS,
+    tls: HttpTls | None = None,
+    host: str = LOOPBACK,
 ) -> AsyncIterator[int]:
-    async with serve_app(make_app(nc, auth, live_clients), port) as bound:
+    async with serve_app(make_app(nc, auth, live_clients), port, tls, host) as bound:
         yield bound
+
+
+def announce(host: str, port: int, tls: HttpTls | None) -> None:
+    url = base_url(host, port, tls)
+    print(f"HTTP API on {url}/api/ (docs/api.md)", flush=True)
+    print(f"dashboard on {url}/dashboard/ (docs/dashboard.md)", flush=True)
 
 
 async def serve(
@@ -203,8 +215,9 @@ async def serve(
     auth: ApiAuth,
     stop: asyncio.Event,
     live_clients: int = DEFAULT_LIVE_CLIENTS,
+    tls: HttpTls | None = None,
+    host: str = LOOPBACK,
 ) -> None:
-    async with http_api(nc, port, auth, live_clients) as bound:
-        print(f"HTTP API on http://127.0.0.1:{bound}/api/ (docs/api.md)", flush=True)
-        print(f"dashboard on http://127.0.0.1:{bound}/dashboard/ (docs/dashboard.md)", flush=True)
+    async with http_api(nc, port, auth, live_clients, tls, host) as bound:
+        announce(host, bound, tls)
         await stop.wait()

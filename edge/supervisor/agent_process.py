@@ -25,8 +25,9 @@ from gateway.records import BUNDLE_VERSION_ENV
 class AgentProcess:
     """Start/stop the agent of one installed version; at most one runs at a time."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, user: process.Account | None = None) -> None:
         self.log_path = log_path
+        self.user = user  # None: the agent runs as we do
         self.proc: subprocess.Popen[bytes] | None = None
         self.version = ""
 
@@ -44,7 +45,10 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env[BUNDLE_VERSION_ENV] = version
         args = [str(command), "edge", "run", "--config", str(config)]
-        self.proc = process.spawn(args, self.log_path, env=env)
+        if self.user is not None:  # the agent reads its config, never writes it
+            os.chown(config, 0, self.user.gid)
+            config.chmod(0o640)
+        self.proc = process.spawn(args, self.log_path, env=env, user=self.user)
         self.version = version
         return self.proc.pid
 

@@ -44,7 +44,7 @@ from edge.control.remote_config import open_watch
 from edge.supervisor import install
 from edge.supervisor.agent_process import AgentProcess, wait_healthy
 from edge.supervisor.render import render_agent_config
-from gateway import config, permissions, records
+from gateway import config, permissions, process, records
 from gateway.config import AgentConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.records import DesiredState, DeviceStatus, version_key
@@ -58,6 +58,7 @@ class SupervisorSettings:
     root: Path
     health_timeout_s: float = 60.0
     restart_delay_s: float = 2.0
+    agent_user: str | None = None  # the account the agent runs as; None: ours
 
 
 @dataclass(slots=True)
@@ -95,6 +96,8 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        if self.settings.agent_user:  # before anything starts: an unknown user is fatal
+            self.agent.user = process.Account.lookup(self.settings.agent_user)
         device = config.load(AgentConfig, self.root / "etc" / "device.toml")
         self.device = device
         key = signing.load_public_key((self.root / "etc" / "trusted.pub").read_bytes())

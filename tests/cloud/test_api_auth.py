@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from pathlib import Path
 
@@ -43,6 +44,11 @@ async def test_401_without_token_200_with_and_host_check(nc: NatsClient, tmp_pat
             assert r.status == 200 and viewer not in await r.text()
 
 
+async def _ca_context(ca: Path) -> ssl.SSLContext | None:
+    exists = await asyncio.to_thread(ca.exists)
+    return ssl.create_default_context(cafile=str(ca)) if exists else None
+
+
 def test_bad_token_file_names_the_line_not_its_content(tmp_path: Path) -> None:
     path = tmp_path / "tokens.jsonl"
     path.write_text('{"id": "a", "role": "root", "sha256": "secret-ish"}\n')
@@ -71,8 +77,14 @@ async def test_cloud_up_token_never_in_logs_metrics_or_healthz(tmp_path: Path) -
             "--metrics-port", str(metrics_port), stdout=sink, stderr=sink,
         )  # fmt: skip
         try:
-            async with aiohttp.ClientSession() as http:
-                base = f"http://127.0.0.1:{http_port}"
+            # `cloud up` serves HTTPS with a certificate from its own CA (tls/http.pem).
+            found = await eventually(
+                lambda: _ca_context(data / "tls" / "ca.pem"), lambda c: c is not None
+            )
+            assert found is not None
+            ca: ssl.SSLContext = found
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ca)) as http:
+                base = f"https://127.0.0.1:{http_port}"
 
                 async def status(headers: dict[str, str]) -> int:
                     try:

@@ -2,14 +2,19 @@
 real cloud tier (nats-server, an aggregator worker, the HTTP API) fed by a real agent and
 fleet (tests/chaos/rig.py). Skipped when Chromium is not installed (run.sh installs it as
 root). With DASHBOARD_SCREENSHOTS=1 the screenshots go to docs/dashboard/ (committed).
+Everything goes over HTTPS with a certificate from the test cloud's CA: Chromium trusts
+that server key by its pin (`--ignore-certificate-errors-spki-list`), aiohttp by the CA.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import math
 import os
 import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,9 +23,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
+from cloud.httpd import HttpTls, http_tls
 from cloud.records import WindowRecord
 from cloud.streams import ensure_streams
 from cloud.views.auth import ApiAuth, create_token
@@ -28,6 +36,7 @@ from cloud.views.http import http_api
 from gateway import subjects
 from gateway.config import StreamSettings
 from gateway.deadletter import DeadLetterHeaders
+from gateway.security import CloudSecurity
 from tests.chaos.rig import AGENT, SITE, Rig, rig
 from tests.helpers import cli_nats, eventually
 
@@ -61,12 +70,37 @@ class Console:
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
 
+def api_tls(tmp_path: Path) -> HttpTls:
+    """The HTTPS certificate of the test cloud (the dir the rig's and `nc`'s server use)."""
+    cloud_dir = tmp_path / "cloud-security"
+    CloudSecurity.ensure(cloud_dir)
+    tls = http_tls(cloud_dir)
+    assert tls is not None
+    return tls
+
+
+def spki_pin(cert: Path) -> str:
+    """base64(sha256(SubjectPublicKeyInfo)): how Chromium names a key to trust."""
+    spki = (
+        x509.load_pem_x509_certificate(cert.read_bytes())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def trusting(tmp_path: Path) -> aiohttp.ClientSession:
+    ca = ssl.create_default_context(cafile=str(tmp_path / "cloud-security" / "tls" / "ca.pem"))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ca))
+
+
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
+    pin = f"--ignore-certificate-errors-spki-list={spki_pin(api_tls(tmp_path).cert)}"
     async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, pin], headless=True)
         try:
             yield b
         finally:
@@ -100,8 +134,11 @@ async def test_dashboard_against_a_running_fleet(tmp_path: Path, browser: Any) -
         r.start_agent()
         await r.wait_ready()
         r.start_fleet(devices=3, rate_hz=5.0)
-        async with http_api(r.nc, 0, auth) as port, aiohttp.ClientSession() as http:
-            base = f"http://127.0.0.1:{port}"
+        async with (
+            http_api(r.nc, 0, auth, tls=api_tls(tmp_path)) as port,
+            trusting(tmp_path) as http,
+        ):
+            base = f"https://127.0.0.1:{port}"
             bearer = {"Authorization": f"Bearer {token}"}
             # Without a token: pages go to the login page, the API answers 401.
             anon = await browser.new_page(bypass_csp=True)
@@ -289,8 +326,8 @@ async def test_dashboard_performance(tmp_path: Path, nc: NatsClient, browser: An
     await seed(js, now_ns)
     tokens = tmp_path / "tokens.jsonl"
     token = create_token(tokens, "viewer")[1]
-    async with http_api(nc, 0, ApiAuth.from_file(tokens)) as port:
-        base = f"http://127.0.0.1:{port}"
+    async with http_api(nc, 0, ApiAuth.from_file(tokens), tls=api_tls(tmp_path)) as port:
+        base = f"https://127.0.0.1:{port}"
         ctx = await browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
         page = await ctx.new_page()
         await login(page, base, token)

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import socket
+import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,8 +196,12 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
         log,
     )  # fmt: skip
     try:
+        # `cloud up` serves HTTPS with a certificate from the CA it found (tls/http.pem).
+        ca = ssl.create_default_context(cafile=str(security.tls.ca))
         async with aiohttp.ClientSession(
-            f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}
+            f"https://127.0.0.1:{http_port}",
+            headers={"Authorization": f"Bearer {token}"},
+            connector=aiohttp.TCPConnector(ssl=ca),
         ) as http:
 
             async def health() -> bool:

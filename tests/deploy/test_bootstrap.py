@@ -55,18 +55,24 @@ def _fresh_root(tmp_path: Path) -> Path:
     return prefix
 
 
+def bootstrapped(tmp_path: Path, bundle: Path, pub: Path) -> tuple[Path, Path]:
+    """The install script for `bundle`, run once under a fresh PREFIX: (script, prefix)."""
+    script = _script(tmp_path, bundle, pub)
+    prefix = _fresh_root(tmp_path)
+    done = _run(script, prefix, str(bundle))
+    assert done.returncode == 0, done.stderr
+    return script, prefix
+
+
 @pytest.mark.slow
 def test_bootstrap_installs_a_device_under_a_temporary_root(
     tmp_path: Path, make_bundle: BundleFactory, keys: tuple[Path, Path]
 ) -> None:
     bundle = make_bundle("1.0.0")
-    script = _script(tmp_path, bundle, keys[1])
-    prefix = _fresh_root(tmp_path)
-    done = _run(script, prefix, str(bundle))
-    assert done.returncode == 0, done.stderr
+    script, prefix = bootstrapped(tmp_path, bundle, keys[1])
 
     root = prefix / "opt" / "iot-gateway"
-    assert "iot-gateway:" in (prefix / "etc" / "passwd").read_text()
+    assert "gateway-agent:" in (prefix / "etc" / "passwd").read_text()
     for secret in ("device.toml", "nats.creds"):
         assert stat.S_IMODE((root / "etc" / secret).stat().st_mode) == 0o600, secret
     device = tomllib.loads((root / "etc" / "device.toml").read_text())

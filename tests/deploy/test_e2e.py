@@ -1,14 +1,21 @@
 """End to end: three devices (supervisors on temporary roots) while a fleet streams.
 
-v1 is installed everywhere, v2 rolled out in a canary and a batch, v3 (whose agent never
-reports ready) is caught by the canary, rolled back and halts the rollout, and a tampered
+v1 is installed by `gateway cloud enroll` and the real `gateway deploy bootstrap` script,
+v2 rolled out in a canary and a batch, v3 (whose agent never reports ready) is caught by
+the canary, rolled back and halts the rollout, and a tampered
 bundle is refused. Then every reading the fleet emitted is in TELEMETRY exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
+import signal
+import subprocess
 import tarfile
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +29,19 @@ from deploy.fleet import fleet_rows
 from deploy.publish import publish_bundle
 from deploy.rollout import RolloutOptions, rollout
 from devices.catalog import load_catalog
-from edge.supervisor.supervisor import Supervisor
 from gateway import records
 from gateway.records import DeviceStatus
 from gateway.servers import NatsServer
 from tests.deploy.conftest import BundleFactory, build_wheel, copy_project
-from tests.deploy.device import make_device, supervising
+from tests.deploy.device import (
+    AGENT_USER,
+    Enrolment,
+    agent_pid,
+    bootstrap_device,
+    device_base,
+    supervising,
+    uid_of,
+)
 from tests.helpers import eventually
 
 SITE = "s1"
@@ -70,10 +84,18 @@ async def statuses(js: JetStreamContext) -> dict[str, DeviceStatus]:
     return out
 
 
+@pytest.fixture
+def devices_dir() -> Iterator[Path]:
+    with device_base() as d:
+        yield d
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(os.geteuid() != 0, reason="the supervisor runs as root, the agent not")
 async def test_rollout_canary_rollback_tamper_no_loss(
     tmp_path: Path,
+    devices_dir: Path,
     cloud_server: NatsServer,
     edge_broker: NatsServer,
     js: JetStreamContext,
@@ -100,21 +122,37 @@ async def test_rollout_canary_rollback_tamper_no_loss(
         load_catalog(),
     )
     names = fleet.device_names()
+    # Each device as an operator installs it: `gateway cloud enroll`, `gateway deploy
+    # bootstrap` (its own creds and the CA, v1 installed offline), the script run as root.
+    how = Enrolment(tmp_path / "cloud-security", cloud_server, v1, pub)
     devices = [
-        make_device(
-            tmp_path / agent,
+        await bootstrap_device(
+            devices_dir,
             SITE,
             agent,
-            cloud_server,
+            how,
             edge_broker.mqtt_url,
             [f"sensors/+/{SITE}/{n}" for n in names[2 * i : 2 * i + 2]],
-            pub,
         )
         for i, agent in enumerate(AGENTS)
     ]
+    for d in devices:
+        device_cfg = tomllib.loads((d.root / "etc" / "device.toml").read_text())
+        assert device_cfg["nats"]["ca_file"] == str(d.root / "etc" / "ca.pem")  # TLS
+        assert device_cfg["nats"]["creds_file"] == str(d.root / "etc" / "nats.creds")
+        assert (d.root / "etc" / "nats.creds").stat().st_uid == pwd.getpwnam(AGENT_USER).pw_uid
     fleet_stop = asyncio.Event()
     async with supervising(devices, health_timeout_s=20.0) as sups:
-        await eventually(lambda: statuses(js), lambda s: len(s) == 3, timeout=30)
+        # The bootstrapped v1 starts at once, each agent with its own identity over TLS.
+        await eventually(
+            lambda: statuses(js),
+            lambda s: len(s) == 3 and all(x.state == records.HEALTHY for x in s.values()),
+            timeout=60,
+        )
+        for sup in sups:  # the supervisor is root, its agent the unprivileged user
+            pid = agent_pid(sup)
+            assert pid is not None and uid_of(pid) == pwd.getpwnam(AGENT_USER).pw_uid
+            assert uid_of(sup.pid) == 0
         await rollout(js, RolloutOptions("1.0.0", f"{SITE}/*", canary=0, step_timeout_s=90))
         # Every agent has a persistent MQTT session now: the fleet may start.
         fleet_task = asyncio.create_task(fleet.run(fleet_stop))
@@ -168,17 +206,19 @@ async def test_rollout_canary_rollback_tamper_no_loss(
         )
         # An agent that dies on its own is restarted by its supervisor. (Done once the
         # fleet has stopped: a reading in flight at a SIGKILL can be lost, see the report.)
-        proc = sups[1].agent.proc
-        assert proc is not None
-        proc.kill()
-        await eventually(lambda: _pid(sups[1]), lambda p: p not in (None, proc.pid), timeout=30)
+        old = agent_pid(sups[1])
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        new = await eventually(
+            lambda: _pid(sups[1]), lambda p: p not in (None, old), timeout=30, interval=0.2
+        )
+        assert new is not None and uid_of(new) == pwd.getpwnam(AGENT_USER).pw_uid
     assert report.emitted > 0
     assert report.missing == 0 and report.duplicates == 0 and report.altered == 0, report.summary()
 
 
-async def _pid(sup: Supervisor) -> int | None:
-    proc = sup.agent.proc
-    return proc.pid if proc is not None and sup.agent.alive else None
+async def _pid(sup: subprocess.Popen[bytes]) -> int | None:
+    return agent_pid(sup)
 
 
 async def _report(js: JetStreamContext, fleet: Fleet):  # type: ignore[no-untyped-def]
