@@ -79,7 +79,8 @@ def aggregator() -> Permissions:
 
 
 def views() -> Permissions:
-    """The HTTP API, `gateway watch` and `gateway query`: JetStream reads only."""
+    """The HTTP API, `gateway watch` and `gateway query`: JetStream reads only, plus the
+    agents' heartbeats (`status.*.*`) that the dashboard's fleet pages follow."""
     return Permissions(
         (
             f"{JS}.INFO",
@@ -95,7 +96,7 @@ def views() -> Permissions:
             "$JS.ACK.>",
             "$JS.FC.>",
         ),
-        ("_INBOX.>",),
+        ("_INBOX.>", "status.*.*"),
     )
 
 

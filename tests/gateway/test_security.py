@@ -130,6 +130,22 @@ async def test_cloud_up_defaults_refuse_strangers_confine_agents_and_revoke_live
             await a.subscribe("telemetry.>")
             await refused(a, errors_a, "subscribe", 'subscription to "telemetry.>"')
 
+            # The views role (the dashboard's fleet pages) may follow the heartbeats.
+            views_errors = Errors()
+            views = await connect(
+                CloudSecurity.ensure(data).settings(url, role="views"), "views",
+                reconnect=False, error_cb=views_errors.on_error,
+            )  # fmt: skip
+            try:
+                heartbeats = await views.subscribe("status.*.*")
+                await views.flush()
+                await a.publish(subjects.status("s1", "A"), b"{}")
+                msg = await heartbeats.next_msg(timeout=10)
+                assert msg.subject == subjects.status("s1", "A")
+                assert views_errors.seen == []
+            finally:
+                await views.close()
+
             code, _, err = await gateway(
                 "cloud", "revoke", "--site", "s1", "--agent", "A", "--data-dir", str(data),
                 "--nats", url,
