@@ -49,6 +49,8 @@ SCENARIOS = {
 
 
 def client(client_id: str, clean: bool) -> mqtt.Client:
+    """As bench/ingest.py's `_client`; not imported from there, which would load the
+    agent's modules into the bare subscriber's process and inflate its memory."""
     c = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
