@@ -101,15 +101,6 @@ _TABLES = (
     "counters",
 )
 UNKNOWN_SOURCE = "-"
-# Checkpoint every 4,000 pages (16 MB of WAL) rather than SQLite's 1,000: a checkpoint
-# copies each page once however often the WAL rewrote it, and the pages a steady flow
-# rewrites (the newest batches' leaves, counters, meta, freed and reused payload pages)
-# are few, so rarer checkpoints write fewer bytes (measured: 102 -> 98 B per reading at
-# 1,000 readings a commit, docs/benchmarks.md). Smaller pages wrote less still, but slowed
-# the backlog drain below its target (1 KB pages: 0.47 x the bare loop). The WAL file is
-# cut back to 4 MB after a checkpoint, so an SD card does not keep the 16 MB.
-_WAL_CHECKPOINT_PAGES = 4000
-_WAL_KEEP_BYTES = 4 * 1024 * 1024
 _RESERVE_BYTES = 256 * 1024
 
 
@@ -264,8 +255,6 @@ class SqliteBuffer:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.durability.upper()}")
             db.execute("PRAGMA secure_delete=OFF")
-            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
-            db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
             db.executescript(_SCHEMA)
             self._migrate(db)
             self._db = db
