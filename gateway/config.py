@@ -301,7 +301,7 @@ class MetricsSettings(_Model):
 class BatchSettings(_Model):
     max_readings: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     max_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
-    linger_ms: Annotated[int, Field(ge=1, le=60_000)] = 250
+    linger_ms: Annotated[int, Field(ge=1, le=60_000)] = 1000
     encoding: Literal["columns", "senml"] = "columns"
 
 
