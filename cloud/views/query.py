@@ -394,6 +394,10 @@ async def series(
             subjects.AGG_STREAM, subjects_filter=Selector(site, device, metric).subject()
         )
         labels = {name.split(".")[1] for name in (info.state.subjects or {})}
+        if not labels:
+            # No closed window yet (a series that just started has only open windows,
+            # in AGG_LATEST): an empty chart, not "JetStream unavailable" (503).
+            return _empty_series(site, device, metric, start, to, points)
         widths = sorted(label_seconds(label) for label in labels)
         width = choose_window(widths, to - start, points)
         label = next(lb for lb in labels if label_seconds(lb) == width)
@@ -422,6 +426,16 @@ async def series(
         count=[r.count for r in records],
         read=counted[0],
     )
+
+
+def _empty_series(
+    site: str, device: str, metric: str, from_ns: int, to_ns: int, points: int
+) -> Series:
+    return Series(
+        site=site, device=device, metric=metric, unit="", window="", width_s=0,
+        from_ns=from_ns, to_ns=to_ns, points=points, times=[], mean=[], min=[], max=[],
+        p95=[], count=[], read=0,
+    )  # fmt: skip
 
 
 def _finite(v: float) -> float | None:
