@@ -433,7 +433,8 @@ class Tracker:
         return records
 
     def live(self) -> list[WindowRecord]:
-        """Records of the open windows of every width that took readings since last asked."""
+        """Records of the newest open window of each series, of every width that took
+        readings since last asked."""
         out: list[WindowRecord] = []
         for agent in self.agents.values():
             for ws in agent.widths:
@@ -444,7 +445,15 @@ class Tracker:
                 open_ = (win + 1) * ws.width_ns > agent.watermark
                 if open_.any():
                     rows = ws.rows.take(open_)
-                    stats = group_stats(rows.sid, win[open_], rows.time, rows.seq, rows.value)
+                    win = win[open_]
+                    # Only the newest open window of a series is shown (`AGG_LATEST` has
+                    # one key per series and width, and never goes back to an older one).
+                    newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
+                    np.maximum.at(newest, rows.sid, win)
+                    shown = win == newest[rows.sid]
+                    if not shown.all():
+                        rows, win = rows.take(shown), win[shown]
+                    stats = group_stats(rows.sid, win, rows.time, rows.seq, rows.value)
                     out.extend(self.records(agent, ws, stats, closed=False))
         return out
 
