@@ -4,11 +4,13 @@ and `gateway cloud init`, each against a real server and compared with the recom
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,20 +112,26 @@ async def test_query_over_a_stored_hour_equals_recomputation(
     assert code == 2 and "invalid site" in err
 
 
-async def test_http_api_windows_latest_live_and_bad_requests(
-    nc: NatsClient, js: JetStreamContext, tmp_path: Path
-) -> None:
-    batches = make_batches(np.random.default_rng(22), agents=1, seconds=60, t0=T0)
-    want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+@contextlib.asynccontextmanager
+async def viewer_api(nc: NatsClient, tmp_path: Path) -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP API on a free port and a session holding a viewer's token."""
     _, token = create_token(tmp_path / "tokens.jsonl", "viewer")
     auth = ApiAuth.from_file(tmp_path / "tokens.jsonl")
     async with (
-        running(nc, cloud_config()),
         http_api(nc, 0, auth) as port,
         aiohttp.ClientSession(
             f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
         ) as http,
     ):
+        yield http
+
+
+async def test_http_api_windows_latest_live_and_bad_requests(
+    nc: NatsClient, js: JetStreamContext, tmp_path: Path
+) -> None:
+    batches = make_batches(np.random.default_rng(22), agents=1, seconds=60, t0=T0)
+    want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+    async with running(nc, cloud_config()), viewer_api(nc, tmp_path) as http:
         await publish(js, batches)
         await wait_exact(js, want)
         async with http.get("/api/windows", params={"window": "1m"}) as r:
@@ -248,14 +256,7 @@ async def test_series_api_of_a_series_with_only_open_windows_is_an_empty_chart(
     )  # fmt: skip
     kv = await js.key_value(subjects.LATEST_BUCKET)
     await kv.put(open_window.latest_key(), open_window.to_json())
-    _, token = create_token(tmp_path / "tokens.jsonl", "viewer")
-    auth = ApiAuth.from_file(tmp_path / "tokens.jsonl")
-    async with (
-        http_api(nc, 0, auth) as port,
-        aiohttp.ClientSession(
-            f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
-        ) as http,
-    ):
+    async with viewer_api(nc, tmp_path) as http:
         params = {"site": "s1", "device": "fresh", "metric": "temp", "points": "100"}
         async with http.get("/api/series", params={**params, "to": str(now)}) as r:
             assert r.status == 200, await r.text()
