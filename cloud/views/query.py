@@ -3,10 +3,12 @@
 A query costs what it returns, not what AGG holds (docs/api.md, "How history is read"):
 
 1. the server lists the series (AGG subjects) the selection covers, with their counts
-   (`STREAM.INFO` with a subject filter);
-2. for each, a bisection of the stream by direct gets (`next_by_subj`, about log2 of the
-   stream's length of them) finds where its records of windows starting at or after
-   `from` can begin, from the `IndexBounds` headers the aggregator puts on each record;
+   (`STREAM.INFO` with a subject filter); a selection naming one series and width knows
+   its subject and skips this;
+2. for each, a search of the stream by direct gets (`last_by_subj` and `next_by_subj`:
+   interpolation between the series' first and last records, bisection when that does
+   not converge) finds where its records of windows starting at or after `from` can
+   begin, from the `IndexBounds` headers the aggregator puts on each record;
 3. one consumer reads the selection from the earliest of those sequences and stops once
    every series' floor has passed `to` (or at the end of the stream).
 
