@@ -1,40 +1,51 @@
 """History queries against a large AGG: our indexed reads vs an ordered consumer reading
 exactly the answering records, at about 1 M and at 10 M records, in one run.
 
-    python -m bench.query [--series 1000] [--hours 26] [--days 30]
+    python -m bench.query [--series 1000] [--hours 26] [--days 30] [--keep DIR]
 
 Fills AGG as the aggregator would (in event-time order, with the `IndexBounds` headers):
 `--series` series of one site with `--days` of 1 h and 1 d windows, then `--hours` of 10 s
 windows (the 1 h windows of those hours interleaved where they close). With the defaults
-that is 1000 x (9360 + 720 + 30) = 10.1 M records. Measures, once the stream holds about
-1 M records (and at least an hour of 10 s windows) and again at the end:
+that is 1000 x (9360 + 720 + 30) = 10.1 M records (the big store). A second, small store
+is the same fill with just enough hours of 10 s windows for `--small` records (1.1 M).
+Measures, on the big store:
 
-- one series over its last hour (10 s windows, 360 records),
-- every series of the site over the last hour (360,000 records), at the end only,
-- one series over 30 days with `points=500` (720 hourly windows), at the end only,
+- one series over its last hour (10 s windows, 360 records), and the same on the small
+  store (the cost must not grow with history),
+- every series of the site over the last hour (360,000 records),
+- one series over 30 days with `points=500` (720 hourly windows),
 
 each as `cloud.views.query` answers it and as a baseline: an ephemeral consumer with the
 same subject filter that starts at the first answering record and reads exactly the
-answering records (decoding each, as the query does); the best of three runs of each.
-Prints JSON with times and ratios.
+answering records (decoding each, as the query does). Rounds alternate ours and the
+baseline; each time is the median of `--rounds`. Prints JSON with times and ratios.
+
+`--keep DIR` keeps both stores under DIR (server, TLS and credentials included) and reuses
+a store whose fill completed with the same parameters, so the 10 M fill (8 minutes here)
+is made once; `--fill-only` makes the stores and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from cloud.records import IndexBounds, WindowRecord
 from cloud.streams import ensure_streams
 from cloud.views.query import Plan, Selector, locate, read, series
+from cloud.windows import label_seconds
 from gateway import subjects
 from gateway.config import StreamSettings
 from gateway.connect import connect
@@ -117,84 +128,169 @@ async def _first_answering(
     return lo
 
 
-async def ours(js: JetStreamContext, sel: Selector) -> tuple[float, int, int, int]:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One timed run of ours: its time and what it cost."""
+
+    elapsed: float
+    records: int
+    read: int  # AGG records the consumer delivered
+    gets: int  # direct gets (and STREAM.INFO calls for a chart) spent locating
+    window: str
+
+
+async def ours(js: JetStreamContext, sel: Selector) -> Answer:
     t = time.perf_counter()
     plan = await locate(js, sel)
     counted = [0]
     got = await read(js, sel, plan, counted=counted)
-    return time.perf_counter() - t, len(got), counted[0], plan.gets
+    return Answer(time.perf_counter() - t, len(got), counted[0], plan.gets, sel.window or "")
 
 
-REPEAT = 3  # best of: the machine is shared, a single run is noisy
+async def ours_chart(js: JetStreamContext, sel: Selector, points: int) -> Answer:
+    assert sel.site and sel.device and sel.metric
+    t = time.perf_counter()
+    chart = await series(js, sel.site, sel.device, sel.metric, sel.start_ns, sel.end_ns, points)
+    return Answer(time.perf_counter() - t, len(chart.times), chart.read, 0, chart.window)
 
 
-async def measure(js: JetStreamContext, name: str, sel: Selector, out: dict[str, Any]) -> None:
-    runs = [await ours(js, sel) for _ in range(REPEAT)]
-    elapsed, n, scanned, gets = min(runs)
-    base = min([await baseline(js, sel, n) for _ in range(REPEAT)])
+async def measure(
+    name: str,
+    run_ours: Callable[[], Awaitable[Answer]],
+    run_base: Callable[[Answer], Awaitable[float]],
+    rounds: int,
+    out: dict[str, Any],
+) -> None:
+    """Alternate ours and the baseline (the machine is shared: load drifts over a run) and
+    report the median of each."""
+    answers: list[Answer] = []
+    bases: list[float] = []
+    for _ in range(rounds):
+        answers.append(await run_ours())
+        bases.append(await run_base(answers[-1]))
+    mid = statistics.median(a.elapsed for a in answers)
+    base = statistics.median(bases)
+    last = answers[-1]
     out[name] = {
-        "records": n, "read": scanned, "direct_gets": gets, "ours_s": round(elapsed, 4),
-        "baseline_s": round(base, 4), "ours_vs_baseline": round(elapsed / base, 2),
+        "window": last.window, "records": last.records, "read": last.read,
+        "direct_gets": last.gets, "ours_s": round(mid, 4), "baseline_s": round(base, 4),
+        "ours_vs_baseline": round(mid / base, 2), "rounds": rounds,
     }  # fmt: skip
     print(name, out[name], flush=True)
 
 
+async def measure_query(
+    js: JetStreamContext, name: str, sel: Selector, rounds: int, out: dict[str, Any]
+) -> None:
+    async def base(answer: Answer) -> float:
+        return await baseline(js, sel, answer.records)
+
+    await measure(name, lambda: ours(js, sel), base, rounds, out)
+
+
+async def measure_chart(
+    js: JetStreamContext, name: str, sel: Selector, points: int, rounds: int, out: dict[str, Any]
+) -> None:
+    async def base(answer: Answer) -> float:
+        width = label_seconds(answer.window) * S
+        start = (sel.start_ns or 0) // width * width
+        chosen = Selector(sel.site, sel.device, sel.metric, answer.window, start, sel.end_ns)
+        return await baseline(js, chosen, answer.records)
+
+    await measure(name, lambda: ours_chart(js, sel, points), base, rounds, out)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a store holds: the fill's parameters."""
+
+    series: int
+    hours: int  # of 10 s windows, at the end
+    days: int  # of 1 h and 1 d windows
+
+    def label(self) -> str:
+        return f"s{self.series}-h{self.hours}-d{self.days}"
+
+
+async def fill(js: JetStreamContext, shape: Shape) -> Filler:
+    filler = Filler(js, shape.series)
+    fine_start = END - shape.hours * HOUR
+    for start in range(END - shape.days * DAY, fine_start, HOUR):
+        await filler.round("1h", HOUR, start)
+        if (start + HOUR) % DAY == 0:
+            await filler.round("1d", DAY, start + HOUR - DAY)
+    for start in range(fine_start, END, 10 * S):
+        await filler.round("10s", 10 * S, start)
+        end = start + 10 * S
+        if end % HOUR == 0:
+            await filler.round("1h", HOUR, end - HOUR)
+        if end % DAY == 0:
+            await filler.round("1d", DAY, end - DAY)
+    await filler.flush()
+    return filler
+
+
+@contextlib.asynccontextmanager
+async def store(root: Path, shape: Shape) -> AsyncIterator[tuple[JetStreamContext, dict[str, Any]]]:
+    """A server holding `shape`, filled unless `root` has a completed fill of it."""
+    where = root / shape.label()
+    marker = where / "filled.json"
+    security = CloudSecurity.ensure(where / "security")  # TLS + JWT: the defaults
+    async with NatsServer(where, name="bench", security=security) as server:
+        nc = await connect(server.client(), "bench")
+        try:
+            js = nc.jetstream(publish_async_max_pending=20_000)
+            if marker.exists():
+                stats = orjson.loads(marker.read_bytes())
+                print("reusing", where, stats, flush=True)
+            else:
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_stream(subjects.AGG_STREAM)  # an unfinished fill
+                await ensure_streams(js, StreamSettings())
+                filler = await fill(js, shape)
+                stats = {
+                    "records": filler.published, "fill_s": round(filler.elapsed, 1),
+                    "fill_per_s": round(filler.published / filler.elapsed),
+                }  # fmt: skip
+                marker.write_bytes(orjson.dumps(stats))
+                print("filled", where, stats, flush=True)
+            yield js, stats
+        finally:
+            await nc.close()
+
+
+def small_shape(big: Shape, records: int) -> Shape:
+    """The big fill cut at the first hour of 10 s windows that reaches `records`."""
+    coarse = big.series * big.days * 25
+    per_hour = big.series * (360 + 1)
+    hours = max(1, -(-(records - coarse) // per_hour))
+    return Shape(big.series, min(hours, big.hours), big.days)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        security = CloudSecurity.ensure(Path(tmp) / "security")  # TLS + JWT: the defaults
-        async with NatsServer(Path(tmp), name="bench", security=security) as server:
-            nc = await connect(server.client(), "bench")
-            js = nc.jetstream(publish_async_max_pending=20_000)
-            await ensure_streams(js, StreamSettings())
-            fill = Filler(js, args.series)
-            fine_start = END - args.hours * HOUR
-            for start in range(END - args.days * DAY, fine_start, HOUR):
-                await fill.round("1h", HOUR, start)
-                if (start + HOUR) % DAY == 0:
-                    await fill.round("1d", DAY, start + HOUR - DAY)
-            one = Selector("s1", fill.devices[0], "temp", "10s")
-            measured_small = False
-            for start in range(fine_start, END, 10 * S):
-                await fill.round("10s", 10 * S, start)
-                end = start + 10 * S
-                if end % HOUR == 0:
-                    await fill.round("1h", HOUR, end - HOUR)
-                if end % DAY == 0:
-                    await fill.round("1d", DAY, end - DAY)
-                if not measured_small and fill.published >= args.small and end - fine_start >= HOUR:
-                    await fill.flush()
-                    out["small_records"] = fill.published
-                    await measure(js, "one_series_last_hour_small",
-                                  _last_hour(one, end), out)  # fmt: skip
-                    measured_small = True
-            await fill.flush()
-            out["records"] = fill.published
-            out["fill_s"] = round(fill.elapsed, 1)
-            out["fill_per_s"] = round(fill.published / fill.elapsed)
-            print("filled", fill.published, "in", out["fill_s"], "s", flush=True)
-            await measure(js, "one_series_last_hour", _last_hour(one, END), out)
+    big = Shape(args.series, args.hours, args.days)
+    small = small_shape(big, args.small)
+    with contextlib.ExitStack() as stack:
+        root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        one = Selector("s1", "d0000", "temp", "10s")
+        async with store(root, big) as (js, stats):
+            out.update(stats)
+            if args.fill_only:
+                return out
+            await measure_query(js, "one_series_last_hour", _last_hour(one, END), args.rounds, out)
             site = Selector("s1", None, None, "10s")
-            await measure(js, "site_last_hour", _last_hour(site, END), out)
-            charts = [
-                await timed(
-                    lambda: series(js, "s1", fill.devices[0], "temp", END - 30 * DAY, END, 500)
-                )
-                for _ in range(REPEAT)
-            ]
-            t, chart = min(charts, key=lambda c: c[0])
-            sel = Selector("s1", fill.devices[0], "temp", chart.window, END - 30 * DAY, END)
-            base = min([await baseline(js, sel, len(chart.times)) for _ in range(REPEAT)])
-            out["one_series_30_days_points_500"] = {
-                "window": chart.window, "records": len(chart.times), "read": chart.read,
-                "ours_s": round(t, 4), "baseline_s": round(base, 4),
-                "ours_vs_baseline": round(t / base, 2),
-            }  # fmt: skip
-            small = out["one_series_last_hour_small"]["ours_s"]
-            out["one_series_last_hour_big_vs_small"] = round(
-                out["one_series_last_hour"]["ours_s"] / small, 2
+            await measure_query(js, "site_last_hour", _last_hour(site, END), args.rounds, out)
+            month = Selector("s1", "d0000", "temp", None, END - 30 * DAY, END)
+            await measure_chart(js, "one_series_30_days_points_500", month, 500, args.rounds, out)
+        async with store(root, small) as (js, stats):
+            out["small_records"] = stats["records"]
+            await measure_query(
+                js, "one_series_last_hour_small", _last_hour(one, END), args.rounds, out
             )
-            await nc.close()
+    out["one_series_last_hour_big_vs_small"] = round(
+        out["one_series_last_hour"]["ours_s"] / out["one_series_last_hour_small"]["ours_s"], 2
+    )
     return out
 
 
@@ -207,6 +303,9 @@ if __name__ == "__main__":
     p.add_argument("--series", type=int, default=1000)
     p.add_argument("--hours", type=int, default=26, help="of 10 s windows")
     p.add_argument("--days", type=int, default=30, help="of 1 h and 1 d windows")
-    p.add_argument("--small", type=int, default=1_000_000, help="records at the first measure")
+    p.add_argument("--small", type=int, default=1_000_000, help="records of the small store")
+    p.add_argument("--rounds", type=int, default=5, help="median of")
+    p.add_argument("--keep", type=Path, help="keep (and reuse) the filled stores here")
+    p.add_argument("--fill-only", action="store_true", help="make the stores, measure nothing")
     result = asyncio.run(main(p.parse_args()))
     print(orjson.dumps(result).decode())

@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 SOURCE = "/iot-gateway/cloud/aggregator"
 RETRY_S = 0.5
 GIVE_UP_S = 3.0
+# The live view recomputes the open windows' statistics (exact percentiles need every
+# value): while a backlog keeps them large, it runs at most once per LIVE_SHARE times its
+# own cost, so it takes at most a quarter of the worker's time. Its values are the same
+# when the backlog is gone; only their updates are sparser meanwhile.
+LIVE_SHARE = 4.0
 RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
 
 
@@ -215,32 +220,40 @@ class Aggregator:
         sub = await self._reopen(js, stop)
         next_live = next_ckpt = 0.0
         ckpt_seq = self.last_seq
-        while sub is not None and not stop.is_set():
-            try:
-                msgs = await sub.fetch(s.fetch_batch, timeout=0.5)
-            except TimeoutError:
-                msgs = []
-            except NatsError as exc:
-                log.warning("%s: fetch failed (%s); re-creating the consumer", self.name, exc)
-                await asyncio.sleep(RETRY_S)
-                sub = await self._reopen(js, stop, sub)
-                continue
-            if msgs and not await self._process(js, msgs):
-                self.stats.resyncs += 1
-                sub = await self._reopen(js, stop, sub)
-                continue
-            if self.last_seq < self.tracker.replay_until and msgs:
-                continue  # still replaying: results are due once the state is whole again
-            published = await self._publish_due(js)
-            now = time.monotonic()
-            if now >= next_live:
-                await self._publish_live()
-                next_live = now + s.live_update_s
-            if (published or self.last_seq != ckpt_seq) and now >= next_ckpt:
-                # Every window due up to `last_seq` is in AGG now: safe to move on.
-                await self._checkpoint(state)
-                ckpt_seq = self.last_seq
-                next_ckpt = now + s.checkpoint_interval_s
+        ahead = _Prefetch()
+        try:
+            while sub is not None and not stop.is_set():
+                try:
+                    msgs = await ahead.take(sub, s.fetch_batch)
+                except TimeoutError:
+                    msgs = []
+                except NatsError as exc:
+                    log.warning("%s: fetch failed (%s); re-creating the consumer", self.name, exc)
+                    await asyncio.sleep(RETRY_S)
+                    sub = await self._reopen(js, stop, sub)
+                    continue
+                if len(msgs) == s.fetch_batch:
+                    ahead.start(sub, s.fetch_batch)  # a backlog: fetch while processing
+                if msgs and not await self._process(js, msgs):
+                    self.stats.resyncs += 1
+                    await ahead.cancel()
+                    sub = await self._reopen(js, stop, sub)
+                    continue
+                if self.last_seq < self.tracker.replay_until and msgs:
+                    continue  # still replaying: results are due once the state is whole
+                published = await self._publish_due(js)
+                now = time.monotonic()
+                if now >= next_live:
+                    await self._publish_live()
+                    spent = time.monotonic() - now
+                    next_live = now + max(s.live_update_s, LIVE_SHARE * spent)
+                if (published or self.last_seq != ckpt_seq) and now >= next_ckpt:
+                    # Every window due up to `last_seq` is in AGG now: safe to move on.
+                    await self._checkpoint(state)
+                    ckpt_seq = self.last_seq
+                    next_ckpt = now + s.checkpoint_interval_s
+        finally:
+            await ahead.cancel()  # its messages are redelivered to the next consumer
         if sub is not None:
             with contextlib.suppress(NatsError, TimeoutError):
                 await sub.unsubscribe()
@@ -436,3 +449,28 @@ def _subset(batch: codec.Batch, rows: Any, reason: str) -> codec.Batch:
         series_index=batch.series_index[rows],
         flags=batch.flags[rows],
     )
+
+
+class _Prefetch:
+    """At most one fetch in flight ahead of the batch being processed, so the round trip
+    of the next fetch overlaps the work on this one (deliveries stay in order: one
+    consumer, one fetch at a time)."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[list[Msg]] | None = None
+
+    def start(self, sub: JetStreamContext.PullSubscription, batch: int) -> None:
+        self._task = asyncio.create_task(sub.fetch(batch, timeout=0.5), name="prefetch")
+
+    async def take(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+        task, self._task = self._task, None
+        if task is None:
+            return await sub.fetch(batch, timeout=0.5)
+        return await task
+
+    async def cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NatsError, TimeoutError):
+                await task

@@ -86,14 +86,23 @@ class Rows:
         keep: Mask = np.ones(n, dtype=bool)
         if n < 2:
             return keep
-        tag = self.tag()
         # Fast path: distinct hashes mean distinct identities; only equal ones are checked.
+        if np.unique(self.identity_hash()).shape[0] == n:
+            return keep
+        return self._first_of_each_exact()
+
+    def identity_hash(self) -> npt.NDArray[np.uint64]:
+        """A hash of each row's reading identity: equal identities, equal hashes."""
         h = self.sid.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         h ^= self.time.view(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
-        h ^= tag.view(np.uint64) * np.uint64(0x94D049BB133111EB)
+        h ^= self.tag().view(np.uint64) * np.uint64(0x94D049BB133111EB)
         h ^= self.ord.view(np.uint64)
-        if np.unique(h).shape[0] == n:
-            return keep
+        return h
+
+    def _first_of_each_exact(self) -> Mask:
+        n = len(self)
+        keep: Mask = np.ones(n, dtype=bool)
+        tag = self.tag()
         order = np.lexsort((np.arange(n), self.ord, tag, self.time, self.sid))
         cols = (self.sid[order], self.time[order], tag[order], self.ord[order])
         same = np.ones(n - 1, dtype=bool)
@@ -137,6 +146,8 @@ class WidthState:
     live_dirty: bool = False
     duplicates: int = 0  # readings dropped as already held (the same identity)
     _fresh: bool = False  # parts added since the last deduplication
+    _clean: bool = False  # `_parts[0]` is deduplicated (the rows held at the last `rows`)
+    _hashes: npt.NDArray[np.uint64] | None = None  # sorted identity hashes of `_parts[0]`
 
     @property
     def width_ns(self) -> int:
@@ -151,12 +162,7 @@ class WidthState:
         if not self._parts:
             return Rows.empty()
         if self._fresh:
-            rows = Rows.concat(self._parts)
-            keep = rows.first_of_each()
-            if not keep.all():
-                self.duplicates += int((~keep).sum())
-                rows = rows.take(keep)
-            self._parts = [rows]
+            self._parts = [self._deduplicated()]
             self._fresh = False
         return self._parts[0]
 
@@ -164,6 +170,40 @@ class WidthState:
     def rows(self, rows: Rows) -> None:
         self._parts = [rows] if len(rows) else []
         self._fresh = False
+        self._clean = bool(self._parts)
+        self._hashes = None  # rows were dropped: recomputed from the held rows when needed
+
+    def _deduplicated(self) -> Rows:
+        """The parts as one, each reading identity once. The held rows are already
+        distinct: when the new parts' hashes are distinct and none is among the held
+        rows' (kept sorted between calls), nothing is compared row by row, so a fetch
+        costs about what it added, not what the worker holds."""
+        held = self._parts[0] if self._clean else None
+        new = Rows.concat(self._parts[1:] if held is not None else self._parts)
+        h_new = new.identity_hash()
+        h_sorted = np.sort(h_new)
+        distinct = bool((h_sorted[1:] != h_sorted[:-1]).all())
+        merged = h_sorted
+        if held is not None and distinct:
+            if self._hashes is None:
+                self._hashes = np.sort(held.identity_hash())
+            base = self._hashes
+            at = np.searchsorted(base, h_sorted)
+            found = base[np.minimum(at, base.shape[0] - 1)] == h_sorted
+            distinct = base.shape[0] == 0 or not found.any()
+            merged = np.insert(base, at, h_sorted)  # still sorted: a merge, not a sort
+        if distinct:
+            rows = Rows.concat([held, new]) if held is not None else new
+            self._hashes = merged
+        else:  # some identity repeats (or a hash collides): the exact comparison
+            rows = Rows.concat(self._parts)
+            keep = rows.first_of_each()
+            if not keep.all():
+                self.duplicates += int((~keep).sum())
+                rows = rows.take(keep)
+            self._hashes = None
+        self._clean = True
+        return rows
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._parts)
@@ -346,9 +386,18 @@ class Tracker:
 
     def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[WindowRecord]:
         width = ws.width_ns
-        win = window_index(ws.rows.time, width)
+        held = ws.rows
+        win = window_index(held.time, width)
+        # Only closed windows can be emitted or become final: the open ones (most of what
+        # a worker holds, e.g. a whole minute of 1 min windows) are not grouped per fetch.
+        in_closed = np.ones(len(held), dtype=bool) if idle else (win + 1) * width <= agent.watermark
+        if not in_closed.any():
+            return []
+        some = not in_closed.all()
+        rows = held.take(in_closed) if some else held
+        win = win[in_closed] if some else win
         keys, inverse, counts = np.unique(
-            (ws.rows.sid.astype(np.int64) << 32) | win, return_inverse=True, return_counts=True
+            (rows.sid.astype(np.int64) << 32) | win, return_inverse=True, return_counts=True
         )
         k_sid, k_win = keys >> 32, keys & 0xFFFFFFFF
         closed = (k_win + 1) * width <= agent.watermark
@@ -368,22 +417,24 @@ class Tracker:
         emit = closed & changed
         records: list[WindowRecord] = []
         if emit.any():
-            rows = ws.rows.take(emit[inverse])
-            stats = group_stats(
-                rows.sid, window_index(rows.time, width), rows.time, rows.seq, rows.value
-            )
+            mine = emit[inverse]
+            part = rows.take(mine)
+            stats = group_stats(part.sid, win[mine], part.time, part.seq, part.value)
             records = self.records(agent, ws, stats, closed=True)
             for s, w, c in zip(stats.series, stats.window, stats.count, strict=True):
                 ws.emitted[(int(s), int(w))] = int(c)
         final = (k_win + 1) * width + self.lateness_ns <= agent.watermark
         if final.any():
-            ws.rows = ws.rows.take(~final[inverse])
+            drop = np.zeros(len(held), dtype=bool)
+            drop[in_closed] = final[inverse]
+            ws.rows = held.take(~drop)
             for s, w in zip(k_sid[final], k_win[final], strict=True):
                 ws.emitted.pop((int(s), int(w)), None)
         return records
 
     def live(self) -> list[WindowRecord]:
-        """Records of the open windows of every width that took readings since last asked."""
+        """Records of the newest open window of each series, of every width that took
+        readings since last asked."""
         out: list[WindowRecord] = []
         for agent in self.agents.values():
             for ws in agent.widths:
@@ -394,7 +445,15 @@ class Tracker:
                 open_ = (win + 1) * ws.width_ns > agent.watermark
                 if open_.any():
                     rows = ws.rows.take(open_)
-                    stats = group_stats(rows.sid, win[open_], rows.time, rows.seq, rows.value)
+                    win = win[open_]
+                    # Only the newest open window of a series is shown (`AGG_LATEST` has
+                    # one key per series and width, and never goes back to an older one).
+                    newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
+                    np.maximum.at(newest, rows.sid, win)
+                    shown = win == newest[rows.sid]
+                    if not shown.all():
+                        rows, win = rows.take(shown), win[shown]
+                    stats = group_stats(rows.sid, win, rows.time, rows.seq, rows.value)
                     out.extend(self.records(agent, ws, stats, closed=False))
         return out
 

@@ -3,10 +3,12 @@
 A query costs what it returns, not what AGG holds (docs/api.md, "How history is read"):
 
 1. the server lists the series (AGG subjects) the selection covers, with their counts
-   (`STREAM.INFO` with a subject filter);
-2. for each, a bisection of the stream by direct gets (`next_by_subj`, about log2 of the
-   stream's length of them) finds where its records of windows starting at or after
-   `from` can begin, from the `IndexBounds` headers the aggregator puts on each record;
+   (`STREAM.INFO` with a subject filter); a selection naming one series and width knows
+   its subject and skips this;
+2. for each, a search of the stream by direct gets (`last_by_subj` and `next_by_subj`:
+   interpolation between the series' first and last records, bisection when that does
+   not converge) finds where its records of windows starting at or after `from` can
+   begin, from the `IndexBounds` headers the aggregator puts on each record;
 3. one consumer reads the selection from the earliest of those sequences and stops once
    every series' floor has passed `to` (or at the end of the stream).
 
@@ -30,7 +32,8 @@ from datetime import UTC, datetime
 
 import orjson
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
+from nats.errors import NoRespondersError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -118,7 +121,9 @@ async def query(js: JetStreamContext, sel: Selector, batch: int = 1000) -> list[
 
 
 async def locate(js: JetStreamContext, sel: Selector) -> Plan:
-    """Bisect AGG for each selected series: the first sequence the answer can start at."""
+    """For each selected series, the first sequence its answer can start at."""
+    if sel.subject().count("*") == 0:
+        return await _locate_one(js, sel)
     info = await js.stream_info(subjects.AGG_STREAM, subjects_filter=sel.subject())
     state = info.state
     names = tuple(sorted(state.subjects or {}))
@@ -126,47 +131,148 @@ async def locate(js: JetStreamContext, sel: Selector) -> Plan:
         return Plan(state.last_seq + 1, state.last_seq, (), 0)
     if sel.start_ns is None:
         return Plan(state.first_seq, state.last_seq, names, 0)
-    direct = bool(info.config.allow_direct)
+    search = _Search(js, sel.start_ns, bool(info.config.allow_direct))
     gate = asyncio.Semaphore(BISECT_CONCURRENCY)
-    counter = [0]
 
     async def one(subject: str) -> int:
         async with gate:
-            return await _bisect(js, subject, sel.start_ns or 0, state, direct, counter)
+            return await search.start(subject)
 
     starts = await asyncio.gather(*(one(s) for s in names))
-    return Plan(min(starts), state.last_seq, names, counter[0])
+    return Plan(min(starts), state.last_seq, names, search.gets)
 
 
-async def _bisect(
-    js: JetStreamContext,
-    subject: str,
-    from_ns: int,
-    state: StreamState,
-    direct: bool,
-    gets: list[int],
-) -> int:
-    """The smallest sequence such that no record of `subject` before it starts at or
-    after `from_ns`: records up to one whose watermark is before `from_ns` all start
-    before it (`IndexBounds`)."""
-    lo, hi = int(state.first_seq), int(state.last_seq) + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        gets[0] += 1
+async def _locate_one(js: JetStreamContext, sel: Selector) -> Plan:
+    """One series: its subject is known, so no `STREAM.INFO` (a request that costs more
+    than the search); its first and last records are found by direct gets."""
+    subject = sel.subject()
+    search = _Search(js, sel.start_ns, direct=True)
+    try:
+        last = await search.last(subject)
+    except NoRespondersError:  # a stream without direct gets (before `gateway cloud init`)
+        search = _Search(js, sel.start_ns, direct=False)
+        last = await search.last(subject)
+    if last is None:
+        return Plan(1, 0, (), search.gets)
+    start = await search.start(subject, last)
+    return Plan(start, last.seq, (subject,), search.gets)
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """A record of the searched series: where it is and the watermark it carries."""
+
+    seq: int
+    high_ns: int | None  # None: no bounds, so it is never skipped
+
+
+class _Search:
+    """Where a series' records of windows starting at or after `from_ns` can begin.
+
+    The answer is the smallest sequence such that every record of the series before it has
+    a watermark before `from_ns` (`IndexBounds`: then it and all earlier ones start before
+    it). Watermarks grow along the stream about as evenly as the stream does, so the first
+    probe goes where a straight line between the series' first and last records puts the
+    record just before `from_ns` (interpolation search: one probe, then one to check the
+    next record, for an evenly written series). A probe that lands far from `from_ns` is
+    followed by a bisection step, and after half of log2(interval) probes only bisection is
+    used: at most about 1.5 x log2(stream length) direct gets (docs/api.md)."""
+
+    def __init__(self, js: JetStreamContext, from_ns: int | None, direct: bool) -> None:
+        self.js = js
+        self.from_ns = from_ns
+        self.direct = direct
+        self.gets = 0
+
+    async def last(self, subject: str) -> _Probe | None:
+        self.gets += 1
         try:
-            msg = await js.get_msg(
-                subjects.AGG_STREAM, seq=mid, subject=subject, next=True, direct=direct
+            msg = await self.js.get_msg(subjects.AGG_STREAM, subject=subject, direct=self.direct)
+        except NotFoundError:
+            return None
+        return _probe(msg)
+
+    async def next(self, subject: str, seq: int) -> _Probe | None:
+        """The first record of `subject` at or after `seq`."""
+        self.gets += 1
+        try:
+            msg = await self.js.get_msg(
+                subjects.AGG_STREAM, seq=seq, subject=subject, next=True, direct=self.direct
             )
         except NotFoundError:
-            hi = mid  # nothing of this series at or after mid
-            continue
-        bounds = IndexBounds.from_headers(msg.headers)
-        seq = int(msg.seq or mid)
-        if bounds is not None and bounds.high_ns < from_ns and seq >= mid:
-            lo = seq + 1
-        else:
-            hi = mid
-    return lo
+            return None
+        return _probe(msg)
+
+    def before(self, probe: _Probe) -> bool:
+        """Whether this record and every earlier one of its series start before `from`."""
+        return probe.high_ns is not None and probe.high_ns < (self.from_ns or 0)
+
+    async def start(self, subject: str, last: _Probe | None = None) -> int:
+        if last is None:
+            last = await self.last(subject)
+            if last is None:
+                return 2**63  # nothing of this series (expired since it was listed)
+        if self.from_ns is not None and self.before(last):
+            return last.seq + 1  # nothing to read
+        first = await self.next(subject, 1)
+        if first is None or not self.before(first):
+            return first.seq if first is not None else last.seq
+        return await self._narrow(subject, first, last, _width_ns(subject))
+
+    async def _narrow(self, subject: str, below: _Probe, above: _Probe, width: int) -> int:
+        """The answer lies in (below.seq, above.seq]: `below` is before `from`, `above`
+        is not."""
+        assert below.high_ns is not None and self.from_ns is not None
+        frm = self.from_ns
+        lo, hi, upper = below.seq + 1, above.seq, above  # `upper`: the first record >= hi
+        t_lo = below.high_ns
+        back = 0  # > 0: stepping back from `hi` by this much (doubling)
+        edge = bisecting = False
+        budget = max(1, hi - lo).bit_length() // 2
+        while lo < hi:
+            budget -= 1
+            t_hi = upper.high_ns
+            span = t_hi - t_lo if t_hi is not None else 0
+            if budget < 0 or bisecting or t_hi is None or span <= 0:
+                guess = (lo + hi) // 2
+            elif edge:
+                guess = lo  # is the record after `below` already at or past `from`?
+            elif back:
+                guess = hi - back
+            else:  # aim at the record one window before `from`
+                guess = lo + (frm - width - t_lo) * (upper.seq - lo) // span
+            guess = min(max(guess, lo), hi - 1)
+            was_edge = edge
+            probe = await self.next(subject, guess)
+            if probe is None or probe.seq >= hi or not self.before(probe):
+                if probe is not None and probe.seq < hi:
+                    upper = probe
+                spacing = (upper.seq - lo) * width // span if span > 0 else 1
+                back, edge, hi = max(1, spacing, 2 * back), False, guess
+            else:
+                assert probe.high_ns is not None
+                lo, t_lo = probe.seq + 1, probe.high_ns
+                edge, back = back > 0 or frm - t_lo <= width, 0
+            near = (
+                probe is not None
+                and probe.high_ns is not None
+                and (abs(probe.high_ns - frm) * 16 <= span)
+            )
+            bisecting = not bisecting and not near and not was_edge
+        return lo
+
+
+def _width_ns(subject: str) -> int:
+    """The window width of an AGG subject (`agg.<window>.<site>.<device>.<metric>`)."""
+    try:
+        return label_seconds(subject.split(".")[1]) * 10**9
+    except (IndexError, ValueError):
+        return 1
+
+
+def _probe(msg: RawStreamMsg) -> _Probe:
+    bounds = IndexBounds.from_headers(msg.headers)
+    return _Probe(int(msg.seq or 0), None if bounds is None else bounds.high_ns)
 
 
 async def read(
@@ -290,6 +396,10 @@ async def series(
             subjects.AGG_STREAM, subjects_filter=Selector(site, device, metric).subject()
         )
         labels = {name.split(".")[1] for name in (info.state.subjects or {})}
+        if not labels:
+            # No closed window yet (a series that just started has only open windows,
+            # in AGG_LATEST): an empty chart, not "JetStream unavailable" (503).
+            return _empty_series(site, device, metric, start, to, points)
         widths = sorted(label_seconds(label) for label in labels)
         width = choose_window(widths, to - start, points)
         label = next(lb for lb in labels if label_seconds(lb) == width)
@@ -318,6 +428,16 @@ async def series(
         count=[r.count for r in records],
         read=counted[0],
     )
+
+
+def _empty_series(
+    site: str, device: str, metric: str, from_ns: int, to_ns: int, points: int
+) -> Series:
+    return Series(
+        site=site, device=device, metric=metric, unit="", window="", width_s=0,
+        from_ns=from_ns, to_ns=to_ns, points=points, times=[], mean=[], min=[], max=[],
+        p95=[], count=[], read=0,
+    )  # fmt: skip
 
 
 def _finite(v: float) -> float | None:

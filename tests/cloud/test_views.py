@@ -4,11 +4,14 @@ and `gateway cloud init`, each against a real server and compared with the recom
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import socket
 import ssl
 import sys
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from cloud.up import api_tokens_file
 from cloud.views.auth import ApiAuth, create_token
 from cloud.views.http import http_api
 from cloud.views.watch import watch
-from gateway import process
+from gateway import process, subjects
 from gateway.config import CloudConfig
 from gateway.connect import connect
 from gateway.security import CloudSecurity
@@ -110,20 +113,26 @@ async def test_query_over_a_stored_hour_equals_recomputation(
     assert code == 2 and "invalid site" in err
 
 
-async def test_http_api_windows_latest_live_and_bad_requests(
-    nc: NatsClient, js: JetStreamContext, tmp_path: Path
-) -> None:
-    batches = make_batches(np.random.default_rng(22), agents=1, seconds=60, t0=T0)
-    want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+@contextlib.asynccontextmanager
+async def viewer_api(nc: NatsClient, tmp_path: Path) -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP API on a free port and a session holding a viewer's token."""
     _, token = create_token(tmp_path / "tokens.jsonl", "viewer")
     auth = ApiAuth.from_file(tmp_path / "tokens.jsonl")
     async with (
-        running(nc, cloud_config()),
         http_api(nc, 0, auth) as port,
         aiohttp.ClientSession(
             f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
         ) as http,
     ):
+        yield http
+
+
+async def test_http_api_windows_latest_live_and_bad_requests(
+    nc: NatsClient, js: JetStreamContext, tmp_path: Path
+) -> None:
+    batches = make_batches(np.random.default_rng(22), agents=1, seconds=60, t0=T0)
+    want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+    async with running(nc, cloud_config()), viewer_api(nc, tmp_path) as http:
         await publish(js, batches)
         await wait_exact(js, want)
         async with http.get("/api/windows", params={"window": "1m"}) as r:
@@ -236,3 +245,27 @@ async def test_cloud_up_serves_exact_windows_and_stops_cleanly(tmp_path: Any) ->
     assert code == 0, process.tail(log)
     with pytest.raises(OSError):  # its nats-server is gone too
         socket.create_connection(("127.0.0.1", nats_port), timeout=2).close()
+
+
+async def test_series_api_of_a_series_with_only_open_windows_is_an_empty_chart(
+    nc: NatsClient, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A series that just started has its open window in AGG_LATEST and nothing in AGG yet:
+    a chart up to now is empty (200), not "JetStream unavailable" (it answered 503)."""
+    now = time.time_ns()
+    start = now - now % (10 * 10**9)
+    open_window = WindowRecord(
+        site="s1", device="fresh", metric="temp", unit="Cel", window="10s",
+        start_ns=start, end_ns=start + 10 * 10**9, count=1, min=20.0, max=20.0, sum=20.0,
+        mean=20.0, stddev=0.0, p50=20.0, p95=20.0, first=20.0, last=20.0, closed=False,
+    )  # fmt: skip
+    kv = await js.key_value(subjects.LATEST_BUCKET)
+    await kv.put(open_window.latest_key(), open_window.to_json())
+    async with viewer_api(nc, tmp_path) as http:
+        params = {"site": "s1", "device": "fresh", "metric": "temp", "points": "100"}
+        async with http.get("/api/series", params={**params, "to": str(now)}) as r:
+            assert r.status == 200, await r.text()
+            doc = await r.json()
+        assert (doc["window"], doc["times"], doc["count"], doc["read"]) == ("", [], [], 0)
+        async with http.get("/api/latest", params={"device": "fresh"}) as r:
+            assert [w["start_ns"] for w in await r.json()] == [start]  # the live view has it
