@@ -236,24 +236,81 @@ SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
 )
 
 _MEM = [  # Telegraf plugins/inputs/mem/README.md, "Example Output", field by field
-    ("active", 9299595264), ("available", 16818249728), ("available_percent", 80.41654254645131),
-    ("buffered", 2383761408), ("cached", 13316689920), ("commit_limit", 14751920128),
-    ("committed_as", 11781156864), ("dirty", 122880), ("free", 1877688320), ("high_free", 0),
-    ("high_total", 0), ("huge_page_size", 2097152), ("huge_pages_free", 0),
-    ("huge_pages_total", 0), ("inactive", 7549939712), ("low_free", 0), ("low_total", 0),
-    ("mapped", 416763904), ("page_tables", 19787776), ("shared", 670679040),
-    ("slab", 2081071104), ("sreclaimable", 1923395584), ("sunreclaim", 157675520),
-    ("swap_cached", 1302528), ("swap_free", 4286128128), ("swap_total", 4294963200),
-    ("total", 20913917952), ("used", 3335778304), ("used_percent", 15.95004011996231),
-    ("vmalloc_chunk", 0), ("vmalloc_total", 35184372087808), ("vmalloc_used", 0), ("wired", 0),
-    ("write_back", 0), ("write_back_tmp", 0),
+    ("active", 9299595264),
+    ("available", 16818249728),
+    ("available_percent", 80.41654254645131),
+    ("buffered", 2383761408),
+    ("cached", 13316689920),
+    ("commit_limit", 14751920128),
+    ("committed_as", 11781156864),
+    ("dirty", 122880),
+    ("free", 1877688320),
+    ("high_free", 0),
+    ("high_total", 0),
+    ("huge_page_size", 2097152),
+    ("huge_pages_free", 0),
+    ("huge_pages_total", 0),
+    ("inactive", 7549939712),
+    ("low_free", 0),
+    ("low_total", 0),
+    ("mapped", 416763904),
+    ("page_tables", 19787776),
+    ("shared", 670679040),
+    ("slab", 2081071104),
+    ("sreclaimable", 1923395584),
+    ("sunreclaim", 157675520),
+    ("swap_cached", 1302528),
+    ("swap_free", 4286128128),
+    ("swap_total", 4294963200),
+    ("total", 20913917952),
+    ("used", 3335778304),
+    ("used_percent", 15.95004011996231),
+    ("vmalloc_chunk", 0),
+    ("vmalloc_total", 35184372087808),
+    ("vmalloc_used", 0),
+    ("wired", 0),
+    ("write_back", 0),
+    ("write_back_tmp", 0),
 ]
-_CPU0 = (31.249999981810106, 2.083333333080696, 0, 68.7500000181899, 0, 0, 0, 0, 0,
-         4.166666666161392, 25.000000002273737)
-_CPU_TOTAL = (17.616580305880305, 1.036269430422946, 0, 82.3834196941197, 0, 0, 0,
-              1.0362694300459534, 0, 4.145077721691784, 11.398963731636465)
-_CPU_FIELDS = ("active", "guest", "guest_nice", "idle", "iowait", "irq", "nice", "softirq",
-               "steal", "system", "user")
+_CPU0 = (
+    31.249999981810106,
+    2.083333333080696,
+    0,
+    68.7500000181899,
+    0,
+    0,
+    0,
+    0,
+    0,
+    4.166666666161392,
+    25.000000002273737,
+)
+_CPU_TOTAL = (
+    17.616580305880305,
+    1.036269430422946,
+    0,
+    82.3834196941197,
+    0,
+    0,
+    0,
+    1.0362694300459534,
+    0,
+    4.145077721691784,
+    11.398963731636465,
+)
+_CPU_FIELDS = (
+    "active",
+    "guest",
+    "guest_nice",
+    "idle",
+    "iowait",
+    "irq",
+    "nice",
+    "softirq",
+    "steal",
+    "system",
+    "user",
+)
 T_CPU = 1568760922 * 10**9
 
 
@@ -275,9 +332,7 @@ MORE_SAMPLES: tuple[Sample, ...] = (
         "telegraf",
         "28-telegraf-mem.lp",  # no host tag at all: the device comes from the topic
         "telegraf/loaner/mem",
-        tuple(
-            _e("loaner", f"mem_{f}", v, _mem_unit(f), 1574712869 * 10**9) for f, v in _MEM
-        ),
+        tuple(_e("loaner", f"mem_{f}", v, _mem_unit(f), 1574712869 * 10**9) for f, v in _MEM),
     ),
     Sample("telegraf", "29-telegraf-cpu0.lp", "telegraf/loaner/cpu", _cpu("loaner-cpu0", _CPU0)),
     Sample(
@@ -317,7 +372,7 @@ MORE_SAMPLES: tuple[Sample, ...] = (
                 ("latitude", 51.2, "lat"),
                 ("longitude", -4, "lon"),
                 ("vertical_accuracy", 40, "m"),
-                ("speed", 7, "km/h"),
+                ("speed", 7 / 3.6, "m/s"),  # 7 km/h, converted to the catalog's unit
             ]
         ),
     ),
