@@ -76,6 +76,19 @@ def _energy(device: str, t: int, v: tuple[float, ...]) -> tuple[Expected, ...]:
     return tuple(_e(device, m, x, u, t) for (m, u), x in zip(names, v, strict=True))
 
 
+def _location(
+    device: str, tst: int, *, acc: float, batt: float, lat: float, lon: float
+) -> tuple[Expected, ...]:
+    """The readings of an OwnTracks location with only these four measurements."""
+    t = tst * 10**9
+    return (
+        _e(device, "accuracy", acc, "m", t),
+        _e(device, "battery", batt, "%EL", t),
+        _e(device, "latitude", lat, "lat", t),
+        _e(device, "longitude", lon, "lon", t),
+    )
+
+
 SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
     Sample(
         "tasmota",
@@ -181,15 +194,7 @@ SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
         "owntracks",
         "16-owntracks-location.json",
         "owntracks/urban/nexus",
-        tuple(
-            _e("urban-nexus", m, v, u, 1508256136 * 10**9)
-            for m, v, u in [
-                ("accuracy", 16, "m"),
-                ("battery", 61, "%EL"),
-                ("latitude", 59.4313733, "lat"),
-                ("longitude", 18.3259013, "lon"),
-            ]
-        ),
+        _location("urban-nexus", 1508256136, acc=16, batt=61, lat=59.4313733, lon=18.3259013),
     ),
     Sample(
         "ttn",
@@ -409,6 +414,18 @@ MORE_SAMPLES: tuple[Sample, ...] = (
         "38-shelly-gen3-1mini-notifystatus.json",
         "shelly1minig3-54320464f17c/events/rpc",
         (_e("shelly1minig3-54320464f17c", "switch_0_output", 0.0, "", 1745708765_600000000),),
+    ),
+    Sample(
+        "shelly",
+        "39-shelly-gen3-1mini-notifystatus-on.json",
+        "shelly1minig3-543204522cb4/events/rpc",
+        (_e("shelly1minig3-543204522cb4", "switch_0_output", 1.0, "", 1734476334_510000000),),
+    ),
+    Sample(
+        "owntracks",
+        "40-owntracks-location-openhab-log.json",
+        "owntracks/xx/tracker",
+        _location("xx-tracker", 1527966973, acc=10.0, batt=96, lat=41.53, lon=16.16),
     ),
 )
 
