@@ -17,6 +17,20 @@ and the projects named):
 - RFC 8428 sections 5.1.1, 5.1.2, 5.1.3
 - OwnTracks booklet `docs/tech/json.md`, a location message
 - The Things Stack docs `reference/data-formats`, uplink message example
+More per ecosystem (28-43; samples/README.md has the details):
+- influxdata/telegraf `plugins/inputs/mem/README.md`, `plugins/inputs/cpu/README.md`,
+  "Example Output" (one line per message, as outputs.mqtt publishes without `batch`)
+- Koenkk/zigbee2mqtt `test/receive.test.js` (WSDCGQ11LM weather sensor, WXKG11LM button)
+- owntracks/android `project/app/src/androidTest/.../e2e/ContactsAndMapTests.kt`; the
+  openHAB gpstracker binding README (a tracker's location, logged)
+- home-assistant.io `source/_integrations/mqtt.markdown` (binary sensor `garden` ON,
+  light `kitchen` JSON state)
+- ThingsBoard docs, The Things Industries integration guide (a simulated TTS uplink); The
+  Things Stack docs `integrations/mqtt/_index.md` (an uplink without decoded_payload)
+- Shelly Gen3 NotifyStatus captured in asnowfix/home-automation
+  `pkg/shelly/script/follower-switch.js`, `front-door-follower-switch.js`; Gen1 relay state
+  in euzu/gohanectl `doc/Shelly_1.md`; Gen3 H&T status messages in JHNUL/home-server-apps
+  `homeserver-parent/homeserver-common/messages.md`
 """
 
 from __future__ import annotations
@@ -330,7 +344,7 @@ def _cpu(device: str, values: tuple[float, ...]) -> tuple[Expected, ...]:
     )
 
 
-# More samples per ecosystem (files 28-38): a profile that passes only the first ones is
+# More samples per ecosystem (files 28-43): a profile that passes only the first ones is
 # not done. Each names its source in samples/README.md.
 MORE_SAMPLES: tuple[Sample, ...] = (
     Sample(
@@ -420,6 +434,31 @@ MORE_SAMPLES: tuple[Sample, ...] = (
         "39-shelly-gen3-1mini-notifystatus-on.json",
         "shelly1minig3-543204522cb4/events/rpc",
         (_e("shelly1minig3-543204522cb4", "switch_0_output", 1.0, "", 1734476334_510000000),),
+    ),
+    Sample(
+        "shelly",
+        "41-shelly-gen1-shelly1-relay0.txt",  # "on": the relay's state
+        "shellies/shelly1-483FDA91BCEF/relay/0",
+        (_e("shelly1-483FDA91BCEF-0", "relay", 1.0, "", RECEIVED),),
+    ),
+    Sample(
+        "shelly",
+        "42-shelly-gen2-ht-status-temperature.json",
+        "shellyht-livingroom/status/temperature:0",
+        (
+            _e("shellyht-livingroom", "temperature_0_t_c", 20.1, "Cel", RECEIVED),
+            _e("shellyht-livingroom", "temperature_0_t_f", 68.3, "[degF]", RECEIVED),
+        ),
+    ),
+    Sample(
+        "shelly",
+        "43-shelly-gen2-ht-status-devicepower.json",
+        "shellyht-livingroom/status/devicepower:0",
+        (
+            _e("shellyht-livingroom", "devicepower_0_battery_v", 5.46, "V", RECEIVED),
+            _e("shellyht-livingroom", "devicepower_0_battery_percent", 73, "%EL", RECEIVED),
+            _e("shellyht-livingroom", "devicepower_0_external_present", 0.0, "", RECEIVED),
+        ),
     ),
     Sample(
         "owntracks",
