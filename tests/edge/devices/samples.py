@@ -334,7 +334,9 @@ T_CPU = 1568760922 * 10**9
 
 
 def _mem_unit(field: str) -> str:
-    return "%" if field.endswith("_percent") else ""  # byte counts: no unit in the profile
+    if field.endswith("_percent"):
+        return "%"
+    return "" if field.startswith("huge_pages_") else "By"  # a count of pages; else bytes
 
 
 def _cpu(device: str, values: tuple[float, ...]) -> tuple[Expected, ...]:
