@@ -17,7 +17,7 @@ and the projects named):
 - RFC 8428 sections 5.1.1, 5.1.2, 5.1.3
 - OwnTracks booklet `docs/tech/json.md`, a location message
 - The Things Stack docs `reference/data-formats`, uplink message example
-More per ecosystem (28-43; samples/README.md has the details):
+More per ecosystem (28-44; samples/README.md has the details):
 - influxdata/telegraf `plugins/inputs/mem/README.md`, `plugins/inputs/cpu/README.md`,
   "Example Output" (one line per message, as outputs.mqtt publishes without `batch`)
 - Koenkk/zigbee2mqtt `test/receive.test.js` (WSDCGQ11LM weather sensor, WXKG11LM button)
@@ -346,7 +346,7 @@ def _cpu(device: str, values: tuple[float, ...]) -> tuple[Expected, ...]:
     )
 
 
-# More samples per ecosystem (files 28-43): a profile that passes only the first ones is
+# More samples per ecosystem (files 28-44): a profile that passes only the first ones is
 # not done. Each names its source in samples/README.md.
 MORE_SAMPLES: tuple[Sample, ...] = (
     Sample(
@@ -461,6 +461,12 @@ MORE_SAMPLES: tuple[Sample, ...] = (
             _e("shellyht-livingroom", "devicepower_0_battery_percent", 73, "%EL", RECEIVED),
             _e("shellyht-livingroom", "devicepower_0_external_present", 0.0, "", RECEIVED),
         ),
+    ),
+    Sample(
+        "shelly",
+        "44-shelly-gen2-ht-status-cloud.json",  # the device's own state: not a reading
+        "shellyht-livingroom/status/cloud",
+        (),
     ),
     Sample(
         "owntracks",
