@@ -5,6 +5,7 @@ line-protocol decoders (`edge/decoders/mapped.py`, `edge/decoders/plain.py`)."""
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import fnmatch
 import functools
 import re
@@ -139,7 +140,10 @@ def _epoch(value: float, fmt: str) -> int:
     scale = {"s": _NS, "ms": 1_000_000, "us": 1_000, "ns": 1}[fmt]
     if isinstance(value, int):
         return value * scale
-    return round(value * scale)
+    # value * scale in binary floating point moves the digits the device wrote (Shelly's
+    # "ts": 1734476334.51 gave ...509999872 ns); repr() is the shortest text that reads
+    # back as this float, i.e. the number as written, so scale it in decimal instead.
+    return round(decimal.Decimal(repr(value)) * scale)
 
 
 class CompiledMapping:

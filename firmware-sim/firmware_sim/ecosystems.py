@@ -22,6 +22,7 @@ send a message twice: without a seq a device's own copy cannot be told from a ne
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import math
 from typing import Any
 
@@ -152,8 +153,8 @@ class ShellyGroup(EcosystemGroup):
         return f"switch_0_{self._KEYS[metric]}"
 
     def agent_time(self, time_ns: int) -> int:
-        ts = float(f"{time_ns / 1e9:.2f}")
-        return round(ts * 1_000_000_000)  # as the agent reads `ts` (time_format "s")
+        # as the agent reads `ts` (time_format "s"): the 2 decimals as written, in ns
+        return int(decimal.Decimal(f"{time_ns / 1e9:.2f}") * 1_000_000_000)
 
     def encode(self, i: int, name: str, samples: list[Sample]) -> tuple[str, bytes]:
         topic = f"{name}/events/rpc"

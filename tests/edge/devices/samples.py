@@ -17,6 +17,20 @@ and the projects named):
 - RFC 8428 sections 5.1.1, 5.1.2, 5.1.3
 - OwnTracks booklet `docs/tech/json.md`, a location message
 - The Things Stack docs `reference/data-formats`, uplink message example
+More per ecosystem (28-44; samples/README.md has the details):
+- influxdata/telegraf `plugins/inputs/mem/README.md`, `plugins/inputs/cpu/README.md`,
+  "Example Output" (one line per message, as outputs.mqtt publishes without `batch`)
+- Koenkk/zigbee2mqtt `test/receive.test.js` (WSDCGQ11LM weather sensor, WXKG11LM button)
+- owntracks/android `project/app/src/androidTest/.../e2e/ContactsAndMapTests.kt`; the
+  openHAB gpstracker binding README (a tracker's location, logged)
+- home-assistant.io `source/_integrations/mqtt.markdown` (binary sensor `garden` ON,
+  light `kitchen` JSON state)
+- ThingsBoard docs, The Things Industries integration guide (a simulated TTS uplink); The
+  Things Stack docs `integrations/mqtt/_index.md` (an uplink without decoded_payload)
+- Shelly Gen3 NotifyStatus captured in asnowfix/home-automation
+  `pkg/shelly/script/follower-switch.js`, `front-door-follower-switch.js`; Gen1 relay state
+  in euzu/gohanectl `doc/Shelly_1.md`; Gen3 H&T status messages in JHNUL/home-server-apps
+  `homeserver-parent/homeserver-common/messages.md`
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ class Sample:
     file: str
     topic: str
     readings: tuple[Expected, ...]
+    refused: str = ""  # the dead letter's reason, for a sample that must give no reading
 
     @property
     def payload(self) -> bytes:
@@ -73,6 +88,19 @@ def _energy(device: str, t: int, v: tuple[float, ...]) -> tuple[Expected, ...]:
         ("current", "A"),
     ]
     return tuple(_e(device, m, x, u, t) for (m, u), x in zip(names, v, strict=True))
+
+
+def _location(
+    device: str, tst: int, *, acc: float, batt: float, lat: float, lon: float
+) -> tuple[Expected, ...]:
+    """The readings of an OwnTracks location with only these four measurements."""
+    t = tst * 10**9
+    return (
+        _e(device, "accuracy", acc, "m", t),
+        _e(device, "battery", batt, "%EL", t),
+        _e(device, "latitude", lat, "lat", t),
+        _e(device, "longitude", lon, "lon", t),
+    )
 
 
 SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
@@ -180,15 +208,7 @@ SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
         "owntracks",
         "16-owntracks-location.json",
         "owntracks/urban/nexus",
-        tuple(
-            _e("urban-nexus", m, v, u, 1508256136 * 10**9)
-            for m, v, u in [
-                ("accuracy", 16, "m"),
-                ("battery", 61, "%EL"),
-                ("latitude", 59.4313733, "lat"),
-                ("longitude", 18.3259013, "lon"),
-            ]
-        ),
+        _location("urban-nexus", 1508256136, acc=16, batt=61, lat=59.4313733, lon=18.3259013),
     ),
     Sample(
         "ttn",
@@ -234,4 +254,227 @@ SAMPLES_BY_PROFILE: tuple[Sample, ...] = (
     ),
 )
 
-PROFILES = sorted({s.profile for s in SAMPLES_BY_PROFILE})
+_MEM = [  # Telegraf plugins/inputs/mem/README.md, "Example Output", field by field
+    ("active", 9299595264),
+    ("available", 16818249728),
+    ("available_percent", 80.41654254645131),
+    ("buffered", 2383761408),
+    ("cached", 13316689920),
+    ("commit_limit", 14751920128),
+    ("committed_as", 11781156864),
+    ("dirty", 122880),
+    ("free", 1877688320),
+    ("high_free", 0),
+    ("high_total", 0),
+    ("huge_page_size", 2097152),
+    ("huge_pages_free", 0),
+    ("huge_pages_total", 0),
+    ("inactive", 7549939712),
+    ("low_free", 0),
+    ("low_total", 0),
+    ("mapped", 416763904),
+    ("page_tables", 19787776),
+    ("shared", 670679040),
+    ("slab", 2081071104),
+    ("sreclaimable", 1923395584),
+    ("sunreclaim", 157675520),
+    ("swap_cached", 1302528),
+    ("swap_free", 4286128128),
+    ("swap_total", 4294963200),
+    ("total", 20913917952),
+    ("used", 3335778304),
+    ("used_percent", 15.95004011996231),
+    ("vmalloc_chunk", 0),
+    ("vmalloc_total", 35184372087808),
+    ("vmalloc_used", 0),
+    ("wired", 0),
+    ("write_back", 0),
+    ("write_back_tmp", 0),
+]
+_CPU0 = (
+    31.249999981810106,
+    2.083333333080696,
+    0,
+    68.7500000181899,
+    0,
+    0,
+    0,
+    0,
+    0,
+    4.166666666161392,
+    25.000000002273737,
+)
+_CPU_TOTAL = (
+    17.616580305880305,
+    1.036269430422946,
+    0,
+    82.3834196941197,
+    0,
+    0,
+    0,
+    1.0362694300459534,
+    0,
+    4.145077721691784,
+    11.398963731636465,
+)
+_CPU_FIELDS = (
+    "active",
+    "guest",
+    "guest_nice",
+    "idle",
+    "iowait",
+    "irq",
+    "nice",
+    "softirq",
+    "steal",
+    "system",
+    "user",
+)
+T_CPU = 1568760922 * 10**9
+
+
+def _mem_unit(field: str) -> str:
+    if field.endswith("_percent"):
+        return "%"
+    return "" if field.startswith("huge_pages_") else "By"  # a count of pages; else bytes
+
+
+def _cpu(device: str, values: tuple[float, ...]) -> tuple[Expected, ...]:
+    return tuple(
+        _e(device, f"cpu_usage_{f}", v, "%", T_CPU)
+        for f, v in zip(_CPU_FIELDS, values, strict=True)
+    )
+
+
+# More samples per ecosystem (files 28-44): a profile that passes only the first ones is
+# not done. Each names its source in samples/README.md.
+MORE_SAMPLES: tuple[Sample, ...] = (
+    Sample(
+        "telegraf",
+        "28-telegraf-mem.lp",  # no host tag at all: the device comes from the topic
+        "telegraf/loaner/mem",
+        tuple(_e("loaner", f"mem_{f}", v, _mem_unit(f), 1574712869 * 10**9) for f, v in _MEM),
+    ),
+    Sample("telegraf", "29-telegraf-cpu0.lp", "telegraf/loaner/cpu", _cpu("loaner-cpu0", _CPU0)),
+    Sample(
+        "telegraf",
+        "30-telegraf-cpu-total.lp",  # the same fields as cpu0: a series of its own
+        "telegraf/loaner/cpu",
+        _cpu("loaner-cpu-total", _CPU_TOTAL),
+    ),
+    Sample(
+        "zigbee2mqtt",
+        "31-zigbee2mqtt-wsdcgq11lm.json",
+        "zigbee2mqtt/weather_sensor",
+        (
+            _e("weather_sensor", "battery", 91, "%EL", RECEIVED),
+            _e("weather_sensor", "voltage", 2.985, "V", RECEIVED),  # 2985 mV, converted
+            _e("weather_sensor", "temperature", 23.5, "Cel", RECEIVED),
+            _e("weather_sensor", "humidity", 46.08, "%RH", RECEIVED),
+            _e("weather_sensor", "pressure", 915.5, "hPa", RECEIVED),
+            _e("weather_sensor", "linkquality", 10, "", RECEIVED),
+        ),
+    ),
+    Sample(
+        "zigbee2mqtt",
+        "32-zigbee2mqtt-wxkg11lm-click.json",  # "click": "single" is an event, not a value
+        "zigbee2mqtt/button",
+        (_e("button", "linkquality", 10, "", RECEIVED),),
+    ),
+    Sample(
+        "owntracks",
+        "33-owntracks-android-location.json",
+        "owntracks/jane/phone",
+        tuple(
+            _e("jane-phone", m, v, u, 1610799026 * 10**9)
+            for m, v, u in [
+                ("accuracy", 20, "m"),
+                ("battery", 100, "%EL"),
+                ("latitude", 51.2, "lat"),
+                ("longitude", -4, "lon"),
+                ("vertical_accuracy", 40, "m"),
+                ("speed", 7 / 3.6, "m/s"),  # 7 km/h, converted to the catalog's unit
+            ]
+        ),
+    ),
+    Sample(
+        "homeassistant",
+        "34-homeassistant-garden-motion.txt",
+        "homeassistant/binary_sensor/garden/state",
+        (_e("garden", "state", 1.0, "", RECEIVED),),
+    ),
+    Sample(
+        "homeassistant",
+        "35-homeassistant-light-kitchen.json",
+        "homeassistant/light/kitchen/state",
+        (
+            _e("kitchen", "state", 1.0, "", RECEIVED),
+            _e("kitchen", "brightness", 255, "", RECEIVED),
+        ),
+    ),
+    Sample(
+        "ttn",
+        "36-ttn-v3-uplink-thingsboard-doc.json",
+        "v3/thingsboard-integration@thingsboard/devices/thermostat1/up",
+        (_e("thermostat1", "temperature", 2, "Cel", 1597136385_869225403),),
+    ),
+    Sample(
+        "ttn",
+        "37-ttn-v3-uplink-no-formatter.json",  # no payload formatter: frm_payload only
+        "v3/app1@tenant1/devices/dev1/up",
+        (),
+        refused="no_readings",
+    ),
+    Sample(
+        "shelly",
+        "38-shelly-gen3-1mini-notifystatus.json",
+        "shelly1minig3-54320464f17c/events/rpc",
+        (_e("shelly1minig3-54320464f17c", "switch_0_output", 0.0, "", 1745708765_600000000),),
+    ),
+    Sample(
+        "shelly",
+        "39-shelly-gen3-1mini-notifystatus-on.json",
+        "shelly1minig3-543204522cb4/events/rpc",
+        (_e("shelly1minig3-543204522cb4", "switch_0_output", 1.0, "", 1734476334_510000000),),
+    ),
+    Sample(
+        "shelly",
+        "41-shelly-gen1-shelly1-relay0.txt",  # "on": the relay's state
+        "shellies/shelly1-483FDA91BCEF/relay/0",
+        (_e("shelly1-483FDA91BCEF-0", "relay", 1.0, "", RECEIVED),),
+    ),
+    Sample(
+        "shelly",
+        "42-shelly-gen2-ht-status-temperature.json",
+        "shellyht-livingroom/status/temperature:0",
+        (
+            _e("shellyht-livingroom", "temperature_0_t_c", 20.1, "Cel", RECEIVED),
+            _e("shellyht-livingroom", "temperature_0_t_f", 68.3, "[degF]", RECEIVED),
+        ),
+    ),
+    Sample(
+        "shelly",
+        "43-shelly-gen2-ht-status-devicepower.json",
+        "shellyht-livingroom/status/devicepower:0",
+        (
+            _e("shellyht-livingroom", "devicepower_0_battery_v", 5.46, "V", RECEIVED),
+            _e("shellyht-livingroom", "devicepower_0_battery_percent", 73, "%EL", RECEIVED),
+            _e("shellyht-livingroom", "devicepower_0_external_present", 0.0, "", RECEIVED),
+        ),
+    ),
+    Sample(
+        "shelly",
+        "44-shelly-gen2-ht-status-cloud.json",  # the device's own state: not a reading
+        "shellyht-livingroom/status/cloud",
+        (),
+    ),
+    Sample(
+        "owntracks",
+        "40-owntracks-location-openhab-log.json",
+        "owntracks/xx/tracker",
+        _location("xx-tracker", 1527966973, acc=10.0, batt=96, lat=41.53, lon=16.16),
+    ),
+)
+
+ALL_SAMPLES = SAMPLES_BY_PROFILE + MORE_SAMPLES
+PROFILES = sorted({s.profile for s in ALL_SAMPLES})

@@ -125,6 +125,22 @@ def test_bad_payloads_are_dead_letters_with_a_reason(
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("ts", "want_ns"),
+    [
+        (b"1734476334.51", 1734476334_510000000),  # Shelly Gen3 NotifyStatus (sample 39)
+        (b"1745708765.60", 1745708765_600000000),
+        (b"1631186545.04", 1631186545_040000000),
+        (b"1700000000.123456", 1700000000_123456000),  # µs: what a float64 holds
+        (b"1700000000", 1700000000_000000000),
+    ],
+)
+def test_fractional_epoch_seconds_keep_the_digits_as_written(ts: bytes, want_ns: int) -> None:
+    decode = _mapped(time_path="ts", time_format="s", skip=["ts"])
+    (r,) = decode(b'{"ts": ' + ts + b', "v": 1}', Context.for_topic("s1", "t/d", NOW))  # type: ignore[operator]
+    assert r.time_ns == want_ns
+
+
 def test_plain_values_refuse_what_is_not_a_value() -> None:
     decode = build_decoder(
         "sources.0.mapping",

@@ -16,12 +16,13 @@ from devices.catalog import load_catalog
 from edge.agent import Agent
 from edge.decode_cli import subscribed
 from edge.decoders import Context, build_decoder
+from edge.errors import DecodeError
 from edge.validation import Validator
 from gateway.config import AgentConfig
 from gateway.reading import Reading
 from gateway.servers import NatsServer
 from tests.edge.devices.profiles import PROFILE_DIR, profile_config
-from tests.edge.devices.samples import PROFILES, SAMPLES_BY_PROFILE, Expected, Sample
+from tests.edge.devices.samples import ALL_SAMPLES, PROFILES, Expected, Sample
 from tests.edge.devices.stream import stored_readings
 from tests.edge.test_agent_integration import running
 from tests.edge.test_mqtt_source import broker_port
@@ -56,10 +57,15 @@ def _check(got: list[Reading], want: list[Expected], t0: int, t1: int) -> None:
         assert r.flags == 0
 
 
-@pytest.mark.parametrize("sample", SAMPLES_BY_PROFILE, ids=lambda s: s.file)
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda s: s.file)
 def test_sample_decodes_as_documented(sample: Sample, tmp_path: Path) -> None:
     cfg = profile_config(sample.profile, tmp_path, None, 1883)
     now = time.time_ns()
+    if sample.refused:
+        with pytest.raises(DecodeError) as refused:
+            _decode(cfg, sample, now)
+        assert refused.value.reason == sample.refused
+        return
     _check(_decode(cfg, sample, now), list(sample.readings), now, now)
 
 
@@ -82,7 +88,7 @@ async def test_profile_through_a_real_broker_and_agent(
     js: JetStreamContext,
 ) -> None:
     cfg = profile_config(profile, tmp_path, cloud_server, broker_port)
-    samples = [s for s in SAMPLES_BY_PROFILE if s.profile == profile]
+    samples = [s for s in ALL_SAMPLES if s.profile == profile]  # refused ones too: no reading
     want = [e for s in samples for e in s.readings]
     async with running(Agent(cfg)):
         t0 = time.time_ns()
