@@ -202,15 +202,21 @@ class ExactCopies:
             recent = self._seen[key] = _Recent()
         self._last[key] = now
         fresh, limit = recent.fresh, self.per_series
-        return [
-            k[0] == NO_SEQ or fresh(k, limit) for k in zip(seqs, times, values, strict=True)
-        ]
+        return [k[0] == NO_SEQ or fresh(k, limit) for k in zip(seqs, times, values, strict=True)]
 
-    def prune(self, now: float) -> None:
-        """Forget series silent longer than `silent_s` (at most once a minute)."""
+    def prune(self, now: float) -> int:
+        """Forget series silent longer than `silent_s` (checked at most every quarter of
+        it, and at least once a minute); how many were forgotten. The dicts are rebuilt
+        after a prune that emptied much of them: a dict never shrinks by deletion, so one
+        grown by a flood of 100,000 names would keep its size for good."""
         if now < self._next_prune:
-            return
-        self._next_prune = now + 60.0
-        for key in [k for k, t in self._last.items() if now - t > self.silent_s]:
+            return 0
+        self._next_prune = now + min(60.0, self.silent_s / 4)
+        gone = [k for k, t in self._last.items() if now - t > self.silent_s]
+        for key in gone:
             del self._last[key]
             del self._seen[key]
+        if gone and len(gone) >= len(self._last):
+            self._last = dict(self._last)
+            self._seen = dict(self._seen)
+        return len(gone)

@@ -38,3 +38,16 @@ def retain_freed_heap(limit: int = DEFAULT_RETAINED) -> bool:
     if not done:
         log.debug("mallopt(M_TRIM_THRESHOLD) refused; heap trimming left as it is")
     return done
+
+
+def release_freed_heap() -> bool:
+    """Hand the heap's free memory back to the kernel now (glibc `malloc_trim(0)`): after
+    forgetting many series the agent's RSS returns near its size before them, which the
+    retention above would otherwise keep. False if this C library has no `malloc_trim`."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge.sources import Deliver, SourceMessage, cancel_and_wait
+from edge.sources import Deliver, SourceMessage, SourceStatus, cancel_and_wait, task_status
 from gateway.config import MqttSourceSettings
 from gateway.retry import Backoff
 
@@ -68,6 +68,7 @@ class MqttSource:
         self._lost = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
+        self._last_error = "not connected yet"  # why not connected: for `status`
         # Connections so far. An ack is sent only on the connection its message came by:
         # a broker restarted meanwhile gives packet ids out afresh (measured: nats-server),
         # so an old id would acknowledge another message, perhaps one not durable yet.
@@ -100,6 +101,14 @@ class MqttSource:
         client.on_socket_unregister_write = self._on_unregister_write
         return client
 
+    def status(self) -> SourceStatus:
+        dead = task_status(self._task)
+        if dead is not None:
+            return dead
+        if not self.connected:
+            return SourceStatus(False, self._last_error)
+        return SourceStatus(True)
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
@@ -121,7 +130,9 @@ class MqttSource:
                 self._client.connect(address, port, keepalive=_KEEPALIVE_S)
             except (OSError, TimeoutError, mqtt.WebsocketConnectionError) as exc:
                 delay = backoff.next()
-                log.warning(
+                self._last_error = f"cannot reach {host}:{port} ({exc or type(exc).__name__})"
+                # the agent logs the change of state once (edge/health.py), not each retry
+                log.debug(
                     "%s: cannot reach %s:%d (%s); retry in %.1fs",
                     self.name,
                     host,
@@ -179,7 +190,8 @@ class MqttSource:
     # -- MQTT events -----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            log.warning("%s: MQTT connect refused: %s", self.name, rc)
+            self._last_error = f"the broker refused the connection: {rc}"
+            log.debug("%s: MQTT connect refused: %s", self.name, rc)
             return
         self.connected = True
         self._connection += 1
@@ -189,7 +201,8 @@ class MqttSource:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected = False
-        log.info("%s: MQTT disconnected (%s)", self.name, rc)
+        self._last_error = f"disconnected ({rc})"
+        log.debug("%s: MQTT disconnected (%s)", self.name, rc)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(c.is_failure for c in codes):
