@@ -72,7 +72,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []  # every task, nested ones too: see stop
         self.actual = ActualState(config.site, config.agent)
         self.health = HealthMonitor(config.uplink.stall_after_s)
-        self._nats_error = "not connected yet"  # the last connection error: for health
+        self._nats_error = ""  # the last connection error, for health ("": none yet)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._use_config(self.remote.load())
@@ -140,7 +140,7 @@ class Agent:
                 error_cb=self._on_nats_error,
                 on_failure=self._note_nats_error,
             )
-            self._nats_error = "reconnecting"
+            self._nats_error = "connection lost; nats-py is reconnecting"
             self._nc = nc
             # The uplink returns only once the connection is closed for good.
             await first_of(

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class UplinkStatus:
     connected: bool
-    detail: str  # why not connected: the last connect error
+    detail: str  # why not connected: the last connect error ("": a first connect under way)
     buffered_batches: int
     last_progress: float  # monotonic time of the last batch published (or the uplink's start)
 
@@ -43,7 +43,7 @@ class _Part:
 
 class HealthMonitor:
     """`assess` computes the health and logs each part whose state changed since the last
-    call; parts start as `up` / `connected`, so a healthy start logs nothing here."""
+    call, so a healthy start logs nothing here."""
 
     def __init__(self, stall_after_s: float) -> None:
         self.stall_after_s = stall_after_s
@@ -61,7 +61,7 @@ class HealthMonitor:
         return Health(not found, found)
 
     def _source(self, name: str, st: SourceStatus) -> str:
-        state = "up" if st.up else "dead" if st.dead else "down"
+        state = "up" if st.up else "dead" if st.dead else "down" if st.detail else "connecting"
         self._change(f"source {name}", state, st.detail)
         return "" if st.up else f"source {name} is {state}: {st.detail}"
 
@@ -80,18 +80,21 @@ class HealthMonitor:
             )
             self._change("uplink", "stalled", detail)
             return f"uplink is stalled: {detail}"
-        self._change("uplink", "connected" if up.connected else "disconnected", up.detail)
+        state = "connected" if up.connected else "disconnected" if up.detail else "connecting"
+        self._change("uplink", state, up.detail)
         return ""
 
     def _change(self, part: str, state: str, detail: str) -> None:
         old = self._parts.get(part)
-        initial = state in ("up", "connected")
-        unchanged = old.state == state if old is not None else initial
-        if unchanged:
-            self._parts.setdefault(part, _Part(state, detail))
-            return
         self._parts[part] = _Part(state, detail)
-        if initial:
+        was_fine = old is None or old.state in _FINE
+        if (old is not None and old.state == state) or (was_fine and state in _FINE):
+            return
+        if state in _FINE:
             log.info("%s is %s again", part, state)
         else:
             log.warning("%s is %s: %s", part, state, detail)
+
+
+# States that are not worth a line by themselves (a first connection under way is not news)
+_FINE = ("up", "connected", "connecting")

@@ -40,7 +40,7 @@ class SourceStatus:
     """Whether a source delivers right now (`/healthz`, edge/health.py), and why not."""
 
     up: bool
-    detail: str = ""  # why not: "cannot reach 127.0.0.1:1883 (Connection refused)"
+    detail: str = ""  # why not ("cannot reach ..."); "" while a first connect is under way
     dead: bool = False  # its task ended: it will not come back by itself
 
 

@@ -68,7 +68,7 @@ class MqttSource:
         self._lost = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
-        self._last_error = "not connected yet"  # why not connected: for `status`
+        self._last_error = ""  # why not connected, for `status` ("": first connect under way)
         # Connections so far. An ack is sent only on the connection its message came by:
         # a broker restarted meanwhile gives packet ids out afresh (measured: nats-server),
         # so an old id would acknowledge another message, perhaps one not durable yet.
