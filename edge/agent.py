@@ -318,9 +318,20 @@ class Agent:
     async def _watch(self) -> None:
         """Once a second: log what changed state (edge/health.py), and forget series that
         fell silent (also when no message arrives at all), returning their memory."""
+        copies = self._batcher.copies
+        forgotten = copies.forgotten
         while True:
             self.assess()
-            if self._batcher.copies.prune(time.monotonic()):
+            copies.prune(time.monotonic())  # the batcher prunes too, as it takes a batch
+            if copies.forgotten != forgotten:
+                log.log(
+                    logging.INFO if copies.forgotten - forgotten >= 1000 else logging.DEBUG,
+                    "forgot %d series silent for over %.0fs; %d remembered",
+                    copies.forgotten - forgotten,
+                    copies.silent_s,
+                    copies.series,
+                )
+                forgotten = copies.forgotten
                 release_freed_heap()
             await asyncio.sleep(1.0)
 

@@ -39,6 +39,7 @@ class AgentOptions:
     durability: str = "normal"
     max_readings: int = 200
     linger_ms: int = 100
+    forget_series_after_s: float = 3600.0
 
 
 @dataclass(slots=True)
@@ -69,6 +70,7 @@ class Rig:
             f'creds_file = "{n["creds_file"]}"\n'
             f'[[sources]]\nurl = "{self.edge.mqtt_url}"\ntopics = ["sensors/#"]\n'
             f"[batch]\nmax_readings = {o.max_readings}\nlinger_ms = {o.linger_ms}\n"
+            f"forget_series_after_s = {o.forget_series_after_s}\n"
             f'[buffer]\nmax_bytes = {o.max_bytes}\noverflow = "{o.overflow}"\n'
             f'durability = "{o.durability}"\n'
             "[uplink]\npublish_timeout_s = 2.0\nbackoff_max_s = 1.0\nheartbeat_s = 0.5\n"
