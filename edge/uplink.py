@@ -39,7 +39,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from edge.buffer import SqliteBuffer, StoredBatch, StoredDeadLetter
-from edge.errors import PublishFailed
+from edge.errors import BufferStoreError, PublishFailed
 from gateway import envelope, subjects
 from gateway.config import UplinkSettings
 from gateway.deadletter import ORIGINAL_DIGEST, ORIGINAL_SIZE, DeadLetterHeaders
@@ -169,7 +169,13 @@ class Uplink:
                 continue
             try:
                 sent = await self._forward_round(js)
-            except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
+            except (
+                NatsError,
+                JetStreamError,
+                TimeoutError,
+                PublishFailed,
+                BufferStoreError,
+            ) as exc:
                 self.stats.publish_errors += 1
                 self._dedupe_window_ns = None  # the stream may have been recreated
                 delay = self.backoff.next()
@@ -205,7 +211,7 @@ class Uplink:
             async with asyncio.timeout(timeout):
                 while time.monotonic() < deadline and await self._forward_round(js):
                     pass
-        except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
+        except (NatsError, JetStreamError, TimeoutError, PublishFailed, BufferStoreError) as exc:
             log.info("stopping with batches still buffered (%s)", exc)
 
     async def _wait_for_work(self) -> None:
