@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from app.demo import Children
-from app.verify import Report, compare, read_telemetry
+from app.verify import Report, StreamContents, compare, read_telemetry
 from cloud.streams import ensure_streams
 from devices.catalog import load_catalog
 from edge import accounting
@@ -153,6 +154,16 @@ class Rig:
             if report.missing <= self.dropped() or time.monotonic() > deadline:
                 return report
             await asyncio.sleep(0.5)
+
+    async def wait_counts(self, want: Counter[Any], timeout: float = 120) -> StreamContents:
+        """Poll the stream until it holds at least `want` readings per (site, device)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            contents = await read_telemetry(self.js)
+            got = Counter({k: sum(len(a) for a in v) for k, v in contents.seqs.items()})
+            if got >= want or time.monotonic() > deadline:
+                return contents
+            await asyncio.sleep(0.5)  # a polling period, bounded by the deadline
 
     async def reconnect_js(self) -> None:
         """After the cloud server restarted: a fresh client, so no state is carried over."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import numpy as np
 import orjson
 import pytest
 
-from app.verify import read_telemetry
 from tests.chaos.rig import SITE, rig
 from tests.helpers import publish_qos1, reading
 
@@ -51,13 +49,7 @@ async def test_rebooting_devices_in_a_backlog_killed_while_draining(tmp_path: Pa
         await r.wait_ready()
         per_device = 2 * PACKS * PER_PACK
         want = Counter({(SITE, f"d{d}"): per_device for d in range(DEVICES)})
-        deadline = time.monotonic() + 120
-        while True:
-            contents = await read_telemetry(r.js)
-            got = Counter({k: sum(len(a) for a in v) for k, v in contents.seqs.items()})
-            if got >= want or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)  # a polling period, bounded by the deadline
+        contents = await r.wait_counts(want)
         await r.stop_agent()
         expected = sorted((s, b + s) for b in (0.0, REBOOT) for s in range(1, PACKS * PER_PACK + 1))
         for d in range(DEVICES):
