@@ -29,6 +29,8 @@ from edge.control.heartbeat import ActualState, AgentSnapshot, IntakeCounts
 from edge.control.remote_config import RemoteConfig
 from edge.errors import BufferStoreError
 from edge.forwarding_metrics import ForwardingCollector
+from edge.health import Health, HealthMonitor, UplinkStatus
+from edge.heap import release_freed_heap
 from edge.intake import Intake, IntakeStats, source_names
 from edge.metrics import AgentMetrics, MetricsServer
 from edge.sources import Source, SourceMessage, registry
@@ -69,6 +71,8 @@ class Agent:
         self.remote = RemoteConfig(config)
         self._tasks: list[asyncio.Task[None]] = []  # every task, nested ones too: see stop
         self.actual = ActualState(config.site, config.agent)
+        self.health = HealthMonitor(config.uplink.stall_after_s)
+        self._nats_error = ""  # the last connection error, for health ("": none yet)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._use_config(self.remote.load())
@@ -88,6 +92,7 @@ class Agent:
                 tg.create_task(self._intake(), name="intake"),
                 tg.create_task(self._flusher(), name="flusher"),
                 tg.create_task(self._cloud_link(), name="cloud-link"),
+                tg.create_task(self._watch(), name="watch"),
             ]
             await self._start_metrics()
             await self._start_sources()
@@ -128,13 +133,30 @@ class Agent:
         cfg = self.config
         inbox = permissions.agent_inbox(cfg.site, cfg.agent)  # the only one it may read
         while True:
-            nc = await connect_forever(cfg.nats, f"agent-{cfg.agent}", inbox)
+            nc = await connect_forever(
+                cfg.nats,
+                f"agent-{cfg.agent}",
+                inbox,
+                error_cb=self._on_nats_error,
+                on_failure=self._note_nats_error,
+            )
+            self._nats_error = "connection lost; nats-py is reconnecting"
             self._nc = nc
             # The uplink returns only once the connection is closed for good.
             await first_of(
                 self.uplink.run(nc), self._heartbeat(nc), self.remote.follow(nc, self.apply_config)
             )
             log.warning("the NATS connection was closed; connecting again")
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        """nats-py's error callback. Its default logs a traceback for every failed
+        reconnect attempt (about 4 KB/s with the cloud down); the health monitor logs the
+        change of state once instead (`_watch`)."""
+        self._note_nats_error(exc)
+        log.debug("nats: %s: %s", type(exc).__name__, exc)
+
+    def _note_nats_error(self, exc: BaseException) -> None:
+        self._nats_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     def _use_config(self, cfg: AgentConfig) -> None:
         """The one path by which settings reach the running parts: each part takes its
@@ -143,6 +165,7 @@ class Agent:
         self.config = cfg
         self.buffer.reconfigure(cfg.buffer)
         self.uplink.reconfigure(cfg.uplink)
+        self.health.stall_after_s = cfg.uplink.stall_after_s
         if self.batcher is not None:
             self.batcher.reconfigure(cfg.batch)
         if self.intake is not None:
@@ -292,6 +315,38 @@ class Agent:
         return self.batcher
 
     # -- status ----------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Once a second: log what changed state (edge/health.py), and forget series that
+        fell silent (also when no message arrives at all), returning their memory."""
+        copies = self._batcher.copies
+        forgotten = copies.forgotten
+        while True:
+            self.assess()
+            copies.prune(time.monotonic())  # the batcher prunes too, as it takes a batch
+            if copies.forgotten != forgotten:
+                log.log(
+                    logging.INFO if copies.forgotten - forgotten >= 1000 else logging.DEBUG,
+                    "forgot %d series silent for over %.0fs; %d remembered",
+                    copies.forgotten - forgotten,
+                    copies.silent_s,
+                    copies.series,
+                )
+                forgotten = copies.forgotten
+                release_freed_heap()
+            await asyncio.sleep(1.0)
+
+    def assess(self) -> Health:
+        nc = self._nc
+        connected = nc is not None and nc.is_connected
+        uplink = UplinkStatus(
+            connected,
+            "" if connected else self._nats_error,
+            self.buffer.stats().batches,
+            self.uplink.last_progress,
+        )
+        sources = {src.name: src.status() for src in self.sources}
+        return self.health.assess(self.ready.is_set(), sources, uplink, time.monotonic())
+
     @property
     def stats(self) -> IntakeStats:
         assert self.intake is not None, "agent is not running"
@@ -300,6 +355,7 @@ class Agent:
     def snapshot(self) -> AgentSnapshot:
         buf = self.buffer.stats()
         s = self.stats
+        health = self.assess()
         return AgentSnapshot(
             site=self.config.site,
             agent=self.config.agent,
@@ -308,7 +364,8 @@ class Agent:
             pid=os.getpid(),
             config_revision=self.remote.revision,
             last_error=self.remote.error or self._source_error(),
-            ready=self.ready.is_set(),
+            ready=health.ready,
+            problems=health.problems,
             time_ns=time.time_ns(),
             intake=IntakeCounts(
                 s.messages,
@@ -327,8 +384,9 @@ class Agent:
     def _source_error(self) -> str:
         """The first source's failure to connect (e.g. a TLS refusal), for status/healthz."""
         for src in self.sources:
-            if error := getattr(src, "last_error", ""):  # sources that can fail to connect
-                return f"{src.name}: {error}"
+            status = src.status()
+            if not status.up and status.detail:
+                return f"{src.name}: {status.detail}"
         return ""
 
     async def _heartbeat(self, nc: NatsClient) -> None:

@@ -61,12 +61,13 @@ class Batcher:
         self.settings = settings
         # shared with the buffer: the records already durable
         self._deliveries = DeliveryLog({}, {}) if deliveries is None else deliveries
-        self.copies = ExactCopies()
+        self.copies = ExactCopies(silent_s=settings.forget_series_after_s)
         self._open: _Open | None = None
 
     def reconfigure(self, settings: BatchSettings) -> None:
         """New limits: the open batch is due by them from now on."""
         self.settings = settings
+        self.copies.silent_s = settings.forget_series_after_s
 
     def _current(self) -> _Open:
         if self._open is None:

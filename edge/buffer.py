@@ -213,6 +213,7 @@ class SqliteBuffer:
         self.max_bytes = max_bytes
         self.durability = durability
         self.overflow = overflow
+        self._disk_full = False  # in a disk-full episode: logged once, at its start
         self.max_age_ns = int(max_age_s * 1e9)
         self.key_file = key_file  # read at open(): payloads are sealed with its key
         self._cipher: BufferCipher | None = None
@@ -369,6 +370,21 @@ class SqliteBuffer:
                 db.execute("ROLLBACK")
             raise
 
+    @contextlib.contextmanager
+    def _uplink_write(self) -> Iterator[sqlite3.Connection]:
+        """A transaction of the uplink's (attempt marks, deletes). On a full disk even a
+        DELETE needs WAL pages: the reserve is given up so that the retry fits, and the
+        buffer's own error is raised; the uplink retries (a batch not deleted is resent
+        under its id, which JetStream deduplicates)."""
+        try:
+            with self._transaction() as db:
+                yield db
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                self._reserve.unlink(missing_ok=True)
+                self._shrink_wal()
+            raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
+
     @property
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -399,12 +415,20 @@ class SqliteBuffer:
         flush = _Commit(batch, batch_id, list(dead_letters), deliveries, floors, intake)
         try:
             result = self._commit_once(flush, None)
+            if self._disk_full:
+                self._disk_full = False
+                log.info("buffer %s: writes fit on the disk again", self.path)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise BufferStoreError(f"cannot write to buffer {self.path}: {exc}") from exc
-            log.error(
-                "disk full writing the buffer %s; applying the %s policy", self.path, self.overflow
+            # once per episode: a disk full for an hour must not also fill the log
+            log.log(
+                logging.DEBUG if self._disk_full else logging.ERROR,
+                "disk full writing the buffer %s; applying the %s policy",
+                self.path,
+                self.overflow,
             )
+            self._disk_full = True
             try:  # even freeing space needs WAL pages: a refusal here is the buffer's error
                 result = self._commit_disk_full(flush)
             except sqlite3.Error as full:
@@ -439,6 +463,13 @@ class SqliteBuffer:
             self._reserve.write_bytes(bytes(_RESERVE_BYTES))
         except OSError:  # no space yet: try again after a later commit
             self._reserve.unlink(missing_ok=True)
+
+    def _shrink_wal(self) -> None:
+        """Give the WAL's disk space back (its pages into the database, the file cut to
+        nothing): a WAL that grew while a reader (`gateway edge stats`) held back its
+        checkpoints can be what fills the disk, and then even deletes cannot commit."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _commit_disk_full(self, flush: _Commit) -> CommitResult:
         if self.overflow == "block":
@@ -559,7 +590,7 @@ class SqliteBuffer:
         if freed is None:
             return False
         self._bytes -= freed
-        log.warning("disk full: dropped the oldest batch (%d readings)", result.dropped.total())
+        log.debug("disk full: dropped the oldest batch (%d readings)", result.dropped.total())
         return True
 
     def _expire(self, now: int, counters: Counter[str], result: CommitResult) -> int:
@@ -690,11 +721,12 @@ class SqliteBuffer:
         if ids:  # one statement (and one implicit transaction) for the whole window
             # Only batches still stored: one a drop policy removed since it was read would
             # leave a mark its trigger can no longer delete.
-            self._conn.execute(
-                "INSERT OR IGNORE INTO attempted SELECT id, ? FROM batches"
-                f" WHERE id IN ({','.join('?' * len(ids))})",
-                [time.time_ns(), *ids],
-            )
+            with self._uplink_write() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO attempted SELECT id, ? FROM batches"
+                    f" WHERE id IN ({','.join('?' * len(ids))})",
+                    [time.time_ns(), *ids],
+                )
 
     def delete_batches(self, batches: Iterable[StoredBatch]) -> int:
         """Step 5: remove published batches (only after their PubAck); count them published.
@@ -712,7 +744,7 @@ class SqliteBuffer:
         freed = readings = 0
         by_sources = Counter[str]()  # a backlog's batches mostly share one `sources` text
         counters: Counter[str] = Counter()
-        with self._transaction():
+        with self._uplink_write():
             present = db.execute(f"SELECT id FROM batches WHERE id IN ({marks})", rows).fetchall()
             db.execute(f"DELETE FROM batches WHERE id IN ({marks})", rows)
             for (row,) in present:
@@ -736,7 +768,7 @@ class SqliteBuffer:
         result = CommitResult()
         counters: Counter[str] = Counter()
         freed = 0
-        with self._transaction() as db:
+        with self._uplink_write() as db:
             for row, b in read.items():
                 gone = db.execute("DELETE FROM batches WHERE id = ? RETURNING bytes", (row,))
                 if gone.fetchone() is None:
@@ -770,7 +802,8 @@ class SqliteBuffer:
         return DeadLetter(source, reason, detail, payload)
 
     def delete_dead_letters(self, rows: Iterable[int]) -> None:
-        self._conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rows])
+        with self._uplink_write() as db:
+            db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rows])
 
     # -- inspection ------------------------------------------------------------------------
     @property

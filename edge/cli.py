@@ -34,9 +34,12 @@ def _edge_buffer_key(args: argparse.Namespace) -> int:
 
 def _edge_run(args: argparse.Namespace) -> int:
     from edge.agent import Agent
-    from edge.heap import retain_freed_heap
+    from edge.heap import retain_freed_heap, use_system_allocator
+    from edge.preflight import check_paths
 
     cfg = config.load(config.AgentConfig, args.config)
+    check_paths(cfg)  # one line naming the key and path, exit code 2 (app/cli.py)
+    use_system_allocator()  # returns only if already in effect (or chosen otherwise)
     retain_freed_heap()
     run_until_signalled(Agent(cfg).run)
     return 0

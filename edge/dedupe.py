@@ -48,7 +48,6 @@ nothing per device.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from dataclasses import dataclass, field
 
 from edge.decoders.context import NO_SEQ
@@ -142,23 +141,31 @@ class DeliveryLog:
 
 
 class _Recent:
-    """One series' last readings: a set to look up, a queue to forget the oldest in O(1)
-    (deleting a dict's first key again and again makes each next lookup scan the
-    tombstones left at its front)."""
+    """One series' last readings: a set to look up, a ring (a list and its head) to forget
+    the oldest in O(1), and when it was last heard of. (Deleting a dict's first key again
+    and again makes each next lookup scan the tombstones left at its front; a deque costs a
+    528-byte block even for one reading, which a flood of device names pays 100,000 times.)"""
 
-    __slots__ = ("keys", "order")
+    __slots__ = ("head", "keys", "last", "order")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.keys: set[tuple[int, int, float]] = set()
-        self.order: deque[tuple[int, int, float]] = deque()
+        self.order: list[tuple[int, int, float]] = []
+        self.head = 0
+        self.last = now
 
     def fresh(self, k: tuple[int, int, float], limit: int) -> bool:
         if k in self.keys:
             return False
         self.keys.add(k)
-        self.order.append(k)
-        if len(self.order) > limit:
-            self.keys.discard(self.order.popleft())
+        order = self.order
+        if len(order) < limit:
+            order.append(k)
+        else:  # full: the new one takes the oldest one's place
+            head = self.head
+            self.keys.discard(order[head])
+            order[head] = k
+            self.head = (head + 1) % len(order)
         return True
 
 
@@ -177,18 +184,22 @@ class ExactCopies:
         self.per_series = per_series
         self.silent_s = silent_s
         self._seen: dict[str, _Recent] = {}
-        self._last: dict[str, float] = {}
         self._next_prune = 0.0
+        self.forgotten = 0  # series forgotten so far (the agent returns memory after some)
 
     def __len__(self) -> int:
         return sum(len(r.order) for r in self._seen.values())
+
+    @property
+    def series(self) -> int:
+        return len(self._seen)
 
     def fresh(self, key: str, seq: int, time_ns: int, value: float, now: float) -> bool:
         """False if this exact reading was seen; otherwise remember it."""
         recent = self._seen.get(key)
         if recent is None:
-            recent = self._seen[key] = _Recent()
-        self._last[key] = now
+            recent = self._seen[key] = _Recent(now)
+        recent.last = now
         return recent.fresh((seq, time_ns, value), self.per_series)
 
     def fresh_many(
@@ -199,16 +210,23 @@ class ExactCopies:
         Readings without a seq (NO_SEQ) are always fresh and never remembered."""
         recent = self._seen.get(key)
         if recent is None:
-            recent = self._seen[key] = _Recent()
-        self._last[key] = now
+            recent = self._seen[key] = _Recent(now)
+        recent.last = now
         fresh, limit = recent.fresh, self.per_series
         return [k[0] == NO_SEQ or fresh(k, limit) for k in zip(seqs, times, values, strict=True)]
 
-    def prune(self, now: float) -> None:
-        """Forget series silent longer than `silent_s` (at most once a minute)."""
+    def prune(self, now: float) -> int:
+        """Forget series silent longer than `silent_s` (checked at most every quarter of
+        it, and at least once a minute); how many were forgotten. The dicts are rebuilt
+        after a prune that emptied much of them: a dict never shrinks by deletion, so one
+        grown by a flood of 100,000 names would keep its size for good."""
         if now < self._next_prune:
-            return
-        self._next_prune = now + 60.0
-        for key in [k for k, t in self._last.items() if now - t > self.silent_s]:
-            del self._last[key]
+            return 0
+        self._next_prune = now + min(60.0, self.silent_s / 4)
+        gone = [k for k, r in self._seen.items() if now - r.last > self.silent_s]
+        for key in gone:
             del self._seen[key]
+        self.forgotten += len(gone)
+        if gone and len(gone) >= len(self._seen):
+            self._seen = dict(self._seen)
+        return len(gone)

@@ -39,7 +39,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from edge.buffer import SqliteBuffer, StoredBatch, StoredDeadLetter
-from edge.errors import PublishFailed
+from edge.errors import BufferStoreError, PublishFailed
 from gateway import envelope, subjects
 from gateway.config import UplinkSettings
 from gateway.deadletter import ORIGINAL_DIGEST, ORIGINAL_SIZE, DeadLetterHeaders
@@ -145,6 +145,8 @@ class Uplink:
         self.max_payload = 1 << 20  # the server's, learnt from each connection's INFO
         self.settings = settings
         self.backoff = _backoff(settings)
+        self.last_progress = time.monotonic()  # a batch published: stall detection (health)
+        self._failing = False  # in a streak of failed rounds: logged once, at its start
 
     def reconfigure(self, settings: UplinkSettings) -> None:
         """Use `settings` from the next round on; a changed backoff starts afresh."""
@@ -167,15 +169,30 @@ class Uplink:
                 continue
             try:
                 sent = await self._forward_round(js)
-            except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
+            except (
+                NatsError,
+                JetStreamError,
+                TimeoutError,
+                PublishFailed,
+                BufferStoreError,
+            ) as exc:
                 self.stats.publish_errors += 1
                 self._dedupe_window_ns = None  # the stream may have been recreated
                 delay = self.backoff.next()
-                log.warning(
-                    "publish failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay
+                # once per streak: a cloud refusing for an hour must not fill the log
+                log.log(
+                    logging.DEBUG if self._failing else logging.WARNING,
+                    "publish failed (%s: %s); retrying in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
                 )
+                self._failing = True
                 await asyncio.sleep(delay)
                 continue
+            if self._failing:
+                self._failing = False
+                log.info("publishing again")
             self.backoff.reset()
             if not sent:
                 self.wake.clear()
@@ -194,7 +211,7 @@ class Uplink:
             async with asyncio.timeout(timeout):
                 while time.monotonic() < deadline and await self._forward_round(js):
                     pass
-        except (NatsError, JetStreamError, TimeoutError, PublishFailed) as exc:
+        except (NatsError, JetStreamError, TimeoutError, PublishFailed, BufferStoreError) as exc:
             log.info("stopping with batches still buffered (%s)", exc)
 
     async def _wait_for_work(self) -> None:
@@ -349,6 +366,7 @@ class Uplink:
         self.stats.batches_published += len(batches)
         self.stats.readings_published += readings
         if batches:
+            self.last_progress = time.monotonic()
             self.drained.set()
 
     def _record_latency(self, window: _Window) -> None:

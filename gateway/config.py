@@ -303,6 +303,9 @@ class BatchSettings(_Model):
     max_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     linger_ms: Annotated[int, Field(ge=1, le=60_000)] = 1000
     encoding: Literal["columns", "senml"] = "columns"
+    # A series silent this long is forgotten by the exact-copy check (edge/dedupe.py):
+    # what bounds the agent's memory when device names come and go.
+    forget_series_after_s: Annotated[float, Field(gt=0)] = 3600.0
 
 
 class BufferSettings(_Model):
@@ -326,6 +329,9 @@ class UplinkSettings(_Model):
     backoff_first_s: Annotated[float, Field(gt=0)] = 0.1
     backoff_max_s: Annotated[float, Field(gt=0)] = 10.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
+    # /healthz says "not ready" once the buffer has held batches this long without one
+    # being published (a stalled uplink: cloud down, or refusing).
+    stall_after_s: Annotated[float, Field(gt=0)] = 60.0
 
 
 class AgentConfig(_Model):

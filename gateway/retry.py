@@ -6,12 +6,13 @@ import asyncio
 import logging
 import random
 import ssl
+from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
 from gateway.config import NatsSettings
-from gateway.connect import DEFAULT_INBOX, connect
+from gateway.connect import DEFAULT_INBOX, ErrorCallback, connect
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,27 @@ class Backoff:
 
 
 async def connect_forever(
-    settings: NatsSettings, name: str, inbox_prefix: str = DEFAULT_INBOX
+    settings: NatsSettings,
+    name: str,
+    inbox_prefix: str = DEFAULT_INBOX,
+    *,
+    error_cb: ErrorCallback | None = None,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> NatsClient:
     """Connect (gateway.connect: TLS + credentials), retrying forever with backoff: an
-    edge device boots long before its network is up, and the agent buffers meanwhile."""
+    edge device boots long before its network is up, and the agent buffers meanwhile.
+    The first failure is logged as a warning, the retries after it only at debug level;
+    `on_failure` hears of each (the agent's health says why it is not connected)."""
     backoff = Backoff(0.2, 10.0)
+    level = logging.WARNING
     while True:
         try:
-            return await connect(settings, name, inbox_prefix=inbox_prefix)
+            return await connect(settings, name, inbox_prefix=inbox_prefix, error_cb=error_cb)
         except (OSError, NatsError, TimeoutError, ssl.SSLError) as exc:
             delay = backoff.next()
-            log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", settings.url, exc, delay)
+            url = settings.url
+            log.log(level, "cannot reach NATS at %s (%s); retrying in %.1fs", url, exc, delay)
+            level = logging.DEBUG
+            if on_failure is not None:
+                on_failure(exc)
             await asyncio.sleep(delay)

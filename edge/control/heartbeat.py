@@ -39,6 +39,7 @@ class AgentSnapshot:
     config_revision: int
     last_error: str
     ready: bool
+    problems: list[str]  # why not ready (edge/health.py); empty when ready
     time_ns: int
     intake: IntakeCounts
     buffer: BufferStats

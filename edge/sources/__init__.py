@@ -38,9 +38,28 @@ class SourceMessage:
 Deliver = Callable[[SourceMessage], None]
 
 
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """Whether a source delivers right now (`/healthz`, edge/health.py), and why not."""
+
+    up: bool
+    detail: str = ""  # why not ("cannot reach ..."); "" while a first connect is under way
+    dead: bool = False  # its task ended: it will not come back by itself
+
+
+def task_status(task: asyncio.Task[None] | None) -> SourceStatus | None:
+    """A dead status if the source's own task has ended (it never should), else None."""
+    if task is None or not task.done():
+        return None
+    if task.cancelled():
+        return SourceStatus(False, "its task was cancelled", dead=True)
+    exc = task.exception()  # retrieved here, so asyncio does not log it again at exit
+    return SourceStatus(False, f"its task ended: {type(exc).__name__}: {exc}", dead=True)
+
+
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
     """Stop a source's own task and wait until it has finished unwinding."""
-    if task is not None:
+    if task is not None and not task.done():  # a dead one has said why: `task_status`
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -53,3 +72,5 @@ class Source(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def status(self) -> SourceStatus: ...

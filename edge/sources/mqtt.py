@@ -33,7 +33,14 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge.sources import Deliver, SourceMessage, cancel_and_wait, mqtt_tls
+from edge.sources import (
+    Deliver,
+    SourceMessage,
+    SourceStatus,
+    cancel_and_wait,
+    mqtt_tls,
+    task_status,
+)
 from gateway.config import MqttSourceSettings
 from gateway.retry import Backoff
 
@@ -70,7 +77,7 @@ class MqttSource:
         self._lost = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed
         self.connected = False
-        self.last_error = ""  # why the last connection attempt failed ("" once subscribed)
+        self.last_error = ""  # why not connected, for `status` ("" once subscribed)
         self._tls: ssl.SSLContext | None = None
         # Connections so far. An ack is sent only on the connection its message came by:
         # a broker restarted meanwhile gives packet ids out afresh (measured: nats-server),
@@ -110,6 +117,14 @@ class MqttSource:
         client.on_socket_unregister_write = self._on_unregister_write
         return client
 
+    def status(self) -> SourceStatus:
+        dead = task_status(self._task)
+        if dead is not None:
+            return dead
+        if not self.connected:
+            return SourceStatus(False, self.last_error)
+        return SourceStatus(True)
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
@@ -147,11 +162,11 @@ class MqttSource:
         return self.ready.is_set()
 
     def _failed(self, error: str, retry_s: float | None = None) -> None:
-        """Record why connecting failed; log it once per change, not once per retry."""
+        """Record why connecting failed, for `status`; the agent logs the change of state
+        once (edge/health.py), so each retry is only a debug line."""
         error = mqtt_tls.explain(error)
-        if error != self.last_error:
-            then = f"; retrying (next in {retry_s:.1f}s)" if retry_s is not None else ""
-            log.warning("%s: %s%s", self.name, error, then)
+        then = f"; retrying (next in {retry_s:.1f}s)" if retry_s is not None else ""
+        log.debug("%s: %s%s", self.name, error, then)
         self.last_error = error
 
     async def _misc(self) -> None:
@@ -190,7 +205,7 @@ class MqttSource:
     # -- MQTT events -----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            self._failed(f"MQTT connect refused: {rc}")
+            self._failed(f"the broker refused the connection: {rc}")
             return
         self.connected = True
         self._connection += 1
@@ -200,7 +215,8 @@ class MqttSource:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected = False
-        log.info("%s: MQTT disconnected (%s)", self.name, rc)
+        self.last_error = f"disconnected ({rc})"
+        log.debug("%s: MQTT disconnected (%s)", self.name, rc)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(c.is_failure for c in codes):

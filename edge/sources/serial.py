@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import serial
 
-from edge.sources import Deliver, SourceMessage, cancel_and_wait
+from edge.sources import Deliver, SourceMessage, SourceStatus, cancel_and_wait, task_status
 from gateway.config import SerialSourceSettings
 from gateway.retry import Backoff
 
@@ -46,6 +46,14 @@ class SerialSource:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"serial-{self.name}")
         self.ready.set()  # watching the port, whether or not it exists yet
+
+    def status(self) -> SourceStatus:
+        dead = task_status(self._task)
+        if dead is not None:
+            return dead
+        if not self.connected.is_set():
+            return SourceStatus(False, f"cannot open {self.settings.port}")
+        return SourceStatus(True)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from app.demo import Children
-from app.verify import Report, compare, read_telemetry
+from app.verify import Report, StreamContents, compare, read_telemetry
 from cloud.streams import ensure_streams
 from devices.catalog import load_catalog
 from edge import accounting
@@ -39,6 +40,7 @@ class AgentOptions:
     durability: str = "normal"
     max_readings: int = 200
     linger_ms: int = 100
+    forget_series_after_s: float = 3600.0
 
 
 @dataclass(slots=True)
@@ -69,6 +71,7 @@ class Rig:
             f'creds_file = "{n["creds_file"]}"\n'
             f'[[sources]]\nurl = "{self.edge.mqtt_url}"\ntopics = ["sensors/#"]\n'
             f"[batch]\nmax_readings = {o.max_readings}\nlinger_ms = {o.linger_ms}\n"
+            f"forget_series_after_s = {o.forget_series_after_s}\n"
             f'[buffer]\nmax_bytes = {o.max_bytes}\noverflow = "{o.overflow}"\n'
             f'durability = "{o.durability}"\n'
             "[uplink]\npublish_timeout_s = 2.0\nbackoff_max_s = 1.0\nheartbeat_s = 0.5\n"
@@ -151,6 +154,16 @@ class Rig:
             if report.missing <= self.dropped() or time.monotonic() > deadline:
                 return report
             await asyncio.sleep(0.5)
+
+    async def wait_counts(self, want: Counter[Any], timeout: float = 120) -> StreamContents:
+        """Poll the stream until it holds at least `want` readings per (site, device)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            contents = await read_telemetry(self.js)
+            got = Counter({k: sum(len(a) for a in v) for k, v in contents.seqs.items()})
+            if got >= want or time.monotonic() > deadline:
+                return contents
+            await asyncio.sleep(0.5)  # a polling period, bounded by the deadline
 
     async def reconnect_js(self) -> None:
         """After the cloud server restarted: a fresh client, so no state is carried over."""

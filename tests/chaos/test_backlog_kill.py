@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import numpy as np
 import orjson
 import pytest
 
-from app.verify import read_telemetry
 from tests.chaos.rig import SITE, rig
 from tests.helpers import publish_qos1, reading
 
@@ -50,13 +48,7 @@ async def test_backlog_of_packs_killed_20_times_while_draining(tmp_path: Path) -
         r.start_agent()
         await r.wait_ready()
         want = Counter({(SITE, f"d{d}"): PACKS * PER_PACK for d in range(DEVICES)})
-        deadline = time.monotonic() + 120
-        while True:
-            contents = await read_telemetry(r.js)
-            got = Counter({k: sum(len(a) for a in v) for k, v in contents.seqs.items()})
-            if got >= want or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)  # a polling period, bounded by the deadline
+        contents = await r.wait_counts(want)
         await r.stop_agent()
         for d in range(DEVICES):
             seqs = np.sort(np.concatenate(contents.seqs[(SITE, f"d{d}")]))
