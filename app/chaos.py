@@ -161,18 +161,20 @@ class FaultInjector:
 
     async def publish_oversized(self) -> None:
         """About 1 MiB of non-JSON on a device topic (it must become a dead letter with a
-        reason, cut to fit); one time in three a message larger than the broker takes."""
+        reason, cut to fit); the first time and every other time after, also a message
+        larger than the broker takes (nats-server's MQTT listener refuses it itself)."""
         assert self.targets is not None
-        size = LARGER if self.rng.random() < 1 / 3 else NEAR_1_MIB
-        self.say(f"[red]chaos[/]: a {size:,}-byte message on {self.targets.device_topic}")
-        accepted = await asyncio.to_thread(
-            _publish_once, self.targets.mqtt_port, self.targets.device_topic, b"x" * size
-        )
-        if accepted:
-            self.oversized.sent.append(size)
-        else:
-            self.oversized.refused += 1
-            self.say(f"the edge broker refused the {size:,}-byte message")
+        sizes = [NEAR_1_MIB] + ([LARGER] if self.faults["oversized"] % 2 == 0 else [])
+        for size in sizes:
+            self.say(f"[red]chaos[/]: a {size:,}-byte message on {self.targets.device_topic}")
+            accepted = await asyncio.to_thread(
+                _publish_once, self.targets.mqtt_port, self.targets.device_topic, b"x" * size
+            )
+            if accepted:
+                self.oversized.sent.append(size)
+            else:
+                self.oversized.refused += 1
+                self.say(f"the edge broker refused the {size:,}-byte message")
 
     async def fill_disk(self) -> None:
         """Fill the agent's filesystem with a filler file, hold it full, then free it."""
@@ -187,7 +189,7 @@ class FaultInjector:
             filler.unlink(missing_ok=True)
 
 
-def _publish_once(port: int, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
+def _publish_once(port: int, topic: str, payload: bytes, timeout: float = 3.0) -> bool:
     """One QoS 1 publish; True once the broker acknowledged it, False if it would not."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"chaos-{os.getpid()}"

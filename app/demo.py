@@ -44,7 +44,7 @@ from edge import accounting
 from edge.errors import BufferStoreError
 from gateway import process, subjects
 from gateway.config import CloudConfig, NatsSettings
-from gateway.connect import nats_connection
+from gateway.connect import CLOSE_ERRORS, connect
 from gateway.deadletter import ORIGINAL_SIZE, DeadLetterHeaders
 from gateway.pki import ensure_http_cert, write_private
 from gateway.security import CloudSecurity
@@ -86,11 +86,20 @@ url = "{nats.url}"
 ca_file = "{nats.ca_file}"
 creds_file = "{nats.creds_file}"
 
+# The fleet publishes on sensors/<format>/<site>/<device>: one source per format, each
+# with its own client id (one id is one persistent session).
 [[sources]]
 type = "mqtt"
 url = "{mqtt_url}"
-topics = ["sensors/#"]
+topics = ["sensors/json/#"]
 format = "json"
+
+[[sources]]
+type = "mqtt"
+url = "{mqtt_url}"
+topics = ["sensors/senml/#"]
+format = "senml"
+client_id = "gw-{SITE}-{AGENT}-senml"
 
 [batch]
 max_readings = 1000
@@ -162,6 +171,27 @@ async def _wait_agent_ready(nc: NatsClient, children: Children, timeout: float =
                 await asyncio.wait_for(ready.wait(), 0.5)
     finally:
         await sub.unsubscribe()
+
+
+@contextlib.asynccontextmanager
+async def _demo_connection(settings: NatsSettings, say: Any) -> AsyncIterator[NatsClient]:
+    """The demo's own cloud connection. Under chaos the cloud goes down on purpose: one line
+    per new error, instead of nats-py's traceback at every reconnect attempt."""
+    last = ""
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal last
+        text = f"{type(exc).__name__}: {exc}"
+        if text != last:
+            say(f"demo's cloud connection: {text}")
+            last = text
+
+    nc = await connect(settings, "demo", error_cb=on_error)
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(*CLOSE_ERRORS):
+            await nc.drain()
 
 
 class LiveView:
@@ -298,7 +328,7 @@ async def _run(
     agent_nats = cloud.client().model_copy(update={"creds_file": agent_creds})
     (root / "agent.toml").write_text(agent_config_toml(root / "agent", agent_nats, edge.mqtt_url))
     agg = cloud.client("aggregator")
-    async with nats_connection(cloud.client(), "demo") as nc:
+    async with _demo_connection(cloud.client(), say) as nc:
         js = nc.jetstream()
         await ensure_streams(js, cloud_cfg.streams)
         children.start(
@@ -357,11 +387,21 @@ async def _run(
             chaos = await _chaos_summary(js, injector, children, fleet) if opts.chaos else {}
     return {
         **report.summary(),
+        **_worst_devices(report),
         "windows": windows,
         "devices": opts.devices,
         "seconds": round(time.monotonic() - started, 1),
         **chaos,
     }
+
+
+def _worst_devices(report: Report, n: int = 5) -> dict[str, Any]:
+    """The devices with most readings not stored or doubled, as [not stored, duplicates];
+    those not stored may be ones the agent reports dropped (`dropped` is fleet-wide)."""
+    bad = sorted((d for d in report.devices if d.missing or d.duplicates), key=lambda d: -d.missing)
+    if not bad:
+        return {}
+    return {"worst_devices": {d.device: [d.missing, d.duplicates] for d in bad[:n]}}
 
 
 def _fleet_settings(opts: DemoOptions, host: str, port: int) -> FleetSettings:
@@ -379,7 +419,7 @@ def _chaos_targets(fleet: Fleet, port: int, disk: _AgentDisk | None) -> ChaosTar
     device = fleet.device_names()[0]
     return ChaosTargets(
         mqtt_port=port,
-        device_topic=f"sensors/{SITE}/{device}",
+        device_topic=f"sensors/json/{SITE}/{device}",  # the fleet's topic of a JSON device
         data_dir=disk.path if disk is not None and disk.mounted else None,
         disk_full_skipped=disk.skipped if disk is not None else "",
     )
@@ -425,7 +465,7 @@ async def _chaos_summary(
         "faults_skipped": injector.skipped,
         "restarts": children.restarts,
         "reboots": fleet.engine.stats.faults["reboot"],
-        "pack_devices": sum(1 for g in fleet.engine.groups if g.k > 1),
+        "pack_devices": sum(g.n for g in fleet.engine.groups if g.k > 1),
         "oversized_sent": len(injector.oversized.sent),
         "oversized_refused_by_broker": injector.oversized.refused,
         "oversized_dead_letters": len(dead),
