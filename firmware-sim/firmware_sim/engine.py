@@ -38,12 +38,15 @@ class EngineStats:
     sends: int = 0
 
 
+PackFormat = Literal["json", "senml"]
+
+
 @dataclass(frozen=True, slots=True)
 class PackSpec:
     """Devices that send packs: `readings` readings per message (a JSON array or a SenML
     pack), one pack every `period_s`, as a gateway or a buffering sensor hub does."""
 
-    protocol: Literal["json", "senml"]
+    protocol: PackFormat
     readings: int = 100
     period_s: float = 1.0
 

@@ -11,10 +11,9 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 from devices.catalog import Catalog
-from firmware_sim.engine import DeviceSpec, Engine, PackSpec
+from firmware_sim.engine import DeviceSpec, Engine, PackFormat, PackSpec
 from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.profiles import Profile, get_profile
 from firmware_sim.transports import MqttMux, MqttPerDevice, SerialPtys, Transport, TransportName
@@ -37,9 +36,10 @@ class FleetSettings:
     start_ns: int | None = None  # the fleet's time zero; default: now
     grace_s: float = 10.0  # after stop: time to deliver what is queued or in flight
     tls: ssl.SSLContext | None = None  # MQTT over TLS (firmware_sim.cli builds it)
-    pack_percent: float = 0.0  # share of devices sending packs, alternately JSON and SenML
+    pack_percent: float = 0.0  # share of devices sending packs, spread over `pack_formats`
     pack_readings: int = 100  # readings per pack
     pack_period_s: float = 1.0  # one pack per device every this many seconds
+    pack_formats: tuple[PackFormat, ...] = ("json", "senml")
 
     def mix(self) -> list[DeviceSpec]:
         types = self.types or (self.device_type,)
@@ -50,18 +50,17 @@ class FleetSettings:
         return [spec for spec in out if spec.count]
 
     def _split(self, type_name: str, count: int) -> list[DeviceSpec]:
-        """`pack_percent` of a type's devices send packs, half of them JSON, half SenML."""
+        """`pack_percent` of a type's devices send packs, shared out over `pack_formats`."""
         packs = round(count * self.pack_percent / 100)
-        if not packs:
+        if not packs or not self.pack_formats:
             return [DeviceSpec(type_name, count)]
-        senml = packs // 2
-        return [
-            DeviceSpec(type_name, count - packs),
-            DeviceSpec(type_name, packs - senml, self._pack("json")),
-            DeviceSpec(type_name, senml, self._pack("senml")),
+        each, extra = divmod(packs, len(self.pack_formats))
+        return [DeviceSpec(type_name, count - packs)] + [
+            DeviceSpec(type_name, each + (1 if k < extra else 0), self._pack(fmt))
+            for k, fmt in enumerate(self.pack_formats)
         ]
 
-    def _pack(self, protocol: Literal["json", "senml"]) -> PackSpec:
+    def _pack(self, protocol: PackFormat) -> PackSpec:
         return PackSpec(protocol, self.pack_readings, self.pack_period_s)
 
 
