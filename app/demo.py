@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,19 @@ from nats.errors import Error as NatsError
 from rich.console import Console
 from rich.live import Live
 
-from app.chaos import FaultInjector
-from app.verify import Report, compare, read_telemetry
+from app.chaos import ChaosTargets, FaultInjector
+from app.verify import Report, compare, read_stream, read_telemetry
 from cloud.streams import ensure_streams
 from cloud.up import api_tokens_file
 from cloud.views.auth import create_token
 from cloud.views.watch import Latest, follow_latest, render
 from devices.catalog import load_catalog
+from edge import accounting
+from edge.errors import BufferStoreError
 from gateway import process, subjects
 from gateway.config import CloudConfig, NatsSettings
-from gateway.connect import nats_connection
+from gateway.connect import CLOSE_ERRORS, connect
+from gateway.deadletter import ORIGINAL_SIZE, DeadLetterHeaders
 from gateway.pki import ensure_http_cert, write_private
 from gateway.security import CloudSecurity
 from gateway.servers import NatsServer, free_port
@@ -60,6 +64,15 @@ class DemoOptions:
     keep: bool = False
     chaos: bool = False
     seed: int | None = None
+    pack_percent: float | None = None  # devices sending packs; default 30 under chaos, else 0
+    pack_readings: int = 100
+
+
+# Under chaos: a share of the fleet reboots often with its seq restarting under a new boot
+# (firmware_sim/profiles.toml), and the agent's data dir is a small tmpfs that can be filled.
+CHAOS_PROFILE = "reboots"
+CHAOS_PACK_PERCENT = 30.0
+AGENT_TMPFS = "48m"
 
 
 def agent_config_toml(data_dir: Path, nats: NatsSettings, mqtt_url: str) -> str:
@@ -73,11 +86,20 @@ url = "{nats.url}"
 ca_file = "{nats.ca_file}"
 creds_file = "{nats.creds_file}"
 
+# The fleet publishes on sensors/<format>/<site>/<device>: one source per format, each
+# with its own client id (one id is one persistent session).
 [[sources]]
 type = "mqtt"
 url = "{mqtt_url}"
-topics = ["sensors/#"]
+topics = ["sensors/json/#"]
 format = "json"
+
+[[sources]]
+type = "mqtt"
+url = "{mqtt_url}"
+topics = ["sensors/senml/#"]
+format = "senml"
+client_id = "gw-{SITE}-{AGENT}-senml"
 
 [batch]
 max_readings = 1000
@@ -151,6 +173,27 @@ async def _wait_agent_ready(nc: NatsClient, children: Children, timeout: float =
         await sub.unsubscribe()
 
 
+@contextlib.asynccontextmanager
+async def _demo_connection(settings: NatsSettings, say: Any) -> AsyncIterator[NatsClient]:
+    """The demo's own cloud connection. Under chaos the cloud goes down on purpose: one line
+    per new error, instead of nats-py's traceback at every reconnect attempt."""
+    last = ""
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal last
+        text = f"{type(exc).__name__}: {exc}"
+        if text != last:
+            say(f"demo's cloud connection: {text}")
+            last = text
+
+    nc = await connect(settings, "demo", error_cb=on_error)
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(*CLOSE_ERRORS):
+            await nc.drain()
+
+
 class LiveView:
     """The live table: in place on a terminal, a snapshot every few seconds otherwise."""
 
@@ -178,12 +221,15 @@ class LiveView:
         return table
 
 
-async def _drain_to_stream(js: Any, fleet: Fleet, timeout: float) -> Report:
-    """Poll the stream until it holds everything the fleet emitted (or time runs out)."""
+async def _drain_to_stream(
+    js: Any, fleet: Fleet, timeout: float, drops: Callable[[], dict[str, int]] | None = None
+) -> Report:
+    """Poll the stream until it holds everything the fleet emitted but what the agent
+    reports dropping (`drops`: its own counts, by reason), or time runs out."""
     deadline = time.monotonic() + timeout
     while True:
-        report = compare(fleet.truth, await read_telemetry(js))
-        if report.missing == 0 or time.monotonic() > deadline:
+        report = compare(fleet.truth, await read_telemetry(js), dropped=drops() if drops else None)
+        if report.unaccounted == 0 or time.monotonic() > deadline:
             return report
         await asyncio.sleep(0.5)
 
@@ -223,14 +269,44 @@ async def demo(opts: DemoOptions, stop: asyncio.Event, console: Console) -> dict
             mqtt_options='ack_wait: "5s"' if opts.chaos else "",
         )
         children = Children(root)
+        disk = _AgentDisk(root / "agent") if opts.chaos else None
         try:
+            if disk is not None:
+                disk.mount()
             await cloud.start()
             await edge.start()
-            return await _run(opts, stop, console, root, cloud, edge, children)
+            return await _run(opts, stop, console, root, cloud, edge, children, disk)
         finally:
             await children.stop_all()
             await edge.stop()
             await cloud.stop()
+            if disk is not None:
+                disk.unmount()
+
+
+class _AgentDisk:
+    """The agent's data dir on a small tmpfs of its own (root only), so that the chaos can
+    fill it without filling anyone else's disk; otherwise `skipped` says why not."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mounted = False
+        self.skipped = ""
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            self.skipped = "mounting a tmpfs for the agent's data dir needs root"
+            return
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={AGENT_TMPFS}", "tmpfs", str(self.path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        self.mounted = done.returncode == 0
+        self.skipped = "" if self.mounted else f"mount failed: {done.stderr.strip()}"
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+            self.mounted = False
 
 
 async def _run(
@@ -241,6 +317,7 @@ async def _run(
     cloud: NatsServer,
     edge: NatsServer,
     children: Children,
+    disk: _AgentDisk | None = None,
 ) -> dict[str, Any]:
     say = console.log
     say(f"cloud nats-server (JetStream) on {cloud.url}; edge broker on {edge.mqtt_url}")
@@ -251,7 +328,7 @@ async def _run(
     agent_nats = cloud.client().model_copy(update={"creds_file": agent_creds})
     (root / "agent.toml").write_text(agent_config_toml(root / "agent", agent_nats, edge.mqtt_url))
     agg = cloud.client("aggregator")
-    async with nats_connection(cloud.client(), "demo") as nc:
+    async with _demo_connection(cloud.client(), say) as nc:
         js = nc.jetstream()
         await ensure_streams(js, cloud_cfg.streams)
         children.start(
@@ -264,16 +341,13 @@ async def _run(
         say(f"agent ready; starting {opts.devices} devices")
 
         host, port = "127.0.0.1", edge.mqtt_port
-        fleet = Fleet(
-            FleetSettings(
-                host=host, port=port, devices=opts.devices, site=SITE, rate_hz=opts.rate_hz
-            ),
-            load_catalog(),
-        )
+        fleet = Fleet(_fleet_settings(opts, host, port), load_catalog())
         fleet_stop = asyncio.Event()
         view = LiveView(console)
         started = time.monotonic()
-        injector = FaultInjector(children, cloud, edge, say, opts.seed)
+        injector = FaultInjector(
+            children, cloud, edge, say, opts.seed, _chaos_targets(fleet, port, disk)
+        )
         async with asyncio.TaskGroup() as tg:
             fleet_task = tg.create_task(fleet.run(fleet_stop), name="fleet")
             view_task = tg.create_task(
@@ -282,7 +356,7 @@ async def _run(
             if opts.chaos:
                 # Faults end 10 s before the fleet stops; all servers are up again by then.
                 window = opts.duration - 10 if opts.duration else float("inf")
-                gap = min(8.0, window / 5)  # room for several faults in a short demo
+                gap = min(8.0, window / 9)  # room for every kind of fault in a short demo
                 chaos_task = tg.create_task(
                     injector.run(stop, started + window, (gap / 2, gap)), name="chaos"
                 )
@@ -305,23 +379,97 @@ async def _run(
             if opts.chaos:
                 await chaos_task
             await fleet_task
-            report = await _drain_to_stream(js, fleet, timeout=120 if opts.chaos else 30)
+            buffer = root / "agent" / "buffer.sqlite3"
+            drops = (lambda: agent_drops(buffer)) if opts.chaos else None
+            report = await _drain_to_stream(js, fleet, 120 if opts.chaos else 30, drops)
             windows = await _wait_windows_closed(js, view.latest, timeout=15)
             view_task.cancel()
+            chaos = await _chaos_summary(js, injector, children, fleet) if opts.chaos else {}
     return {
         **report.summary(),
+        **_worst_devices(report),
         "windows": windows,
         "devices": opts.devices,
         "seconds": round(time.monotonic() - started, 1),
-        **(
-            {
-                "faults": injector.faults.total(),
-                "faults_by_kind": dict(injector.faults),
-                "restarts": children.restarts,
-            }
-            if opts.chaos
-            else {}
-        ),
+        **chaos,
+    }
+
+
+def _worst_devices(report: Report, n: int = 5) -> dict[str, Any]:
+    """The devices with most readings not stored or doubled, as [not stored, duplicates];
+    those not stored may be ones the agent reports dropped (`dropped` is fleet-wide)."""
+    bad = sorted((d for d in report.devices if d.missing or d.duplicates), key=lambda d: -d.missing)
+    if not bad:
+        return {}
+    return {"worst_devices": {d.device: [d.missing, d.duplicates] for d in bad[:n]}}
+
+
+def _fleet_settings(opts: DemoOptions, host: str, port: int) -> FleetSettings:
+    packs = opts.pack_percent
+    if packs is None:
+        packs = CHAOS_PACK_PERCENT if opts.chaos else 0.0
+    return FleetSettings(
+        host=host, port=port, devices=opts.devices, site=SITE, rate_hz=opts.rate_hz,
+        profile=CHAOS_PROFILE if opts.chaos else "none",
+        pack_percent=packs, pack_readings=opts.pack_readings,
+    )  # fmt: skip
+
+
+def _chaos_targets(fleet: Fleet, port: int, disk: _AgentDisk | None) -> ChaosTargets:
+    device = fleet.device_names()[0]
+    return ChaosTargets(
+        mqtt_port=port,
+        device_topic=f"sensors/json/{SITE}/{device}",  # the fleet's topic of a JSON device
+        data_dir=disk.path if disk is not None and disk.mounted else None,
+        disk_full_skipped=disk.skipped if disk is not None else "",
+    )
+
+
+def agent_drops(buffer: Path) -> dict[str, int]:
+    """Readings the agent reports dropped, by reason, summed over its sources."""
+    try:
+        db = accounting.open_readonly(buffer)
+    except BufferStoreError:
+        return {}
+    try:
+        report = accounting.report(db)
+    finally:
+        db.close()
+    out: dict[str, int] = {}
+    for acct in report["sources"].values():
+        for reason, n in acct["dropped"].items():
+            out[reason] = out.get(reason, 0) + int(n)
+    return out
+
+
+async def oversized_dead_letters(js: Any) -> list[tuple[int, str]]:
+    """(original size, reason) of every dead letter of a message of 1 MB or more."""
+    found: list[tuple[int, str]] = []
+
+    def handle(msg: Any) -> None:
+        size = int((msg.headers or {}).get(ORIGINAL_SIZE, len(msg.data)))
+        if size >= 1_000_000:
+            found.append((size, DeadLetterHeaders.from_headers(msg.headers).reason))
+
+    await read_stream(js, subjects.DLQ_STREAM, "dlq.>", handle, 64)
+    return found
+
+
+async def _chaos_summary(
+    js: Any, injector: FaultInjector, children: Children, fleet: Fleet
+) -> dict[str, Any]:
+    dead = await oversized_dead_letters(js)
+    return {
+        "faults": injector.faults.total(),
+        "faults_by_kind": dict(injector.faults),
+        "faults_skipped": injector.skipped,
+        "restarts": children.restarts,
+        "reboots": fleet.engine.stats.faults["reboot"],
+        "pack_devices": sum(g.n for g in fleet.engine.groups if g.k > 1),
+        "oversized_sent": len(injector.oversized.sent),
+        "oversized_refused_by_broker": injector.oversized.refused,
+        "oversized_dead_letters": len(dead),
+        "oversized_reasons": sorted({reason for _, reason in dead}),
     }
 
 
@@ -376,12 +524,19 @@ def run_demo(opts: DemoOptions) -> int:
     ok = result["missing"] == 0 and result["duplicates"] == 0 and result["windows"] > 0
     if opts.chaos:
         ok = ok and result["faults"] >= 3
+        ok = ok and result["oversized_dead_letters"] >= result["oversized_sent"]
     result["ok"] = ok
     console.print(
         f"[bold]{'OK' if ok else 'FAILED'}[/]: emitted {result['emitted']} readings, "
         f"stored {result['stored']}, missing {result['missing']}, "
         f"duplicates {result['duplicates']}, windows closed {result['windows']}"
-        + (f", faults injected {result['faults']}" if opts.chaos else "")
+        + (
+            f", faults injected {result['faults']} {result['faults_by_kind']}"
+            f", dropped by the agent {result['dropped']}"
+            + "".join(f", {k} skipped: {why}" for k, why in result["faults_skipped"].items())
+            if opts.chaos
+            else ""
+        )
     )
     if opts.json:
         print(orjson.dumps(result).decode(), flush=True)

@@ -22,8 +22,19 @@ def register(sub: Any) -> None:
     demo.add_argument(
         "--chaos",
         action="store_true",
-        help="meanwhile SIGKILL the agent and restart the cloud server and MQTT broker at"
-        " random moments; the summary counts the faults",
+        help="meanwhile SIGKILL the agent (also while it drains a backlog), restart the cloud"
+        " server and MQTT broker, fill the agent's disk (root: a tmpfs) and publish oversized"
+        " messages at random moments, with devices rebooting; the summary counts the faults",
+    )
+    demo.add_argument(
+        "--packs",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="share of devices sending packs (JSON arrays and SenML); default 30 with --chaos",
+    )
+    demo.add_argument(
+        "--pack-readings", type=int, default=100, help="readings per pack (default 100)"
     )
     demo.add_argument("--seed", type=int, default=None, help="seed of the chaos schedule")
     demo.set_defaults(func=_demo)
@@ -41,5 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
         keep=args.keep,
         chaos=args.chaos,
         seed=args.seed,
+        pack_percent=args.packs,
+        pack_readings=args.pack_readings,
     )
     return run_demo(opts)

@@ -90,7 +90,7 @@ class DeadLetterContents:
             self.seqs[(s, device)].add(seq)
 
 
-async def _read_stream(
+async def read_stream(
     js: JetStreamContext, stream: str, subject: str, handle: Callable[[Any], None], fetch: int
 ) -> None:
     """Hand every message now in `stream` (matching `subject`) to `handle`, in order."""
@@ -129,7 +129,7 @@ async def read_telemetry(
         except CodecError:
             contents.undecodable += 1
 
-    await _read_stream(js, subjects.TELEMETRY_STREAM, subject, handle, fetch)
+    await read_stream(js, subjects.TELEMETRY_STREAM, subject, handle, fetch)
     return contents
 
 
@@ -143,7 +143,7 @@ async def read_dead_letters(
         letter = DeadLetterHeaders.from_headers(msg.headers)
         dead.add(msg.subject, msg.data, letter.reason, letter.source)
 
-    await _read_stream(js, subjects.DLQ_STREAM, subject, handle, fetch)
+    await read_stream(js, subjects.DLQ_STREAM, subject, handle, fetch)
     return dead
 
 
@@ -189,10 +189,23 @@ class Report:
     noise_missing: int = 0
     noise_unexpected: int = 0
     checked_dead_letters: bool = False
+    # Readings the agent reports it dropped by policy (full disk, overflow), by reason;
+    # None when its accounting was not read. Duplicates it refused are not among them.
+    dropped: dict[str, int] | None = None
+
+    @property
+    def dropped_total(self) -> int:
+        return sum((self.dropped or {}).values())
+
+    @property
+    def unaccounted(self) -> int:
+        """Readings neither stored nor reported dropped by the agent: the real losses.
+        The agent counts drops per source, not per device, so this holds fleet-wide."""
+        return max(0, self.missing - self.dropped_total)
 
     @property
     def ok(self) -> bool:
-        ok = self.missing == 0 and self.duplicates == 0 and self.altered == 0
+        ok = self.unaccounted == 0 and self.duplicates == 0 and self.altered == 0
         if self.checked_dead_letters:
             ok = ok and self.unexpected == 0 and self.invalid_stored == 0
             ok = ok and self.dead_missing == 0 and self.dead_unexpected == 0
@@ -208,6 +221,10 @@ class Report:
             "unexpected": self.unexpected,
             "altered": self.altered,
         }
+        if self.dropped is not None:
+            out |= {"missing": self.unaccounted, "not_stored": self.missing}
+            out |= {"dropped": self.dropped_total}
+            out |= {f"dropped_{reason}": n for reason, n in sorted(self.dropped.items())}
         if self.checked_dead_letters:
             out |= {
                 "invalid_stored": self.invalid_stored,
@@ -224,9 +241,14 @@ class Report:
 
 
 def compare(
-    truth: GroundTruth, contents: StreamContents, dead: DeadLetterContents | None = None
+    truth: GroundTruth,
+    contents: StreamContents,
+    dead: DeadLetterContents | None = None,
+    dropped: dict[str, int] | None = None,
 ) -> Report:
-    """Compare; with `dead`, also check the dead letters against the invalid readings."""
+    """Compare; with `dead`, also check the dead letters against the invalid readings;
+    with `dropped` (the agent's own drop counts by reason), a reading not stored is a loss
+    only beyond what the agent reports dropping."""
     empty = DeadLetterContents()
     keys = set(truth.devices) | set(contents.seqs) | (set(dead.seqs) if dead else set())
     reports = [_compare_device(key, truth, contents, dead or empty) for key in sorted(keys)]
@@ -250,6 +272,7 @@ def compare(
         noise_missing=len(noise - found),
         noise_unexpected=len(found - noise),
         checked_dead_letters=dead is not None,
+        dropped=None if dropped is None else {k: v for k, v in dropped.items() if k != "duplicate"},
     )
 
 

@@ -14,8 +14,9 @@ import heapq
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Literal
 
-from devices.catalog import Catalog
+from devices.catalog import Catalog, DeviceType
 from firmware_sim.ecosystems import ECOSYSTEM_PREFIXES, ECOSYSTEM_TYPES, truth_name
 from firmware_sim.firmware import DeviceGroup, Message
 from firmware_sim.ground_truth import GroundTruth
@@ -37,10 +38,31 @@ class EngineStats:
     sends: int = 0
 
 
+PackFormat = Literal["json", "senml"]
+
+
+@dataclass(frozen=True, slots=True)
+class PackSpec:
+    """Devices that send packs: `readings` readings per message (a JSON array or a SenML
+    pack), one pack every `period_s`, as a gateway or a buffering sensor hub does."""
+
+    protocol: PackFormat
+    readings: int = 100
+    period_s: float = 1.0
+
+    def apply(self, dtype: DeviceType) -> DeviceType:
+        k = max(1, -(-self.readings // len(dtype.metrics)))  # samples per pack, rounded up
+        return dtype.model_copy(
+            update={"protocol": self.protocol, "samples_per_message": k,
+                    "rate_hz": k / self.period_s, "prefix": f"{dtype.prefix}-{self.protocol}pack"}
+        )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
     type_name: str
     count: int
+    pack: PackSpec | None = None  # this share of the type sends packs
 
 
 class Engine:
@@ -66,11 +88,15 @@ class Engine:
                 known = ", ".join([*catalog.types, *ECOSYSTEM_TYPES])
                 raise ValueError(f"unknown device type {spec.type_name!r}; known: {known}")
             dtype = catalog.types[base]
+            if spec.pack is not None:
+                if spec.type_name in ECOSYSTEM_TYPES:
+                    raise ValueError(f"{spec.type_name!r} publishes as its ecosystem does")
+                dtype = spec.pack.apply(dtype)
             prefix = ECOSYSTEM_PREFIXES.get(spec.type_name, dtype.prefix)
             names = [f"{prefix}-{i:05d}" for i in range(spec.count)]
             group = make(
                 spec.type_name, dtype, names, len(self.endpoints), site, profile, seed,
-                self.start_ns, rate_hz,
+                self.start_ns, None if spec.pack else rate_hz,
             )  # fmt: skip
             self.groups.append(group)
             self.endpoints += [Endpoint(n, site, dtype.protocol, dtype.baud) for n in names]

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from devices.catalog import Catalog
-from firmware_sim.engine import DeviceSpec, Engine
+from firmware_sim.engine import DeviceSpec, Engine, PackFormat, PackSpec
 from firmware_sim.ground_truth import GroundTruth
 from firmware_sim.profiles import Profile, get_profile
 from firmware_sim.transports import MqttMux, MqttPerDevice, SerialPtys, Transport, TransportName
@@ -36,11 +36,32 @@ class FleetSettings:
     start_ns: int | None = None  # the fleet's time zero; default: now
     grace_s: float = 10.0  # after stop: time to deliver what is queued or in flight
     tls: ssl.SSLContext | None = None  # MQTT over TLS (firmware_sim.cli builds it)
+    pack_percent: float = 0.0  # share of devices sending packs, spread over `pack_formats`
+    pack_readings: int = 100  # readings per pack
+    pack_period_s: float = 1.0  # one pack per device every this many seconds
+    pack_formats: tuple[PackFormat, ...] = ("json", "senml")
 
     def mix(self) -> list[DeviceSpec]:
         types = self.types or (self.device_type,)
         each, extra = divmod(self.devices, len(types))
-        return [DeviceSpec(t, each + (1 if k < extra else 0)) for k, t in enumerate(types)]
+        out: list[DeviceSpec] = []
+        for k, t in enumerate(types):
+            out += self._split(t, each + (1 if k < extra else 0))
+        return [spec for spec in out if spec.count]
+
+    def _split(self, type_name: str, count: int) -> list[DeviceSpec]:
+        """`pack_percent` of a type's devices send packs, shared out over `pack_formats`."""
+        packs = round(count * self.pack_percent / 100)
+        if not packs or not self.pack_formats:
+            return [DeviceSpec(type_name, count)]
+        each, extra = divmod(packs, len(self.pack_formats))
+        return [DeviceSpec(type_name, count - packs)] + [
+            DeviceSpec(type_name, each + (1 if k < extra else 0), self._pack(fmt))
+            for k, fmt in enumerate(self.pack_formats)
+        ]
+
+    def _pack(self, protocol: PackFormat) -> PackSpec:
+        return PackSpec(protocol, self.pack_readings, self.pack_period_s)
 
 
 @dataclass(frozen=True, slots=True)
