@@ -218,14 +218,17 @@ def _candidates(
     """The oldest batches finer than `width_s`, of the oldest one's site, not attempted and
     past `floor_row`, until their stored bytes reach `target`."""
     cursor = db.execute(
-        "SELECT b.id, batch_id, created_ns, bytes, payload, sources, compressed FROM batches AS b"
-        " LEFT JOIN attempted AS a ON a.id = b.id WHERE b.id > ? AND a.id IS NULL ORDER BY b.id",
+        "SELECT b.id, batch_id, created_ns, bytes, payload, sources, compressed, content_type"
+        " FROM batches AS b LEFT JOIN attempted AS a ON a.id = b.id"
+        " WHERE b.id > ? AND a.id IS NULL ORDER BY b.id",
         (floor_row,),
     )
     out: list[_Row] = []
     total = 0
     try:
-        for row, batch_id, created, size, stored, sources, flags in cursor:
+        for row, batch_id, created, size, stored, sources, flags, kind in cursor:
+            if kind == codec.SUMMARY_CONTENT_TYPE and summary_width(batch_id) >= width_s:
+                continue  # told by its id: a full buffer of summaries is not decoded again
             try:
                 batch = codec.decode(open_payload(bytes(stored), flags, batch_id))
             except (TamperedError, CodecError):
@@ -242,6 +245,17 @@ def _candidates(
     return out
 
 
+def summary_id(agent: str, instance: str, row: int, width_s: int) -> str:
+    """A summary batch's id (its Nats-Msg-Id): unique, as the row of the oldest batch it
+    replaces is never compacted again at the same width, and says its width."""
+    return f"{agent}:{instance}:{row}.{width_s}s"
+
+
+def summary_width(batch_id: str) -> int:
+    tail = batch_id.rpartition(".")[2]
+    return int(tail[:-1]) if tail.endswith("s") and tail[:-1].isdigit() else 0
+
+
 def _compact(
     db: sqlite3.Connection,
     chunk: list[_Row],
@@ -252,7 +266,7 @@ def _compact(
 ) -> int:
     """Replace `chunk` by one summary batch if that frees room; return the bytes freed."""
     first = chunk[0]
-    batch_id = f"{first.batch.agent}:{instance}:{first.row}.{width_s}s"
+    batch_id = summary_id(first.batch.agent, instance, first.row, width_s)
     summary = summarise([r.batch for r in chunk], width_s, batch_id)
     stored, flags = seal(codec.encode(summary), batch_id)
     freed = sum(r.stored_bytes for r in chunk) - len(stored)

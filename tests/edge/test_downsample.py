@@ -167,19 +167,21 @@ def test_a_full_buffer_compacts_instead_of_dropping(tmp_path: Path) -> None:
     assert as_truth(compaction.summarise(stored, width, "c")) == truth(rows, width)
 
 
+@pytest.mark.slow  # about 30 s here: 144,000 readings through 360 compacting commits
 def test_repeated_compaction_goes_coarser_then_drops_the_oldest(tmp_path: Path) -> None:
     buf = SqliteBuffer(
         tmp_path / "b.sqlite3", max_bytes=1 << 16, overflow="downsample", max_age_s=0
     )
     buf.open()
-    # 200 devices, one reading each per 30 s for ~3 days: summaries themselves fill it
+    # 200 devices, one reading each per 20 min for 10 days: the day summaries alone
+    # overfill it (a minute or 10-minute summary of one reading frees nothing)
     rng = random.Random(5)
     rows = [
-        (f"d{d}", T0 + k * 30 * SEC, rng.randint(0, 99) / 4)
-        for k in range(8_000)
+        (f"d{d}", T0 + k * 1200 * SEC, rng.randint(0, 99) / 4)
+        for k in range(720)
         for d in range(200)
     ]
-    _fill(buf, rows, per_batch=2000)
+    _fill(buf, rows, per_batch=400)
     acct = accounting.accounts(buf.connection)["mqtt0"]
     assert buf.stats().bytes <= 1 << 16
     assert _coarsest(_stored(buf)) >= 3600
