@@ -63,8 +63,6 @@ class SourceAccount:
             "dropped": dict(sorted(self.dropped.items())),
             "dead_lettered": self.dead_lettered,
             "summarised": self.summarised,
-            "summarised_buffered": self.summarised_buffered,
-            "summarised_published": self.summarised_published,
             "reconciles": self.balance == 0,
         }
 
