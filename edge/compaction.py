@@ -47,6 +47,9 @@ WIDTHS_S = (60, 600, 3600, 86400)
 SUMMARY_MARK = ":summarised"  # appended to a source's name in a summary batch's `sources`
 _NS = 1_000_000_000
 _MIN_CHUNK_BYTES = 64 * 1024
+# A summary batch is smaller than what it replaces, but its JSON header compresses less
+# than readings do: bounding the chunk keeps it well under the cloud's 1 MiB max_payload.
+_MAX_CHUNK_BYTES = 256 * 1024
 
 OpenPayload = Callable[[bytes, int, str], bytes]  # stored, flags, batch_id -> encoded batch
 SealPayload = Callable[[bytes, str], tuple[bytes, int]]  # encoded, batch_id -> stored, flags
@@ -202,7 +205,7 @@ def make_room(
     done = Compaction(summarised=Counter())
     for width_s in WIDTHS_S:
         while done.freed < need:
-            target = max(4 * (need - done.freed), _MIN_CHUNK_BYTES)
+            target = min(max(4 * (need - done.freed), _MIN_CHUNK_BYTES), _MAX_CHUNK_BYTES)
             chunk = _candidates(db, width_s, floor_row, target, open_payload)
             gained = _compact(db, chunk, width_s, instance, seal, done) if chunk else 0
             if gained <= 0:
