@@ -15,6 +15,7 @@ import pytest
 
 from edge import accounting, compaction
 from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
+from edge.buffer_cipher import ENCRYPTED, LZ4, create_key_file
 from gateway import codec
 from gateway.codec import Batch, ColumnBuilder
 from gateway.errors import CodecError
@@ -148,12 +149,20 @@ def _coarsest(batches: list[Batch]) -> int:
     return max(s.width_s for b in batches for s in b.summaries)
 
 
-def test_a_full_buffer_compacts_instead_of_dropping(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "encrypted"])
+def test_a_full_buffer_compacts_instead_of_dropping(tmp_path: Path, sealed: bool) -> None:
+    key = None
+    if sealed:
+        create_key_file(key := tmp_path / "k.key")
+    rows = _readings(random.Random(4), 40_000, series=20, start_s=0)  # 2,000 s of 20 devices
+    dropping = SqliteBuffer(tmp_path / "d.sqlite3", max_bytes=1 << 16, max_age_s=0)
+    dropping.open()
+    _fill(dropping, rows, per_batch=200)  # what drop_oldest loses of the same readings
+    assert accounting.accounts(dropping.connection)["mqtt0"].dropped["overflow"] > len(rows) / 2
     buf = SqliteBuffer(
-        tmp_path / "b.sqlite3", max_bytes=1 << 16, overflow="downsample", max_age_s=0
+        tmp_path / "b.sqlite3", max_bytes=1 << 16, overflow="downsample", max_age_s=0, key_file=key
     )
     buf.open()
-    rows = _readings(random.Random(4), 40_000, series=20, start_s=0)  # 2,000 s of 20 devices
     _fill(buf, rows, per_batch=200)
     assert buf.stats().bytes <= 1 << 16
     acct = accounting.accounts(buf.connection)["mqtt0"]
@@ -165,6 +174,11 @@ def test_a_full_buffer_compacts_instead_of_dropping(tmp_path: Path) -> None:
     assert kinds.index(False) > 0 and True not in kinds[kinds.index(False) :]  # oldest first
     width = _coarsest(stored)
     assert as_truth(compaction.summarise(stored, width, "c")) == truth(rows, width)
+    flags = buf.connection.execute(
+        "SELECT DISTINCT compressed FROM batches WHERE content_type = ?",
+        (codec.SUMMARY_CONTENT_TYPE,),
+    ).fetchall()
+    assert flags == [(LZ4 | ENCRYPTED if sealed else LZ4,)]  # sealed like any batch
 
 
 @pytest.mark.slow  # about 30 s here: 144,000 readings through 360 compacting commits
