@@ -16,6 +16,7 @@ import pytest
 from edge import accounting, compaction
 from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
 from edge.buffer_cipher import ENCRYPTED, LZ4, create_key_file
+from edge.forwarding_metrics import _account_families
 from gateway import codec
 from gateway.codec import Batch, ColumnBuilder
 from gateway.errors import CodecError
@@ -253,3 +254,17 @@ def test_a_crash_in_the_middle_of_a_compaction_leaves_a_consistent_buffer(tmp_pa
     _fill(buf, _readings(random.Random(8), 2000, series=20, start_s=5000), per_batch=200)
     assert accounting.accounts(buf.connection)["mqtt0"].summarised > 0
     assert np.all([b.site == "s1" for b in _stored(buf)])
+
+
+def test_metrics_show_the_summarised_term(tmp_path: Path) -> None:
+    buf = SqliteBuffer(
+        tmp_path / "b.sqlite3", max_bytes=1 << 16, overflow="downsample", max_age_s=0
+    )
+    buf.open()
+    _fill(buf, _readings(random.Random(9), 30_000, series=20, start_s=0), per_batch=200)
+    acct = accounting.accounts(buf.connection)
+    families = {f.name: f for f in _account_families(acct)}
+    [sample] = families["gateway_agent_source_summarised_readings"].samples
+    assert sample.labels == {"source": "mqtt0"} and sample.value == acct["mqtt0"].summarised > 0
+    [balance] = families["gateway_agent_source_unaccounted_readings"].samples
+    assert balance.value == 0
