@@ -297,6 +297,15 @@ class Aggregator:
                     js, msg.subject, sseq, "not_a_batch", msg.data, str(exc), RAW_CONTENT_TYPE
                 )
             return
+        if batch.summaries:  # downsampled on the edge: not aggregated yet, kept visible
+            if not replaying:
+                self.stats.bad_messages += 1
+                self.metrics.bad.inc()
+                detail = f"{len(batch.summaries)} summaries: not aggregated by this version"
+                await self._dead_letter(
+                    js, msg.subject, sseq, "summary", msg.data, detail, codec.SUMMARY_CONTENT_TYPE
+                )
+            return
         self._last_seen[msg.subject] = time.monotonic()
         result = self.tracker.ingest(msg.subject, sseq, batch)
         if not replaying:

@@ -1,12 +1,16 @@
 """Accounting that reconciles: per source, at every committed moment,
 
-    received = published + buffered + dropped (by reason) + dead-lettered
+    received = published + buffered + summarised + dropped (by reason) + dead-lettered
 
 Every term is kept in the buffer's SQLite file and changed in the same transaction as the
 data it counts (edge/buffer.py), so the equation holds across crashes and restarts:
 `received` and `dropped:duplicate` move when a flush commits, `buffered` is the sum over
 the batches still stored, `published` moves when a batch is deleted after its PubAck,
-`dropped:<reason>` when a batch is dropped (overflow, expired, disk_full). A reading that
+`dropped:<reason>` when a batch is dropped (overflow, expired, disk_full), `summarised`
+when `overflow = "downsample"` compacts raw readings into summaries (edge/compaction.py):
+a summarised reading stays summarised when its summary is published, and moves to
+`dropped` if the summary itself is dropped (counters `dropped:<source>:summarised:<reason>`;
+`published:<source>:summarised` says how many were published in summaries). A reading that
 is only in memory (not yet committed) is not counted anywhere: after a crash the broker
 delivers it again, and it is counted then.
 
@@ -18,10 +22,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.compaction import SUMMARY_MARK
 from edge.errors import BufferStoreError
 
 
@@ -33,12 +39,20 @@ class SourceAccount:
     buffered: int = 0
     dead_lettered: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    # readings represented by summaries (buffered or published in them, not dropped)
+    summarised: int = 0
+    summarised_buffered: int = 0  # of which still in the buffer, in summary batches
+    summarised_published: int = 0  # of which published in summaries
 
     @property
     def balance(self) -> int:
         """0 when the account reconciles."""
         return self.received - (
-            self.published + self.buffered + self.dropped.total() + self.dead_lettered
+            self.published
+            + self.buffered
+            + self.summarised
+            + self.dropped.total()
+            + self.dead_lettered
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,6 +62,7 @@ class SourceAccount:
             "buffered": self.buffered,
             "dropped": dict(sorted(self.dropped.items())),
             "dead_lettered": self.dead_lettered,
+            "summarised": self.summarised,
             "reconciles": self.balance == 0,
         }
 
@@ -71,15 +86,35 @@ def accounts(db: sqlite3.Connection) -> dict[str, SourceAccount]:
     finally:
         db.execute("COMMIT")
     for name, value in counters:
-        kind, source, *reason = name.split(":", 2)
-        a = acct(source)
-        if kind == "dropped":
-            a.dropped[reason[0] if reason else "unknown"] += value
-        elif kind in ("received", "published", "dead_lettered"):
-            setattr(a, kind, getattr(a, kind) + value)
-    for source, n in buffered:
-        acct(source).buffered += int(n)
+        _count(acct, name, value)
+    for key, n in buffered:
+        source, mark, _ = str(key).partition(SUMMARY_MARK)
+        if mark:
+            acct(source).summarised_buffered += int(n)
+        else:
+            acct(source).buffered += int(n)
     return out
+
+
+_MARK = SUMMARY_MARK.lstrip(":")
+
+
+def _count(acct: Callable[[str], SourceAccount], name: str, value: int) -> None:
+    """One counter row into its account (names: edge/buffer.py `counter_name`)."""
+    kind, source, *rest = name.split(":", 2)
+    a = acct(source)
+    reason = rest[0] if rest else ""
+    in_summary, _, reason = reason.partition(":") if reason.startswith(_MARK) else ("", "", reason)
+    if kind == "dropped":
+        a.dropped[reason or "unknown"] += value
+        if in_summary:  # a summary dropped: its readings are no longer summarised
+            a.summarised -= value
+    elif kind == "published" and in_summary:
+        a.summarised_published += value
+    elif kind == "summarised":
+        a.summarised += value
+    elif kind in ("received", "published", "dead_lettered"):
+        setattr(a, kind, getattr(a, kind) + value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,17 +174,17 @@ def render(report: dict[str, Any]) -> str:
         f"buffer: {b['batches']} batches, {b['readings']} readings, {b['bytes']} bytes,"
         f" {b['dead_letters']} dead letters waiting; oldest {age}",
         f"{'source':<12}{'received':>12}{'published':>12}{'buffered':>10}"
-        f"{'dead-letter':>12}  dropped",
+        f"{'summarised':>12}{'dead-letter':>12}  dropped",
     ]
     for source, a in report["sources"].items():
         dropped = ", ".join(f"{k}={v}" for k, v in a["dropped"].items()) or "0"
         mark = "" if a["reconciles"] else "   DOES NOT RECONCILE"
         lines.append(
             f"{source:<12}{a['received']:>12}{a['published']:>12}{a['buffered']:>10}"
-            f"{a['dead_lettered']:>12}  {dropped}{mark}"
+            f"{a['summarised']:>12}{a['dead_lettered']:>12}  {dropped}{mark}"
         )
     lines.append(
-        "received = published + buffered + dropped + dead-lettered: "
+        "received = published + buffered + summarised + dropped + dead-lettered: "
         + ("holds" if report["reconciles"] else "VIOLATED")
     )
     return "\n".join(lines)

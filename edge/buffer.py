@@ -52,7 +52,7 @@ from pathlib import Path
 import lz4.block
 import orjson
 
-from edge import buffer_cipher
+from edge import buffer_cipher, compaction
 from edge.buffer_cipher import BufferCipher
 from edge.dedupe import DeliveryLog, PendingDeliveries, Record
 from edge.errors import BufferFull, BufferKeyError, BufferStoreError, TamperedError
@@ -203,9 +203,9 @@ class SqliteBuffer:
         max_age_s: float = 0.0,
         key_file: Path | None = None,
     ) -> None:
-        if overflow not in ("drop_oldest", "drop_newest", "block"):
+        if overflow not in ("drop_oldest", "drop_newest", "block", "downsample"):
             raise ValueError(
-                f"overflow must be drop_oldest, drop_newest or block, not {overflow!r}"
+                f"overflow must be drop_oldest, drop_newest, block or downsample, not {overflow!r}"
             )
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be normal or full, not {durability!r}")
@@ -223,6 +223,8 @@ class SqliteBuffer:
         self._db: sqlite3.Connection | None = None
         self._next_batch = 0
         self._bytes = 0
+        # Rows the uplink has read in its current round: never compacted (edge/compaction.py)
+        self._read_floor = 0
 
     @classmethod
     def from_settings(cls, path: Path, settings: BufferSettings) -> SqliteBuffer:
@@ -475,7 +477,7 @@ class SqliteBuffer:
         if self.overflow == "block":
             raise BufferFull(f"disk full at {self.path}")
         self._reserve.unlink(missing_ok=True)
-        if self.overflow == "drop_oldest":
+        if self.overflow in ("drop_oldest", "downsample"):  # compacting needs pages too
             while self._drop_oldest_batch_alone():
                 try:
                     return self._commit_once(flush, None)
@@ -562,12 +564,38 @@ class SqliteBuffer:
         if self.overflow == "drop_newest" or size > self.max_bytes:
             return "overflow", 0
         freed = 0
+        if self.overflow == "downsample":  # then drop only what could not be compacted
+            freed = self._compact(used + size - self.max_bytes, counters)
         while used - freed + size > self.max_bytes:
             got = self._drop_oldest_row("overflow", counters, result)
             if got is None:
                 break
             freed += got
         return None, freed
+
+    def _compact(self, need: int, counters: Counter[str]) -> int:
+        done = compaction.make_room(
+            self._conn,
+            need,
+            floor_row=self._read_floor,
+            instance=self.instance,
+            open_payload=lambda stored, flags, batch_id: buffer_cipher.batch_payload(
+                stored, flags, batch_id, self._cipher
+            ),
+            seal=self._seal_batch,
+        )
+        for source, n in (done.summarised or {}).items():
+            counters[counter_name("summarised", source)] += n
+        if done.summaries:
+            log.warning("buffer full: compacted the oldest backlog, %d bytes freed", done.freed)
+        return done.freed
+
+    def _seal_batch(self, payload: bytes, batch_id: str) -> tuple[bytes, int]:
+        stored = lz4.block.compress(payload)
+        if self._cipher is None:
+            return stored, buffer_cipher.LZ4
+        sealed = self._cipher.seal(stored, buffer_cipher.batch_aad(batch_id))
+        return sealed, buffer_cipher.LZ4 | buffer_cipher.ENCRYPTED
 
     def _drop_oldest_row(
         self, reason: str, counters: Counter[str], result: CommitResult
@@ -687,6 +715,8 @@ class SqliteBuffer:
         """Up to `limit` batches after `after_row`, oldest first, payloads decompressed;
         with `max_bytes`, stop before the payloads would pass it (but return at least one).
         Stopping while reading, not after, spares reading what would be dropped."""
+        if after_row == 0:  # a new round: nothing read before it is still in flight
+            self._read_floor = 0
         cursor = self._conn.execute(
             "SELECT b.id, batch_id, content_type, created_ns, readings, payload, a.at_ns,"
             " bytes, sources, compressed FROM batches AS b LEFT JOIN attempted AS a ON a.id = b.id"
@@ -709,6 +739,8 @@ class SqliteBuffer:
                 out.append(StoredBatch(r[0], r[1], r[2], r[3], r[4], payload, r[6], r[7], r[8]))
         finally:
             cursor.close()
+        if out:
+            self._read_floor = max(self._read_floor, out[-1].row)
         if tampered:
             lost = self.quarantine_batches(tampered, "tampered")
             why = "failed authentication: dropped as tampered"

@@ -79,7 +79,8 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def _account_families(accounts: dict[str, accounting.SourceAccount]) -> Iterator[Metric]:
-    """received = published + buffered + dropped (by reason) + dead-lettered, per source."""
+    """received = published + buffered + summarised + dropped (by reason) + dead-lettered,
+    per source."""
     by_source = ["source"]
     received = CounterMetricFamily(
         "gateway_agent_source_received_readings", "Readings received, by source", labels=by_source
@@ -104,9 +105,16 @@ def _account_families(accounts: dict[str, accounting.SourceAccount]) -> Iterator
         "Readings in the buffer, by source",
         labels=by_source,
     )
+    summarised = CounterMetricFamily(
+        "gateway_agent_source_summarised_readings",
+        "Readings compacted into summaries under overflow = downsample (and not dropped"
+        " since), by source",
+        labels=by_source,
+    )
     balance = GaugeMetricFamily(
         "gateway_agent_source_unaccounted_readings",
-        "received - (published + buffered + dropped + dead-lettered): 0 when it reconciles",
+        "received - (published + buffered + summarised + dropped + dead-lettered):"
+        " 0 when it reconciles",
         labels=by_source,
     )
     for source, a in sorted(accounts.items()):
@@ -114,7 +122,8 @@ def _account_families(accounts: dict[str, accounting.SourceAccount]) -> Iterator
         published.add_metric([source], a.published)
         dead.add_metric([source], a.dead_lettered)
         buffered.add_metric([source], a.buffered)
+        summarised.add_metric([source], a.summarised)
         balance.add_metric([source], a.balance)
         for reason, n in sorted(a.dropped.items()):
             dropped.add_metric([source, reason], n)
-    yield from (received, published, dead, dropped, buffered, balance)
+    yield from (received, published, dead, dropped, buffered, summarised, balance)

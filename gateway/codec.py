@@ -29,6 +29,10 @@ from gateway.reading import Reading
 MAGIC = b"GWB"
 VERSION = 1
 CONTENT_TYPE = "application/vnd.iot-gateway.batch+columns;version=1"
+# A batch that carries summaries (`overflow = "downsample"`): version 2, so a decoder that
+# only knows version 1 refuses it instead of reading it as an empty batch.
+SUMMARY_VERSION = 2
+SUMMARY_CONTENT_TYPE = "application/vnd.iot-gateway.batch+columns;version=2"
 _PREFIX = struct.Struct("<3sBI")  # magic, version, header length
 # Column order and dtypes on the wire (all little-endian), after the 8-byte-aligned header.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -42,6 +46,40 @@ _ROW_BYTES = sum(np.dtype(dt).itemsize for _, dt in COLUMNS)
 MAX_READINGS = 10_000_000
 
 SeriesKey = tuple[str, str, str]  # device, metric, unit
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The readings of one series in one window `[start_ns, start_ns + width_s)`, compacted
+    on the edge: exact count, min, max, sum, and the first and last readings (by (event
+    time, seq)) with their times. `series` indexes the batch's series table."""
+
+    series: int
+    start_ns: int
+    width_s: int
+    count: int
+    min: float
+    max: float
+    sum: float
+    first_ns: int
+    first: float
+    last_ns: int
+    last: float
+
+    def as_list(self) -> list[int | float]:
+        return [
+            self.series,
+            self.start_ns,
+            self.width_s,
+            self.count,
+            self.min,
+            self.max,
+            self.sum,
+            self.first_ns,
+            self.first,
+            self.last_ns,
+            self.last,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +97,7 @@ class Batch:
     flags: npt.NDArray[np.uint16]
     # row -> the event time a device sent, where validation replaced it (CLOCK_CORRECTED)
     original_time_ns: Mapping[int, int] = field(default_factory=dict)
+    summaries: tuple[Summary, ...] = ()  # compacted readings (version 2 only)
 
     def __len__(self) -> int:
         return int(self.time_ns.shape[0])
@@ -176,7 +215,7 @@ class ColumnBuilder:
 
 
 def encode(batch: Batch) -> bytes:
-    """Encode a batch in the columnar wire format, version 1."""
+    """Encode a batch in the columnar wire format: version 1, or 2 when it has summaries."""
     head: dict[str, Any] = {
         "site": batch.site,
         "agent": batch.agent,
@@ -186,9 +225,12 @@ def encode(batch: Batch) -> bytes:
     }
     if batch.original_time_ns:  # optional: absent in most batches
         head["original_time_ns"] = sorted([k, v] for k, v in batch.original_time_ns.items())
+    if batch.summaries:  # orjson writes floats round-trip exact
+        head["summaries"] = [s.as_list() for s in batch.summaries]
     header = orjson.dumps(head)
     pad = (-(_PREFIX.size + len(header))) % 8
-    parts = [_PREFIX.pack(MAGIC, VERSION, len(header)), header, b"\0" * pad]
+    version = SUMMARY_VERSION if batch.summaries else VERSION
+    parts = [_PREFIX.pack(MAGIC, version, len(header)), header, b"\0" * pad]
     for name, dtype in COLUMNS:
         parts.append(np.ascontiguousarray(_column(batch, name), dtype=dtype).tobytes())
     return b"".join(parts)
@@ -206,6 +248,7 @@ class _Header:
     n: int
     series: tuple[SeriesKey, ...]
     original_time_ns: dict[int, int]
+    summaries: tuple[Summary, ...] = ()
 
 
 def decode(payload: bytes) -> Batch:
@@ -218,9 +261,9 @@ def decode(payload: bytes) -> Batch:
     magic, version, hlen = _PREFIX.unpack_from(payload)
     if magic != MAGIC:
         raise CodecError("not a gateway batch (bad magic)")
-    if version != VERSION:
+    if version not in (VERSION, SUMMARY_VERSION):
         raise CodecError(f"unsupported batch format version {version}")
-    header = _decode_header(payload[_PREFIX.size : _PREFIX.size + hlen], hlen)
+    header = _decode_header(payload[_PREFIX.size : _PREFIX.size + hlen], hlen, version)
     n = header.n
     offset = _PREFIX.size + hlen + ((-(_PREFIX.size + hlen)) % 8)
     if len(payload) != offset + n * _ROW_BYTES:
@@ -243,10 +286,11 @@ def decode(payload: bytes) -> Batch:
         series_index=cols["series"],
         flags=cols["flags"],
         original_time_ns=header.original_time_ns,
+        summaries=header.summaries,
     )
 
 
-def _decode_header(raw: bytes, hlen: int) -> _Header:
+def _decode_header(raw: bytes, hlen: int, version: int = VERSION) -> _Header:
     if len(raw) != hlen:
         raise CodecError("batch header truncated")
     try:
@@ -273,7 +317,48 @@ def _decode_header(raw: bytes, hlen: int) -> _Header:
         n=n,
         series=tuple((s[0], s[1], s[2]) for s in series),
         original_time_ns=_original_times(header.get("original_time_ns", []), n),
+        summaries=_summaries(header, len(series)) if version == SUMMARY_VERSION else (),
     )
+
+
+_SUMMARY_KINDS = (int, int, int, int, float, float, float, int, float, int, float)
+
+
+def _summaries(header: dict[str, Any], n_series: int) -> tuple[Summary, ...]:
+    rows = header.get("summaries")
+    if not isinstance(rows, list) or not all(_is_summary(r, n_series) for r in rows):
+        raise CodecError(
+            "batch header field 'summaries' must be a list of [series, start_ns, width_s,"
+            " count, min, max, sum, first_ns, first, last_ns, last]"
+        )
+    return tuple(_summary(r) for r in rows)
+
+
+def _summary(r: list[Any]) -> Summary:
+    series, start, width, count, lo, hi, total, first_ns, first, last_ns, last = r
+    return Summary(
+        series,
+        start,
+        width,
+        count,
+        float(lo),
+        float(hi),
+        float(total),
+        first_ns,
+        float(first),
+        last_ns,
+        float(last),
+    )
+
+
+def _is_summary(row: Any, n_series: int) -> bool:
+    if not isinstance(row, list) or len(row) != len(_SUMMARY_KINDS):
+        return False
+    for v, kind in zip(row, _SUMMARY_KINDS, strict=True):
+        ok = _is_number(v) if kind is float else isinstance(v, int) and not isinstance(v, bool)
+        if not ok:
+            return False
+    return bool(0 <= row[0] < n_series and row[2] > 0 and row[3] > 0)
 
 
 def _original_times(pairs: Any, n: int) -> dict[int, int]:
@@ -301,6 +386,8 @@ def encode_senml(batch: Batch) -> bytes:
     `u`, `v`, `t` (seconds after `bt`, exact to the nanosecond), and the extensions `seq`,
     `flags` (when not 0) and `orig_t` (the replaced event time, absolute seconds).
     """
+    if batch.summaries:
+        raise CodecError("a batch of summaries has no SenML form (columnar version 2 only)")
     n = len(batch)
     bt = int(batch.time_ns.min()) // _NS if n else 0
     names = [(f"{d}/{m}", u) for d, m, u in batch.series]

@@ -313,7 +313,7 @@ class BufferSettings(_Model):
     # Readings older than this are dropped (reason "expired"); 0 keeps them until max_bytes.
     max_age_s: Annotated[float, Field(ge=0)] = 7 * 86400.0
     # What a full buffer (or a full disk) does: see docs/operations.md.
-    overflow: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
+    overflow: Literal["drop_oldest", "drop_newest", "block", "downsample"] = "drop_oldest"
     # SQLite synchronous mode: "normal" (WAL, fsync at checkpoints) or "full" (every commit).
     durability: Literal["normal", "full"] = "normal"
     # AES-GCM encryption of stored payloads (edge/buffer_cipher.py); None: off. The file

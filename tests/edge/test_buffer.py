@@ -206,6 +206,7 @@ def test_accounting_reconciles_across_reopen_with_dead_letters_and_redeliveries(
         "buffered": 4,
         "dropped": {},
         "dead_lettered": 0,
+        "summarised": 0,
         "reconciles": True,
     }
     assert (accts["mqtt1"].received, accts["mqtt1"].dead_lettered) == (3, 1)
