@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,29 @@ def _edge_buffer_key(args: argparse.Namespace) -> int:
 
 
 def _edge_run(args: argparse.Namespace) -> int:
+    cfg = config.load(config.AgentConfig, args.config)
+    if not _uses_websockets(cfg.nats.url):
+        _leave_out_aiohttp()
     from edge.agent import Agent
     from edge.heap import retain_freed_heap
 
-    cfg = config.load(config.AgentConfig, args.config)
     retain_freed_heap()
     run_until_signalled(Agent(cfg).run)
     return 0
+
+
+def _uses_websockets(urls: str) -> bool:
+    return any(u.strip().lower().startswith(("ws://", "wss://")) for u in urls.split(","))
+
+
+def _leave_out_aiohttp() -> None:
+    """nats-py imports aiohttp, for its websocket transport only, whenever it is installed
+    (and goes without it when the import fails): about 8.5 MiB of the agent's resident
+    memory that a `nats://`/`tls://` agent never uses. A `None` in `sys.modules` is
+    Python's documented way to make an import fail; it must happen before nats is first
+    imported, which is why the entry point does it."""
+    if "nats" not in sys.modules:
+        sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 
 
 def _register_stats(edge: Any) -> None:
