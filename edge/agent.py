@@ -56,7 +56,6 @@ class Agent:
         self.intake: Intake | None = None
         self.metrics_server: MetricsServer | None = None
         self._queue: asyncio.Queue[SourceMessage] = asyncio.Queue()
-        self._taking = False  # the intake task runs: sources' messages may be taken at once
         self._wake_uplink = asyncio.Event()
         self._wake_flusher = asyncio.Event()
         self._beat_now = asyncio.Event()
@@ -104,7 +103,7 @@ class Agent:
         names = source_names(self.config)
         for i, (name, settings) in enumerate(zip(names, self.config.sources, strict=True)):
             client_id = base if i == 0 else f"{base}-{i}"
-            ctx = registry.SourceContext(name, client_id, self._deliver)
+            ctx = registry.SourceContext(name, client_id, self._queue.put_nowait)
             src = registry.build(settings, ctx)
             await src.start()
             self.sources.append(src)
@@ -185,35 +184,17 @@ class Agent:
         self.buffer.close()
 
     # -- intake and flushing ---------------------------------------------------------------
-    def _deliver(self, msg: SourceMessage) -> None:
-        """A source's message, in the source's own callback: taken at once when nothing
-        waits before it (no task wake-up per message: docs/benchmarks.md), else queued."""
-        if self._taking and self._held is None and self._queue.empty():
-            self._handle(msg)
-            self._flush_if_full()
-        else:
-            self._queue.put_nowait(msg)
-
     async def _intake(self) -> None:
-        self._taking = True
-        try:
-            while True:
-                if self._held is not None:
-                    await self._wait_for_room()
-                    continue
-                self._handle(await self._queue.get())
-                self._flush_if_full()
-                while self._held is None and not self._queue.empty():  # one wake-up for all
-                    self._handle(self._queue.get_nowait())
-                    self._flush_if_full()
-        finally:
-            self._taking = False
-
-    def _flush_if_full(self) -> None:
-        if self._batcher.full():
-            self._flush()
-        else:
-            self._wake_flusher.set()
+        while True:
+            if self._held is not None:
+                await self._wait_for_room()
+                continue
+            msg = await self._queue.get()
+            self._handle(msg)
+            if self._batcher.full():
+                self._flush()
+            else:
+                self._wake_flusher.set()
 
     def _handle(self, msg: SourceMessage) -> None:
         assert self.intake is not None, "agent is not running"

@@ -40,7 +40,6 @@ from gateway.retry import Backoff
 log = logging.getLogger(__name__)
 
 _READ_BURST = 512  # packets read per readable event before yielding to other tasks
-_CHUNK = 65536  # bytes read from the socket at once
 _KEEPALIVE_S = 30
 _CONNECT_TIMEOUT_S = 5.0  # as paho's own
 
@@ -166,36 +165,27 @@ class MqttSource:
     # -- paho's external-loop hooks (all run on the event loop) ----------------------------
     def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
-        reads = _BufferedReads(sock)
-        # paho has no hook for wrapping its socket; `_sock` is what it reads from (pinned
-        # paho-mqtt 2.2.0; tests/edge/test_mqtt_source.py runs this against Mosquitto).
-        client._sock = reads
-        self._loop.add_reader(sock, self._on_readable, client, reads)
+        self._loop.add_reader(sock, self._on_readable, client, sock)
 
     def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
-        sock = sock.raw if isinstance(sock, _BufferedReads) else sock
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
         self._lost.set()
 
     def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
-        sock = sock.raw if isinstance(sock, _BufferedReads) else sock
         self._loop.add_writer(sock, client.loop_write)
 
     def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
-        sock = sock.raw if isinstance(sock, _BufferedReads) else sock
         self._loop.remove_writer(sock)
 
-    def _on_readable(self, client: mqtt.Client, reads: _BufferedReads) -> None:
+    def _on_readable(self, client: mqtt.Client, sock: socket.socket) -> None:
         """Read every packet that is there (paho's `loop_read` takes about one per call)."""
         for _ in range(_READ_BURST):
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not reads.has_data():
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not _has_data(sock):
                 return
-        if reads.buffered():  # the socket may have nothing left to wake us: come back
-            self._loop.call_soon(self._on_readable, client, reads)  # type: ignore[union-attr]
 
     # -- MQTT events -----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
@@ -277,44 +267,6 @@ async def _answering_address(host: str, port: int, tls: ssl.SSLContext | None = 
         transport.close()
         return address
     raise error
-
-
-class _BufferedReads:
-    """paho's socket, read in chunks: paho reads each packet with three or four `recv`
-    calls (its type byte, each byte of its length, then its body), one system call each;
-    this serves them from one `recv` of up to 64 KiB (fewer system calls per message than a
-    bare paho client: docs/benchmarks.md). Everything else goes to the socket itself."""
-
-    __slots__ = ("_data", "_pos", "_sock")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._data = b""
-        self._pos = 0
-
-    def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._data):
-            self._data, self._pos = self._sock.recv(_CHUNK), 0  # raises as the socket would
-        out = self._data[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
-
-    @property
-    def raw(self) -> Any:
-        """The socket itself (what the event loop watches)."""
-        return self._sock
-
-    def buffered(self) -> int:
-        return len(self._data) - self._pos
-
-    def has_data(self) -> bool:
-        return self.buffered() > 0 or _has_data(self._sock)
-
-    def pending(self) -> int:  # as ssl.SSLSocket's, for paho's `loop()`
-        return self.buffered() + (self._sock.pending() if hasattr(self._sock, "pending") else 0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 def _has_data(sock: socket.socket) -> bool:
