@@ -22,7 +22,7 @@ from gateway.config import BatchSettings
 from gateway.reading import Reading
 
 _BYTES_PER_READING = 30  # the fixed-width columns of one reading on the wire
-# Readings remembered per series for `ExactCopies`, about 175 bytes each: a device's own
+# Readings remembered per series for `ExactCopies`, about 180 bytes each: a device's own
 # resend comes within its MQTT in-flight window (paho's default: 20 messages), and each
 # remembered reading is resident memory (256 a series was 45 MiB at 1,000 devices once
 # filled; docs/benchmarks.md). A copy from further back reaches the cloud, which counts
