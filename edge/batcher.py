@@ -22,6 +22,12 @@ from gateway.config import BatchSettings
 from gateway.reading import Reading
 
 _BYTES_PER_READING = 30  # the fixed-width columns of one reading on the wire
+# Readings remembered per series for `ExactCopies`, about 180 bytes each: a device's own
+# resend comes within its MQTT in-flight window (paho's default: 20 messages), and each
+# remembered reading is resident memory (256 a series was 45 MiB at 1,000 devices once
+# filled; docs/benchmarks.md). A copy from further back reaches the cloud, which counts
+# a reading once however often it arrives.
+_COPIES_PER_SERIES = 32
 
 
 @dataclass(slots=True)
@@ -61,7 +67,9 @@ class Batcher:
         self.settings = settings
         # shared with the buffer: the records already durable
         self._deliveries = DeliveryLog({}, {}) if deliveries is None else deliveries
-        self.copies = ExactCopies(silent_s=settings.forget_series_after_s)
+        self.copies = ExactCopies(
+            per_series=_COPIES_PER_SERIES, silent_s=settings.forget_series_after_s
+        )
         self._open: _Open | None = None
 
     def reconfigure(self, settings: BatchSettings) -> None:

@@ -24,11 +24,11 @@ import stat
 from pathlib import Path
 
 import lz4.block
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import BufferKeyError, TamperedError
-from gateway.pki import write_private
+
+# `cryptography` (about 7 MiB resident) is imported where a key is made or used: only an
+# agent with an encrypted buffer pays for it (docs/benchmarks.md).
 
 KEY_BYTES = 32  # AES-256
 _NONCE = 12
@@ -42,6 +42,10 @@ def create_key_file(path: Path) -> None:
     """A new random key at `path`, base64 text, created 0600; never overwrites one."""
     if path.exists():
         raise BufferKeyError(f"{path}: already exists; not overwriting a key")
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from gateway.pki import write_private
+
     key = base64.b64encode(AESGCM.generate_key(bit_length=KEY_BYTES * 8)) + b"\n"
     write_private(path, key, 0o600)
 
@@ -74,6 +78,8 @@ def load_key(path: Path) -> bytes:
 
 class BufferCipher:
     def __init__(self, key: bytes, key_file: Path) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
         self.key_file = key_file
 
@@ -86,6 +92,8 @@ class BufferCipher:
         return nonce + self._aead.encrypt(nonce, data, aad)
 
     def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
         except (InvalidTag, ValueError):

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import NatsSettings
-from gateway.connect import cli_settings
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
@@ -36,4 +35,8 @@ def nats_args(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_NATS
 
 
 def nats_settings(args: argparse.Namespace, role: str = "admin") -> NatsSettings:
+    # imported here: gateway.connect loads nats-py, which commands that never reach the
+    # cloud (`gateway edge run` parses its arguments first) need not pay for
+    from gateway.connect import cli_settings
+
     return cli_settings(args.nats or DEFAULT_NATS, args.ca, args.creds, role)

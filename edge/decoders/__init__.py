@@ -17,7 +17,6 @@ from edge.decoders.mapped import MappedJson, MappedLine, TopicDefaults
 from edge.decoders.mapping import CompiledMapping
 from edge.decoders.plain import PlainValue
 from edge.decoders.senml import decode_senml, decode_senml_columns
-from edge.decoders.sparkplug import SparkplugDecoder
 from gateway.config import MappingSettings
 from gateway.reading import Reading
 
@@ -38,9 +37,19 @@ MAPPED_DECODERS: dict[str, Callable[[CompiledMapping], Decoder]] = {
     "value": PlainValue,
     "line": MappedLine,
 }
+
+
+def _sparkplug(mapping: CompiledMapping) -> Decoder:
+    # imported here: protobuf and the Tahu schema are about 11 MiB of resident memory,
+    # which only an agent with a Sparkplug B source should pay (docs/benchmarks.md)
+    from edge.decoders.sparkplug import SparkplugDecoder
+
+    return SparkplugDecoder(mapping)
+
+
 # Formats whose decoder keeps state per source; a mapping is optional (its defaults apply).
 STATEFUL_DECODERS: dict[str, Callable[[CompiledMapping], Decoder]] = {
-    "sparkplug": SparkplugDecoder,
+    "sparkplug": _sparkplug,
 }
 _SPARKPLUG_DEFAULTS = MappingSettings(device="{edge_node}/{device?}")
 
