@@ -43,7 +43,7 @@ class SourceStatus:
     """Whether a source delivers right now (`/healthz`, edge/health.py), and why not."""
 
     up: bool
-    detail: str = ""  # why not ("cannot reach ..."); "" while a first connect is under way
+    detail: str = ""  # why not ("cannot connect to ..."); "" while a first connect is under way
     dead: bool = False  # its task ended: it will not come back by itself
 
 

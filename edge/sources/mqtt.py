@@ -215,7 +215,8 @@ class MqttSource:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected = False
-        self.last_error = f"disconnected ({rc})"
+        if not self.last_error:  # keep a more specific reason (a TLS refusal) if one came first
+            self.last_error = f"disconnected ({rc})"
         log.debug("%s: MQTT disconnected (%s)", self.name, rc)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:

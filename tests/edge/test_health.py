@@ -86,7 +86,7 @@ async def test_a_source_that_cannot_connect_is_not_ready_then_ready(
     with captured_log() as log:
         async with started(Agent(cfg)) as agent:
             _, body = await eventually(
-                lambda: health(agent), _about("source mqtt0 is down: cannot reach"), timeout=20
+                lambda: health(agent), _about("source mqtt0 is down: cannot connect to"), timeout=20
             )
             assert body["ready"] is False
             await asyncio.sleep(3)  # several retries: still one line
