@@ -140,6 +140,11 @@ class Intake:
         if plan.privacy is not None:
             series = self._private(plan.privacy, series)
         for cols in series:
+            if cols.site != self.site:
+                detail = self._foreign(cols.site, cols.device, cols.metric)
+                for _ in range(len(cols)):
+                    self._reject(msg, batcher, "foreign_site", detail)
+                continue
             check = self.validator.check_series(cols, msg.received_ns)
             for _row, reason, detail in check.rejects:
                 self._reject(msg, batcher, reason, f"{cols.device}/{cols.metric}: {detail}")
@@ -168,6 +173,10 @@ class Intake:
             r = decoded if privacy is None else privacy.apply(decoded)
             if r is None:
                 continue
+            if r.site != self.site:
+                detail = self._foreign(r.site, r.device, r.metric)
+                self._reject(msg, batcher, "foreign_site", detail)
+                continue
             try:
                 checked = check(r, msg.received_ns)
             except DecodeError as exc:
@@ -183,6 +192,12 @@ class Intake:
             self._count_filtered(self.filters.dropped)
         if privacy is not None and privacy.dropped:
             self._count_filtered(privacy.dropped)
+
+    def _foreign(self, site: str, device: str, metric: str) -> str:
+        """Why a reading of another site is refused: a batch carries the agent's one site,
+        and the agent's identity may publish only its own (docs/security.md), so storing it
+        would put it under the wrong site and merge it with this site's devices."""
+        return f"{device}/{metric}: site {site!r} is not this agent's site {self.site!r}"
 
     def _count_events(self, decoder: Decoder) -> None:
         """Device events a stateful decoder counted (Sparkplug B births, deaths, rebirth

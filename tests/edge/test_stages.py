@@ -210,3 +210,24 @@ def test_intake_applies_filters_and_counts_them_in_metrics() -> None:
     assert intake.stats.filtered == {"deadband": 2}
     assert metrics.value("gateway_agent_readings_filtered_total", filter="deadband") == 2
     assert metrics.value("gateway_agent_readings_decoded_total", source="mqtt0") == 5
+
+
+def test_a_reading_of_another_site_is_a_dead_letter_not_merged_into_this_one() -> None:
+    """A batch carries the agent's one site: a line protocol `site` tag (or a mapping's
+    site template) naming another one must not be stored under this agent's site."""
+    cfg = AgentConfig.model_validate({"site": "s1", "agent": "a1", "sources": [{"format": "line"}]})
+    intake = Intake(cfg, load_catalog(), AgentMetrics())
+    batcher = Batcher("s1", "a1", cfg.batch)
+    lines = (
+        f"temperature,site=s1,device=d1 value=21.0 {NOW}\n"
+        f"temperature,site=s2,device=d1 value=35.0 {NOW}\n"
+        f"temperature,device=d2 value=22.0 {NOW}\n"
+    )
+    intake.handle(SourceMessage("mqtt0", "sensors/s1/x", lines.encode(), None, NOW), batcher)
+    flush = batcher.take("b")
+    assert flush is not None and flush.batch is not None
+    stored = codec.decode(flush.batch.payload)
+    assert stored.value.tolist() == [21.0, 22.0]
+    assert intake.stats.dead_letters == {"foreign_site": 1}
+    [letter] = flush.dead_letters
+    assert letter.reason == "foreign_site" and "'s2' is not this agent's site 's1'" in letter.detail
