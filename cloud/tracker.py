@@ -43,7 +43,15 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.records import IndexBounds, WindowRecord
-from cloud.windows import I64, U32, GroupStats, group_stats, window_index, window_label
+from cloud.windows import (
+    I64,
+    U32,
+    GroupStats,
+    group_stats,
+    sorted_group_stats,
+    window_index,
+    window_label,
+)
 from gateway.codec import Batch, SeriesKey
 
 F64 = npt.NDArray[np.float64]
@@ -120,6 +128,24 @@ class Rows:
     def cols(self) -> tuple[Any, ...]:
         return (self.sid, self.time, self.seq, self.value, self.sseq, self.ord)
 
+    def tail(self, start: int) -> Rows:
+        return Rows(*(col[start:] for col in self.cols()))
+
+
+@dataclass(slots=True)
+class OpenView:
+    """The readings of each series' newest open window as of the last `Tracker.live`,
+    sorted by (series, value), and how many of the width's held rows it has seen.
+
+    The held rows only grow at the end (`WidthState.rows` appends what a fetch added,
+    duplicates dropped) until final windows are dropped (`WidthState.keep`), so each live
+    update merges the new rows' sorted chunk into this instead of re-sorting everything."""
+
+    rows: Rows = field(default_factory=Rows.empty)
+    win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    key: npt.NDArray[np.complex128] = field(default_factory=lambda: np.empty(0, np.complex128))
+    seen: int = 0  # held rows [0, seen) were considered
+
 
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
     """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
@@ -148,6 +174,7 @@ class WidthState:
     _fresh: bool = False  # parts added since the last deduplication
     _clean: bool = False  # `_parts[0]` is deduplicated (the rows held at the last `rows`)
     _hashes: npt.NDArray[np.uint64] | None = None  # sorted identity hashes of `_parts[0]`
+    view: OpenView = field(default_factory=OpenView)
 
     @property
     def width_ns(self) -> int:
@@ -172,6 +199,18 @@ class WidthState:
         self._fresh = False
         self._clean = bool(self._parts)
         self._hashes = None  # rows were dropped: recomputed from the held rows when needed
+        self.view = OpenView()  # rebuilt from the held rows at the next live update
+
+    def keep(self, mask: Mask) -> None:
+        """Keep only the held rows in `mask` (the rows of final windows are dropped)."""
+        held = self.rows
+        seen = int(mask[: self.view.seen].sum())
+        view = self.view
+        self.rows = held.take(mask)
+        # The view holds no row of a final window once it is updated again; the rows it
+        # has seen are still the first `seen` ones.
+        view.seen = seen
+        self.view = view
 
     def _deduplicated(self) -> Rows:
         """The parts as one, each reading identity once. The held rows are already
@@ -427,7 +466,7 @@ class Tracker:
         if final.any():
             drop = np.zeros(len(held), dtype=bool)
             drop[in_closed] = final[inverse]
-            ws.rows = held.take(~drop)
+            ws.keep(~drop)
             for s, w in zip(k_sid[final], k_win[final], strict=True):
                 ws.emitted.pop((int(s), int(w)), None)
         return records
@@ -441,21 +480,53 @@ class Tracker:
                 if not ws.live_dirty or not len(ws):
                     continue
                 ws.live_dirty = False
-                win = window_index(ws.rows.time, ws.width_ns)
-                open_ = (win + 1) * ws.width_ns > agent.watermark
-                if open_.any():
-                    rows = ws.rows.take(open_)
-                    win = win[open_]
-                    # Only the newest open window of a series is shown (`AGG_LATEST` has
-                    # one key per series and width, and never goes back to an older one).
-                    newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
-                    np.maximum.at(newest, rows.sid, win)
-                    shown = win == newest[rows.sid]
-                    if not shown.all():
-                        rows, win = rows.take(shown), win[shown]
-                    stats = group_stats(rows.sid, win, rows.time, rows.seq, rows.value)
+                stats = self._open_view(agent, ws)
+                if len(stats):
                     out.extend(self.records(agent, ws, stats, closed=False))
         return out
+
+    def _open_view(self, agent: AgentState, ws: WidthState) -> GroupStats:
+        """Update `ws.view` with the rows held since the last call; its statistics.
+
+        Only the newest open window of a series is shown (`AGG_LATEST` has one key per
+        series and width, and never goes back to an older one). A held row the view has
+        seen but does not hold was in a closed window or an older one than its series'
+        newest then, so it cannot be in the newest open window now: the view's rows and
+        the new ones are all that can be."""
+        held, view = ws.rows, ws.view
+        new = held.tail(view.seen)
+        view.seen = len(held)
+        new_win = window_index(new.time, ws.width_ns)
+        newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
+        open_old = (view.win + 1) * ws.width_ns > agent.watermark
+        open_new = (new_win + 1) * ws.width_ns > agent.watermark
+        np.maximum.at(newest, view.rows.sid[open_old], view.win[open_old])
+        np.maximum.at(newest, new.sid[open_new], new_win[open_new])
+        keep_old = open_old & (view.win == newest[view.rows.sid])
+        keep_new = open_new & (new_win == newest[new.sid])
+        if not keep_old.all():
+            view.rows, view.win, view.key = (
+                view.rows.take(keep_old),
+                view.win[keep_old],
+                view.key[keep_old],
+            )
+        if keep_new.any():
+            add = new.take(keep_new) if not keep_new.all() else new
+            add_win = new_win[keep_new]
+            key = add.sid + 1j * add.value  # numpy orders complex numbers lexicographically
+            order = np.argsort(key)
+            key = key[order]
+            at = np.searchsorted(view.key, key)
+            view.key = np.insert(view.key, at, key)
+            view.win = np.insert(view.win, at, add_win[order])
+            view.rows = Rows(
+                *(
+                    np.insert(old, at, col[order])
+                    for old, col in zip(view.rows.cols(), add.cols(), strict=True)
+                )
+            )
+        r = view.rows
+        return sorted_group_stats(r.sid, view.win, r.time, r.seq, r.value)
 
     def records(
         self, agent: AgentState, ws: WidthState, stats: GroupStats, *, closed: bool
