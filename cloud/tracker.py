@@ -47,6 +47,7 @@ from cloud.windows import (
     I64,
     U32,
     GroupStats,
+    dense_groups,
     group_stats,
     sorted_group_stats,
     window_index,
@@ -139,12 +140,38 @@ class OpenView:
 
     The held rows only grow at the end (`WidthState.rows` appends what a fetch added,
     duplicates dropped) until final windows are dropped (`WidthState.keep`), so each live
-    update merges the new rows' sorted chunk into this instead of re-sorting everything."""
+    update merges the new rows' sorted chunk into this instead of re-sorting everything.
+    `key` is `series + 1j * value`: numpy orders complex numbers by real, then imaginary
+    part, so one sorted column holds both (only what the statistics need is kept)."""
 
-    rows: Rows = field(default_factory=Rows.empty)
-    win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     key: npt.NDArray[np.complex128] = field(default_factory=lambda: np.empty(0, np.complex128))
+    win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    time: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    seq: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     seen: int = 0  # held rows [0, seen) were considered
+
+    @property
+    def sid(self) -> I64:
+        out: I64 = self.key.real.astype(np.int64)
+        return out
+
+    def take(self, keep: Mask) -> None:
+        self.key, self.win, self.time, self.seq = (
+            self.key[keep], self.win[keep], self.time[keep], self.seq[keep]
+        )  # fmt: skip
+
+    def merge(self, key: npt.NDArray[np.complex128], win: I64, time: I64, seq: I64) -> None:
+        """Merge rows whose `key` is sorted: one pass per column, no sort."""
+        pos = np.searchsorted(self.key, key) + np.arange(key.shape[0])
+        old = np.ones(self.key.shape[0] + key.shape[0], dtype=bool)
+        old[pos] = False
+        merged = []
+        for mine, theirs in ((self.key, key), (self.win, win), (self.time, time), (self.seq, seq)):
+            out = np.empty(old.shape[0], dtype=mine.dtype)
+            out[pos] = theirs
+            out[old] = mine
+            merged.append(out)
+        self.key, self.win, self.time, self.seq = merged
 
 
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
@@ -435,10 +462,12 @@ class Tracker:
         some = not in_closed.all()
         rows = held.take(in_closed) if some else held
         win = win[in_closed] if some else win
-        keys, inverse, counts = np.unique(
-            (rows.sid.astype(np.int64) << 32) | win, return_inverse=True, return_counts=True
-        )
-        k_sid, k_win = keys >> 32, keys & 0xFFFFFFFF
+        # Groups in (series, window) order, by a bincount when the key range allows.
+        inverse, keys = dense_groups(rows.sid, win)
+        counts = np.bincount(inverse, minlength=keys.shape[0])
+        w0 = int(win.min())
+        n_windows = int(win.max()) - w0 + 1
+        k_sid, k_win = keys // n_windows, keys % n_windows + w0
         closed = (k_win + 1) * width <= agent.watermark
         if idle:
             closed[:] = True
@@ -497,36 +526,30 @@ class Tracker:
         new = held.tail(view.seen)
         view.seen = len(held)
         new_win = window_index(new.time, ws.width_ns)
+        view_sid = view.sid
         newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
         open_old = (view.win + 1) * ws.width_ns > agent.watermark
         open_new = (new_win + 1) * ws.width_ns > agent.watermark
-        np.maximum.at(newest, view.rows.sid[open_old], view.win[open_old])
+        np.maximum.at(newest, view_sid[open_old], view.win[open_old])
         np.maximum.at(newest, new.sid[open_new], new_win[open_new])
-        keep_old = open_old & (view.win == newest[view.rows.sid])
+        keep_old = open_old & (view.win == newest[view_sid])
         keep_new = open_new & (new_win == newest[new.sid])
         if not keep_old.all():
-            view.rows, view.win, view.key = (
-                view.rows.take(keep_old),
-                view.win[keep_old],
-                view.key[keep_old],
-            )
+            view.take(keep_old)
+            view_sid = view_sid[keep_old]
         if keep_new.any():
             add = new.take(keep_new) if not keep_new.all() else new
-            add_win = new_win[keep_new]
-            key = add.sid + 1j * add.value  # numpy orders complex numbers lexicographically
-            order = np.argsort(key)
-            key = key[order]
-            at = np.searchsorted(view.key, key)
-            view.key = np.insert(view.key, at, key)
-            view.win = np.insert(view.win, at, add_win[order])
-            view.rows = Rows(
-                *(
-                    np.insert(old, at, col[order])
-                    for old, col in zip(view.rows.cols(), add.cols(), strict=True)
-                )
+            # By value, then (stable) by series: (series, value) order without a complex sort.
+            order = np.argsort(add.value)
+            order = order[np.argsort(add.sid[order], kind="stable")]
+            view.merge(
+                add.sid[order] + 1j * add.value[order],
+                new_win[keep_new][order],
+                add.time[order],
+                add.seq[order],
             )
-        r = view.rows
-        return sorted_group_stats(r.sid, view.win, r.time, r.seq, r.value)
+            view_sid = view.sid
+        return sorted_group_stats(view_sid, view.win, view.time, view.seq, view.key.imag)
 
     def records(
         self, agent: AgentState, ws: WidthState, stats: GroupStats, *, closed: bool
