@@ -204,6 +204,7 @@ class WidthState:
     _hashes: npt.NDArray[np.uint64] | None = None  # sorted identity hashes of `_parts[0]`
     view: OpenView = field(default_factory=OpenView)
     oldest_ns: int = _NO_ROWS  # the earliest event time held (copies included)
+    oldest_sseq: int = _NO_ROWS  # the first stream seq held (a copy comes after its original)
 
     @property
     def width_ns(self) -> int:
@@ -213,6 +214,7 @@ class WidthState:
         self._parts.append(rows)  # concatenated (and deduplicated) when next needed
         self._fresh = True
         self.oldest_ns = min(self.oldest_ns, int(rows.time.min()))
+        self.oldest_sseq = min(self.oldest_sseq, int(rows.sseq.min()))
 
     @property
     def rows(self) -> Rows:
@@ -231,6 +233,7 @@ class WidthState:
         self._hashes = None  # rows were dropped: recomputed from the held rows when needed
         self.view = OpenView()  # rebuilt from the held rows at the next live update
         self.oldest_ns = int(rows.time.min()) if len(rows) else _NO_ROWS
+        self.oldest_sseq = int(rows.sseq.min()) if len(rows) else _NO_ROWS
 
     def keep(self, mask: Mask) -> None:
         """Keep only the held rows in `mask` (the rows of final windows are dropped)."""
@@ -613,7 +616,7 @@ class Tracker:
 
     @staticmethod
     def _oldest_open_seq(agent: AgentState) -> int | None:
-        firsts = [int(ws.rows.sseq.min()) for ws in agent.widths if len(ws)]
+        firsts = [ws.oldest_sseq for ws in agent.widths if len(ws)]
         return min(firsts) if firsts else None
 
     def checkpoint(self, last_seq: int) -> dict[str, Any]:
