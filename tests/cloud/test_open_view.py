@@ -11,6 +11,7 @@ import pytest
 from cloud.records import WindowRecord
 from cloud.tracker import NO_TIME, AgentState, Tracker, WidthState
 from cloud.windows import group_stats, window_index
+from gateway import codec
 from tests.cloud.reference import make_batches, with_copies
 
 
@@ -57,3 +58,23 @@ def test_live_equals_a_recomputation(seed: int) -> None:
             assert sorted(map(repr, got)) == sorted(map(repr, expected))
             compared += len(got)
     assert compared > 100
+
+
+def test_a_series_that_stops_drops_out_once_its_window_closes() -> None:
+    def batch(n: int, devices: list[str], t_s: int) -> codec.Batch:
+        b = codec.ColumnBuilder("s1", "a", f"a-{n}", capacity=len(devices))
+        for i, device in enumerate(devices):
+            b.add(device, "temp", "Cel", float(n + i), t_s * 10**9, n)
+        return b.build()
+
+    tracker = Tracker([10, 60], 5.0)
+    tracker.ingest("telemetry.s1.a", 1, batch(1, ["d1", "d2"], 1))
+    assert {(r.device, r.window) for r in tracker.live()} == {
+        ("d1", "10s"),
+        ("d2", "10s"),
+        ("d1", "1m"),
+        ("d2", "1m"),
+    }
+    tracker.ingest("telemetry.s1.a", 2, batch(2, ["d2"], 15))  # d1's 10 s window closes
+    shown = {(r.device, r.window, r.start_ns, r.count) for r in tracker.live()}
+    assert shown == {("d2", "10s", 10 * 10**9, 1), ("d1", "1m", 0, 1), ("d2", "1m", 0, 2)}
