@@ -381,6 +381,8 @@ class Tracker:
         ord_ = occurrences(sid, batch.time_ns, batch.seq, batch.value)
         agent.dirty = True
         agent.flushed = False
+        sseqs = np.full(n, sseq, dtype=np.int64)
+        whole = Rows(sid, batch.time_ns, batch.seq, batch.value, sseqs, ord_)
         for ws in agent.widths:
             end = (window_index(batch.time_ns, ws.width_ns) + 1) * ws.width_ns
             late = finite & (end + self.lateness_ns <= before)
@@ -391,14 +393,8 @@ class Tracker:
             elif late.any():
                 result.rejected.append(Rejected(f"late_{window_label(ws.width_s)}", late))
             if keep.any():
-                rows = Rows(
-                    sid[keep],
-                    batch.time_ns[keep],
-                    batch.seq[keep],
-                    batch.value[keep],
-                    np.full(int(keep.sum()), sseq, dtype=np.int64),
-                    ord_[keep],
-                )
+                # Rows are never changed in place, so every width can share the columns.
+                rows = whole if keep.all() else whole.take(keep)
                 ws.add(rows)
                 ws.live_dirty = True
             result.accepted = max(result.accepted, int(keep.sum()))
