@@ -43,13 +43,23 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.records import IndexBounds, WindowRecord
-from cloud.windows import I64, U32, GroupStats, group_stats, window_index, window_label
+from cloud.windows import (
+    I64,
+    U32,
+    GroupStats,
+    dense_groups,
+    group_stats,
+    sorted_group_stats,
+    window_index,
+    window_label,
+)
 from gateway.codec import Batch, SeriesKey
 
 F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 NO_TIME = -(1 << 63)
 CHECKPOINT_VERSION = 1
+_NO_ROWS = 1 << 62  # `WidthState.oldest_ns` when it holds nothing
 
 
 @dataclass(slots=True)
@@ -120,6 +130,50 @@ class Rows:
     def cols(self) -> tuple[Any, ...]:
         return (self.sid, self.time, self.seq, self.value, self.sseq, self.ord)
 
+    def tail(self, start: int) -> Rows:
+        return Rows(*(col[start:] for col in self.cols()))
+
+
+@dataclass(slots=True)
+class OpenView:
+    """The readings of each series' newest open window as of the last `Tracker.live`,
+    sorted by (series, value), and how many of the width's held rows it has seen.
+
+    The held rows only grow at the end (`WidthState.rows` appends what a fetch added,
+    duplicates dropped) until final windows are dropped (`WidthState.keep`), so each live
+    update merges the new rows' sorted chunk into this instead of re-sorting everything.
+    `key` is `series + 1j * value`: numpy orders complex numbers by real, then imaginary
+    part, so one sorted column holds both (only what the statistics need is kept)."""
+
+    key: npt.NDArray[np.complex128] = field(default_factory=lambda: np.empty(0, np.complex128))
+    win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    time: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    seq: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    seen: int = 0  # held rows [0, seen) were considered
+
+    @property
+    def sid(self) -> I64:
+        out: I64 = self.key.real.astype(np.int64)
+        return out
+
+    def take(self, keep: Mask) -> None:
+        self.key, self.win, self.time, self.seq = (
+            self.key[keep], self.win[keep], self.time[keep], self.seq[keep]
+        )  # fmt: skip
+
+    def merge(self, key: npt.NDArray[np.complex128], win: I64, time: I64, seq: I64) -> None:
+        """Merge rows whose `key` is sorted: one pass per column, no sort."""
+        pos = np.searchsorted(self.key, key) + np.arange(key.shape[0])
+        old = np.ones(self.key.shape[0] + key.shape[0], dtype=bool)
+        old[pos] = False
+        merged = []
+        for mine, theirs in ((self.key, key), (self.win, win), (self.time, time), (self.seq, seq)):
+            out = np.empty(old.shape[0], dtype=mine.dtype)
+            out[pos] = theirs
+            out[old] = mine
+            merged.append(out)
+        self.key, self.win, self.time, self.seq = merged
+
 
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
     """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
@@ -148,14 +202,19 @@ class WidthState:
     _fresh: bool = False  # parts added since the last deduplication
     _clean: bool = False  # `_parts[0]` is deduplicated (the rows held at the last `rows`)
     _hashes: npt.NDArray[np.uint64] | None = None  # sorted identity hashes of `_parts[0]`
+    view: OpenView = field(default_factory=OpenView)
+    oldest_ns: int = _NO_ROWS  # the earliest event time held (copies included)
+    oldest_sseq: int = _NO_ROWS  # the first stream seq held (a copy comes after its original)
 
     @property
     def width_ns(self) -> int:
         return self.width_s * 1_000_000_000
 
     def add(self, rows: Rows) -> None:
-        self._parts.append(rows)  # concatenated (and deduplicated) once per `due`
+        self._parts.append(rows)  # concatenated (and deduplicated) when next needed
         self._fresh = True
+        self.oldest_ns = min(self.oldest_ns, int(rows.time.min()))
+        self.oldest_sseq = min(self.oldest_sseq, int(rows.sseq.min()))
 
     @property
     def rows(self) -> Rows:
@@ -172,6 +231,20 @@ class WidthState:
         self._fresh = False
         self._clean = bool(self._parts)
         self._hashes = None  # rows were dropped: recomputed from the held rows when needed
+        self.view = OpenView()  # rebuilt from the held rows at the next live update
+        self.oldest_ns = int(rows.time.min()) if len(rows) else _NO_ROWS
+        self.oldest_sseq = int(rows.sseq.min()) if len(rows) else _NO_ROWS
+
+    def keep(self, mask: Mask) -> None:
+        """Keep only the held rows in `mask` (the rows of final windows are dropped)."""
+        held = self.rows
+        seen = int(mask[: self.view.seen].sum())
+        view = self.view
+        self.rows = held.take(mask)
+        # The view holds no row of a final window once it is updated again; the rows it
+        # has seen are still the first `seen` ones.
+        view.seen = seen
+        self.view = view
 
     def _deduplicated(self) -> Rows:
         """The parts as one, each reading identity once. The held rows are already
@@ -268,7 +341,12 @@ class Tracker:
     @property
     def duplicates(self) -> int:
         """Readings dropped so far as copies of held ones (counted at the finest width)."""
-        return sum(a.widths[0].duplicates for a in self.agents.values() if a.widths)
+        total = 0
+        for agent in self.agents.values():
+            finest = agent.widths[0]
+            _ = finest.rows  # deduplicates what was added since (`due` may not have looked)
+            total += finest.duplicates
+        return total
 
     def _agent(self, subject: str, site: str) -> AgentState:
         agent = self.agents.get(subject)
@@ -303,6 +381,8 @@ class Tracker:
         ord_ = occurrences(sid, batch.time_ns, batch.seq, batch.value)
         agent.dirty = True
         agent.flushed = False
+        sseqs = np.full(n, sseq, dtype=np.int64)
+        whole = Rows(sid, batch.time_ns, batch.seq, batch.value, sseqs, ord_)
         for ws in agent.widths:
             end = (window_index(batch.time_ns, ws.width_ns) + 1) * ws.width_ns
             late = finite & (end + self.lateness_ns <= before)
@@ -313,14 +393,8 @@ class Tracker:
             elif late.any():
                 result.rejected.append(Rejected(f"late_{window_label(ws.width_s)}", late))
             if keep.any():
-                rows = Rows(
-                    sid[keep],
-                    batch.time_ns[keep],
-                    batch.seq[keep],
-                    batch.value[keep],
-                    np.full(int(keep.sum()), sseq, dtype=np.int64),
-                    ord_[keep],
-                )
+                # Rows are never changed in place, so every width can share the columns.
+                rows = whole if keep.all() else whole.take(keep)
                 ws.add(rows)
                 ws.live_dirty = True
             result.accepted = max(result.accepted, int(keep.sum()))
@@ -386,6 +460,10 @@ class Tracker:
 
     def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[WindowRecord]:
         width = ws.width_ns
+        if not idle and (ws.oldest_ns // width + 1) * width > agent.watermark:
+            # No held window is closed: nothing to emit or drop, and the rows need not be
+            # concatenated or deduplicated yet (the open 1 min / 1 h / 1 d windows, mostly).
+            return []
         held = ws.rows
         win = window_index(held.time, width)
         # Only closed windows can be emitted or become final: the open ones (most of what
@@ -396,10 +474,12 @@ class Tracker:
         some = not in_closed.all()
         rows = held.take(in_closed) if some else held
         win = win[in_closed] if some else win
-        keys, inverse, counts = np.unique(
-            (rows.sid.astype(np.int64) << 32) | win, return_inverse=True, return_counts=True
-        )
-        k_sid, k_win = keys >> 32, keys & 0xFFFFFFFF
+        # Groups in (series, window) order, by a bincount when the key range allows.
+        inverse, keys = dense_groups(rows.sid, win)
+        counts = np.bincount(inverse, minlength=keys.shape[0])
+        w0 = int(win.min())
+        n_windows = int(win.max()) - w0 + 1
+        k_sid, k_win = keys // n_windows, keys % n_windows + w0
         closed = (k_win + 1) * width <= agent.watermark
         if idle:
             closed[:] = True
@@ -427,7 +507,7 @@ class Tracker:
         if final.any():
             drop = np.zeros(len(held), dtype=bool)
             drop[in_closed] = final[inverse]
-            ws.rows = held.take(~drop)
+            ws.keep(~drop)
             for s, w in zip(k_sid[final], k_win[final], strict=True):
                 ws.emitted.pop((int(s), int(w)), None)
         return records
@@ -441,21 +521,47 @@ class Tracker:
                 if not ws.live_dirty or not len(ws):
                     continue
                 ws.live_dirty = False
-                win = window_index(ws.rows.time, ws.width_ns)
-                open_ = (win + 1) * ws.width_ns > agent.watermark
-                if open_.any():
-                    rows = ws.rows.take(open_)
-                    win = win[open_]
-                    # Only the newest open window of a series is shown (`AGG_LATEST` has
-                    # one key per series and width, and never goes back to an older one).
-                    newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
-                    np.maximum.at(newest, rows.sid, win)
-                    shown = win == newest[rows.sid]
-                    if not shown.all():
-                        rows, win = rows.take(shown), win[shown]
-                    stats = group_stats(rows.sid, win, rows.time, rows.seq, rows.value)
+                stats = self._open_view(agent, ws)
+                if len(stats):
                     out.extend(self.records(agent, ws, stats, closed=False))
         return out
+
+    def _open_view(self, agent: AgentState, ws: WidthState) -> GroupStats:
+        """Update `ws.view` with the rows held since the last call; its statistics.
+
+        Only the newest open window of a series is shown (`AGG_LATEST` has one key per
+        series and width, and never goes back to an older one). A held row the view has
+        seen but does not hold was in a closed window or an older one than its series'
+        newest then, so it cannot be in the newest open window now: the view's rows and
+        the new ones are all that can be."""
+        held, view = ws.rows, ws.view
+        new = held.tail(view.seen)
+        view.seen = len(held)
+        new_win = window_index(new.time, ws.width_ns)
+        view_sid = view.sid
+        newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
+        open_old = (view.win + 1) * ws.width_ns > agent.watermark
+        open_new = (new_win + 1) * ws.width_ns > agent.watermark
+        np.maximum.at(newest, view_sid[open_old], view.win[open_old])
+        np.maximum.at(newest, new.sid[open_new], new_win[open_new])
+        keep_old = open_old & (view.win == newest[view_sid])
+        keep_new = open_new & (new_win == newest[new.sid])
+        if not keep_old.all():
+            view.take(keep_old)
+            view_sid = view_sid[keep_old]
+        if keep_new.any():
+            add = new.take(keep_new) if not keep_new.all() else new
+            # By value, then (stable) by series: (series, value) order without a complex sort.
+            order = np.argsort(add.value)
+            order = order[np.argsort(add.sid[order], kind="stable")]
+            view.merge(
+                add.sid[order] + 1j * add.value[order],
+                new_win[keep_new][order],
+                add.time[order],
+                add.seq[order],
+            )
+            view_sid = view.sid
+        return sorted_group_stats(view_sid, view.win, view.time, view.seq, view.key.imag)
 
     def records(
         self, agent: AgentState, ws: WidthState, stats: GroupStats, *, closed: bool
@@ -506,7 +612,7 @@ class Tracker:
 
     @staticmethod
     def _oldest_open_seq(agent: AgentState) -> int | None:
-        firsts = [int(ws.rows.sseq.min()) for ws in agent.widths if len(ws)]
+        firsts = [ws.oldest_sseq for ws in agent.widths if len(ws)]
         return min(firsts) if firsts else None
 
     def checkpoint(self, last_seq: int) -> dict[str, Any]:
