@@ -6,7 +6,6 @@ accounting reconciles."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from edge.buffer import SqliteBuffer
 from edge.uplink import Uplink
 from gateway import codec, config, subjects
 from gateway.config import AgentConfig
+from tests.edge.drain import drain_until_empty
 from tests.edge.test_downsample import _coarsest, _fill, _readings, as_truth, truth
-from tests.helpers import eventually
 
 
 async def test_a_downsampled_backlog_drains_whole_and_reconciles(
@@ -36,16 +35,7 @@ async def test_a_downsampled_backlog_drains_whole_and_reconciles(
     assert before.summarised > 0 and before.dropped.total() == 0
     uplink = Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())
 
-    async def buffered() -> int:
-        return buf.stats().batches
-
-    task = asyncio.create_task(uplink.run(nc))
-    try:
-        await eventually(buffered, lambda n: n == 0, timeout=60)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await drain_until_empty(uplink, buf, nc, timeout=60)
     info = await js.stream_info(subjects.TELEMETRY_STREAM)
     sent = [
         codec.decode((await js.get_msg(subjects.TELEMETRY_STREAM, seq)).data or b"")

@@ -4,7 +4,6 @@ with its drain rate and latency measured (issue 4)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from edge.buffer import PendingBatch, SourceCounts, SqliteBuffer
 from edge.uplink import Uplink
 from gateway import config, subjects
 from gateway.config import AgentConfig
-from tests.helpers import eventually
+from tests.edge.drain import drain_until_empty
 
 BATCHES = 40
 
@@ -41,16 +40,7 @@ async def test_backlog_goes_out_once_oldest_first_in_pipelined_windows(
         )
     uplink = Uplink(cfg.site, cfg.agent, cfg.uplink, buf, asyncio.Event())
 
-    async def buffered() -> int:
-        return buf.stats().batches
-
-    task = asyncio.create_task(uplink.run(nc))
-    try:
-        await eventually(buffered, lambda n: n == 0, timeout=30)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await drain_until_empty(uplink, buf, nc, timeout=30)
     info = await js.stream_info(subjects.TELEMETRY_STREAM)
     assert info.state.messages == BATCHES
     stored = [
