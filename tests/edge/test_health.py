@@ -61,6 +61,7 @@ def captured_log() -> Iterator[io.StringIO]:
     """Everything logged, formatted as `gateway` formats it (tracebacks included)."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
+    handler.setLevel(logging.INFO)  # `debug_lines` may open a logger to DEBUG meanwhile
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     old_level = root.level
@@ -77,19 +78,48 @@ def _lines(log: io.StringIO, fragment: str) -> list[str]:
     return [line for line in log.getvalue().splitlines() if fragment in line]
 
 
+class _Counter(logging.Handler):
+    def __init__(self, prefix: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.prefix, self.count = prefix, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.count += 1
+
+
+@contextlib.contextmanager
+def debug_lines(logger: str, prefix: str) -> Iterator[_Counter]:
+    """Counts the debug lines of `logger` that start with `prefix` (one per retry), so a
+    test waits for N retries instead of sleeping for them."""
+    counter, target = _Counter(prefix), logging.getLogger(logger)
+    old_level = target.level
+    target.addHandler(counter)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield counter
+    finally:
+        target.removeHandler(counter)
+        target.setLevel(old_level)
+
+
+async def at_least(counter: _Counter, n: int, timeout: float) -> None:
+    await eventually(lambda: asyncio.sleep(0, counter.count), lambda c: c >= n, timeout)
+
+
 async def test_a_source_that_cannot_connect_is_not_ready_then_ready(
     tmp_path: Path, cloud_server: NatsServer, edge_broker: NatsServer
 ) -> None:
     port = edge_broker.mqtt_port
     await edge_broker.stop()
     cfg = make_config(tmp_path, cloud_server, port)
-    with captured_log() as log:
+    with captured_log() as log, debug_lines("edge.sources.mqtt", "mqtt0: ") as retries:
         async with started(Agent(cfg)) as agent:
             _, body = await eventually(
                 lambda: health(agent), _about("source mqtt0 is down: cannot connect to"), timeout=20
             )
             assert body["ready"] is False
-            await asyncio.sleep(3)  # several retries: still one line
+            await at_least(retries, retries.count + 3, 30)  # several retries: still one line
             await edge_broker.start()
             _, body = await eventually(lambda: health(agent), lambda r: r[0] == 200, 30)
             assert body["ready"] is True and body["problems"] == []
@@ -128,7 +158,10 @@ async def test_an_uplink_that_stalls_a_backlog_is_not_ready_until_it_drains(
             )
             _, body = await eventually(lambda: health(agent), _about("uplink is stalled"), 20)
             assert body["buffer"]["batches"] > 0
-            await asyncio.sleep(3)  # publish retries go on: no more lines
+            failed = body["uplink"]["publish_errors"]
+            await eventually(  # publish retries go on: no more lines
+                lambda: health(agent), lambda r: r[1]["uplink"]["publish_errors"] >= failed + 3, 30
+            )
             nc = await connect(cloud_server.client("admin"), "test")
             try:
                 js: JetStreamContext = nc.jetstream()
@@ -148,14 +181,13 @@ async def test_an_unreachable_cloud_does_not_fill_the_log(
     """nats-py's default error callback logs a traceback for every reconnect attempt
     (every 0.5 s here, about 4 KB/s in the field): measured in bytes of log per minute."""
     cfg = make_config(tmp_path, cloud_server, edge_broker.mqtt_port)
-    with captured_log() as log:
+    with captured_log() as log, debug_lines("edge.agent", "nats: ") as attempts:
         async with started(Agent(cfg)) as agent:
             await eventually(lambda: health(agent), lambda r: r[0] == 200, 20)
-            await asyncio.sleep(1.0)
             before = len(log.getvalue())
             await cloud_server.stop()
             t0 = time.monotonic()
-            await asyncio.sleep(12)  # 24 reconnect attempts
+            await at_least(attempts, 24, 60)  # 24 failed reconnect attempts
             per_minute = (len(log.getvalue()) - before) * 60 / (time.monotonic() - t0)
             await cloud_server.start()
             await eventually(
