@@ -15,6 +15,7 @@ NUMERIC = frozenset({*_SIGNED_BITS, *UNSIGNED, FLOAT, DOUBLE, BOOLEAN})
 REBIRTH_METRIC = "Node Control/Rebirth"
 BD_SEQ_METRIC = "bdSeq"
 ENG_UNIT_PROPERTY = "engUnit"
+UINT64 = 8
 
 
 def _signed(v: int, bits: int, field_bits: int) -> int:
@@ -69,6 +70,15 @@ def eng_unit(m: Metric) -> str:
         if key == ENG_UNIT_PROPERTY and value.WhichOneof("value") == "string_value":
             return str(value.string_value)
     return ""
+
+
+def add_session_metrics(payload: Payload, now_ms: int, bd_seq: int) -> None:
+    """The two metrics an NBIRTH carries first: its session's `bdSeq` (which the NDEATH
+    ending that session repeats) and `Node Control/Rebirth` = false."""
+    payload.metrics.add(name=BD_SEQ_METRIC, timestamp=now_ms, datatype=UINT64, long_value=bd_seq)
+    payload.metrics.add(
+        name=REBIRTH_METRIC, timestamp=now_ms, datatype=BOOLEAN, boolean_value=False
+    )
 
 
 def rebirth_request(now_ms: int) -> bytes:

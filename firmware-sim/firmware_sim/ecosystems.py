@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from devices.sparkplug.payload import BD_SEQ_METRIC, BOOLEAN, DOUBLE, REBIRTH_METRIC
+from devices.sparkplug.payload import DOUBLE, add_session_metrics
 from devices.sparkplug.sparkplug_b_pb2 import Payload
 from firmware_sim import payloads
 from firmware_sim.firmware import DeviceGroup, Message
@@ -221,8 +221,7 @@ class SparkplugGroup(EcosystemGroup):
         self.born[i], self.sp_seq[i] = True, 0
         self._birth_time_ns = t_ms * _MS
         p = Payload(timestamp=t_ms, seq=0)
-        p.metrics.add(name=BD_SEQ_METRIC, timestamp=t_ms, datatype=8, long_value=self.bd_seq[i])
-        p.metrics.add(name=REBIRTH_METRIC, timestamp=t_ms, datatype=BOOLEAN, boolean_value=False)
+        add_session_metrics(p, t_ms, self.bd_seq[i])
         values = {s.metric: s.value for s in samples}
         for metric, _unit in self.metrics:
             m = p.metrics.add(name=metric.capitalize(), alias=self.aliases[metric],

@@ -12,11 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from devices.sparkplug.payload import BD_SEQ_METRIC, BOOLEAN, DOUBLE, REBIRTH_METRIC
+from devices.sparkplug.payload import (
+    BD_SEQ_METRIC,
+    DOUBLE,
+    REBIRTH_METRIC,
+    UINT64,
+    add_session_metrics,
+)
 from devices.sparkplug.sparkplug_b_pb2 import Payload
 
 NAMESPACE = "spBv1.0"
-UINT64 = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +58,7 @@ class SparkplugNode:
         """NBIRTH (seq 0, this session's bdSeq) and one DBIRTH per device with `values`."""
         self._seq = 0
         nb = Payload(timestamp=now_ms, seq=self._next_seq())
-        bd = self.bd_seq
-        nb.metrics.add(name=BD_SEQ_METRIC, timestamp=now_ms, datatype=UINT64, long_value=bd)
-        nb.metrics.add(name=REBIRTH_METRIC, timestamp=now_ms, datatype=BOOLEAN, boolean_value=False)
+        add_session_metrics(nb, now_ms, self.bd_seq)
         out = [NodeMessage(self._topic("NBIRTH"), nb.SerializeToString())]
         for d, metrics in self.devices.items():
             db = Payload(timestamp=now_ms, seq=self._next_seq())
