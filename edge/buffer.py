@@ -219,7 +219,7 @@ class SqliteBuffer:
         self._cipher: BufferCipher | None = None
         self.instance = ""
         # delivery records (edge/dedupe.py), shared with the batcher's DeliveryLog
-        self.deliveries = DeliveryLog({}, {})
+        self.deliveries = DeliveryLog()
         self._db: sqlite3.Connection | None = None
         self._next_batch = 0
         self._bytes = 0
@@ -306,13 +306,12 @@ class SqliteBuffer:
         top = db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()[0]
         self._next_batch = max(int(meta.get("next_batch", "1")), top + 1)
         deliveries = self.deliveries
-        deliveries.ordinals.clear()
-        deliveries.records.clear()
+        deliveries.clear()
         for source, next_ordinal, packed in db.execute(
             "SELECT source, next_ordinal, records FROM delivery_runs ORDER BY id"
         ):
             deliveries.ordinals[source] = next_ordinal
-            deliveries.records.update(_unpack(source, bytes(packed)))
+            deliveries.load(_unpack(source, bytes(packed)))
         self._bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM batches").fetchone()[0]
 
     def _move_aside(self) -> Path:
