@@ -599,8 +599,13 @@ class SqliteBuffer:
     def _drop_oldest_row(
         self, reason: str, counters: Counter[str], result: CommitResult
     ) -> int | None:
+        # The oldest batch not yet sent: one sent whose PubAck has not come may already be
+        # in the stream, so dropping it would count as lost what the cloud holds (and free
+        # nothing there). Only when every batch is in flight does the oldest of them go.
         row = self._conn.execute(
-            "DELETE FROM batches WHERE id = (SELECT MIN(id) FROM batches) RETURNING bytes, sources"
+            "DELETE FROM batches WHERE id = COALESCE("
+            " (SELECT MIN(id) FROM batches WHERE id NOT IN (SELECT id FROM attempted)),"
+            " (SELECT MIN(id) FROM batches)) RETURNING bytes, sources"
         ).fetchone()
         if row is None:
             return None
