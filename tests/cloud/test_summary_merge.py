@@ -16,6 +16,7 @@ import pytest
 from cloud.records import WindowId, WindowRecord
 from cloud.summaries import Cell, merge_cells, window_of
 from cloud.tracker import Tracker
+from cloud.windows import window_label
 from edge import compaction
 from gateway import codec
 from gateway.codec import Batch, Summary
@@ -63,15 +64,11 @@ def _stream(rows: list[Reading], devices: int) -> tuple[Msgs, list[Reading]]:
     return msgs, raw
 
 
-def _label(width_s: int) -> str:
-    return f"{width_s // 60}m" if width_s % 3600 else f"{width_s // 3600}h"
-
-
 def _truth(rows: list[Reading], width_s: int) -> dict[WindowId, dict[str, Any]]:
     """Per window of the readings themselves: count, min, max, sum, mean, first, last."""
     groups: dict[WindowId, list[tuple[int, float]]] = {}
     for device, t, v in rows:
-        key = (_label(width_s), "s1", device, "temp", t - t % (width_s * SEC))
+        key = (window_label(width_s), "s1", device, "temp", t - t % (width_s * SEC))
         groups.setdefault(key, []).append((t, v))
     return {k: _stats(sorted(tv)) for k, tv in groups.items()}
 
@@ -97,13 +94,13 @@ def _placed(msgs: Msgs, width_s: int) -> dict[WindowId, dict[str, Any]]:
     cells = {}
     for _, b in msgs:
         for r in b.readings():
-            key = (_label(width_s), "s1", r.device, "temp", r.time_ns - r.time_ns % width)
+            key = (window_label(width_s), "s1", r.device, "temp", r.time_ns - r.time_ns % width)
             cells.setdefault(key, []).append(
                 (1, 0, r.value, r.value, r.value, *(r.time_ns, r.value) * 2)
             )
         for s in b.summaries:
             key = (
-                _label(width_s),
+                window_label(width_s),
                 "s1",
                 b.series[s.series][0],
                 "temp",
@@ -194,7 +191,7 @@ def test_windows_over_summaries_equal_the_readings(seed: int) -> None:
     assert late == []
     _finish(tracker, got)
     for width in (600, 3600):  # multiples of every summary's width: exact per window
-        _assert_matches(got, _truth(rows, width), _label(width))
+        _assert_matches(got, _truth(rows, width), window_label(width))
     _assert_matches(got, _placed(msgs, 60), "1m")  # 10 min summaries in their first minute
     raw_times = {(d, t) for d, t, _ in raw}
     for key, r in got.items():

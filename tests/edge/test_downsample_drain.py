@@ -1,24 +1,33 @@
 """A buffer filled under `overflow = "downsample"` while the cloud is away, then drained by
 the uplink into a real JetStream (nats-server with TLS and JWT creds, tests/conftest.py):
-every reading reaches the stream either itself or inside a summary, exactly once, and the
-accounting reconciles."""
+every reading reaches the stream either itself or inside a summary, exactly once, the
+accounting reconciles, and a real aggregator's windows over the summarised span have the
+exact count, min, max, mean, first and last of the readings sent (cloud/summaries.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
+from cloud.records import WindowId, WindowRecord
+from cloud.windows import window_label
 from edge import accounting, compaction
 from edge.buffer import SqliteBuffer
 from edge.uplink import Uplink
 from gateway import codec, config, subjects
 from gateway.config import AgentConfig
+from tests.cloud.test_aggregator import agg_windows, cloud_config, dlq_messages, running
+from tests.cloud.test_summary_merge import _placed, _truth
 from tests.edge.drain import drain_until_empty
 from tests.edge.test_downsample import _coarsest, _fill, _readings, as_truth, truth
+from tests.helpers import eventually
+
+WIDTHS = [10, 60, 600, 3600]
 
 
 async def test_a_downsampled_backlog_drains_whole_and_reconciles(
@@ -26,7 +35,7 @@ async def test_a_downsampled_backlog_drains_whole_and_reconciles(
 ) -> None:
     cfg = config.parse(AgentConfig, {"site": "s1", "agent": "a1"})
     buf = SqliteBuffer(
-        tmp_path / "b.sqlite3", max_bytes=1 << 16, overflow="downsample", max_age_s=0
+        tmp_path / "b.sqlite3", max_bytes=1 << 15, overflow="downsample", max_age_s=0
     )
     buf.open()
     rows = _readings(random.Random(11), 40_000, series=20, start_s=0)
@@ -51,3 +60,42 @@ async def test_a_downsampled_backlog_drains_whole_and_reconciles(
     assert after.published + after.summarised == after.received == len(rows)
     assert after.summarised_published == after.summarised == before.summarised
     buf.close()
+    await _assert_cloud_windows(nc, js, rows, sent, width, after.summarised)
+
+
+async def _assert_cloud_windows(
+    nc: NatsClient,
+    js: JetStreamContext,
+    rows: list[tuple[str, int, float]],
+    sent: list[codec.Batch],
+    coarsest_s: int,
+    summarised: int,
+) -> None:
+    """The aggregator over what was sent: windows as wide as every summary (or wider) equal
+    the readings themselves; finer ones hold each summary whole in the window of its first
+    reading; every reading counted once at every width."""
+    want: dict[WindowId, dict[str, Any]] = {}
+    for w in WIDTHS:
+        exact = w % coarsest_s == 0
+        want.update(_truth(rows, w) if exact else _placed([("", b) for b in sent], w))
+    assert any(w % coarsest_s == 0 for w in WIDTHS) and coarsest_s < WIDTHS[-1]
+
+    def complete(got: dict[WindowId, WindowRecord]) -> bool:
+        return got.keys() == want.keys() and all(
+            r.closed and r.count == want[k]["count"] for k, r in got.items()
+        )
+
+    async with running(nc, cloud_config(windows_s=WIDTHS)) as agg:
+        got = await eventually(lambda: agg_windows(js), complete, timeout=60, interval=0.3)
+        assert agg.stats.late_readings == agg.stats.bad_readings == 0
+        assert agg.stats.summarised_readings == summarised
+        assert agg.stats.readings + summarised == len(rows)
+    assert await dlq_messages(js) == []
+    for key, stats in want.items():
+        r = got[key]
+        for field in ("count", "min", "max", "sum", "mean", "first", "last"):
+            assert getattr(r, field) == stats[field], (key, field)
+    for w in WIDTHS:
+        mine = [r for k, r in got.items() if k[0] == window_label(w)]
+        assert sum(r.count for r in mine) == len(rows)
+        assert sum(r.summarised for r in mine) == summarised
