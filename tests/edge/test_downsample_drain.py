@@ -23,16 +23,17 @@ from edge.agent import Agent
 from edge.buffer import SqliteBuffer
 from edge.uplink import Uplink
 from gateway import codec, config, subjects
-from gateway.config import AgentConfig, StreamSettings
+from gateway.config import AgentConfig, BufferSettings, StreamSettings
 from gateway.connect import nats_connection
 from gateway.servers import NatsServer
 from tests.cloud.reference import stream_batches
 from tests.cloud.test_aggregator import agg_windows, cloud_config, dlq_messages, running
 from tests.cloud.test_summary_merge import _placed, _truth
 from tests.edge.drain import drain_until_empty
+from tests.edge.test_agent_integration import agent_config
 from tests.edge.test_agent_integration import running as agent_running
 from tests.edge.test_downsample import T0, _coarsest, _fill, _readings, as_truth, truth
-from tests.helpers import agent_nats, cloud_security, eventually, publish_qos1
+from tests.helpers import cloud_security, eventually, publish_qos1
 
 WIDTHS = [10, 60, 600, 3600]
 
@@ -117,20 +118,8 @@ async def test_an_agent_downsamples_while_the_cloud_is_away_then_drains_exactly(
     cloud = NatsServer(tmp_path / "cloud", name="cloud", security=cloud_security(tmp_path))
     await cloud.start()
     await cloud.stop()  # known address, nothing listening: the agent can only buffer
-    cfg = config.parse(
-        AgentConfig,
-        {
-            "site": "s1",
-            "agent": "a1",
-            "data_dir": str(tmp_path / "agent"),
-            "nats": agent_nats(cloud),
-            "sources": [
-                {"url": f"mqtt://127.0.0.1:{edge_broker.mqtt_port}", "topics": ["sensors/#"]}
-            ],
-            "batch": {"max_readings": 200, "linger_ms": 50},
-            "buffer": {"max_bytes": 1 << 16, "overflow": "downsample", "max_age_s": 0},
-        },
-    )
+    buffer = BufferSettings(max_bytes=1 << 16, overflow="downsample", max_age_s=0)
+    cfg = agent_config(tmp_path, cloud, edge_broker.mqtt_port).model_copy(update={"buffer": buffer})
     rows = _readings(random.Random(13), 60_000, series=20, start_s=0)
     packs = [_pack(rows[i : i + 100]) for i in range(0, len(rows), 100)]
     try:
