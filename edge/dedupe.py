@@ -129,8 +129,8 @@ class DeliveryLog:
         """After the commit that made `committed` durable (and pruned by `floors`)."""
         self.records.update(committed.records)
         self.ordinals.update(committed.ordinals)
-        if floors:
-            stale = [k for k, r in self.records.items() if r.ordinal < floors.get(k[0], -1)]
+        for source, floor in floors.items():  # usually one: the ordinal test comes first
+            stale = [k for k, r in self.records.items() if r.ordinal < floor and k[0] == source]
             for k in stale:
                 del self.records[k]
 
