@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.sources import SourceMessage
-from edge.sources.mqtt import _READ_BURST, MqttSource
+from edge.sources.mqtt import _READ_BURST, MqttSource, _Client
 from gateway.config import MqttSourceSettings
 from tests.conftest import mosquitto_binary
 from tests.helpers import eventually, publish_qos1
@@ -70,7 +71,8 @@ async def test_a_burst_arrives_in_order_and_only_acked_messages_leave_the_sessio
 ) -> None:
     got: list[SourceMessage] = []
     src = await _started(mosquitto.port, got)
-    payloads = [b"m%d" % i for i in range(BURST)]
+    # about 330 KB: several 64 KiB reads, so packets cut by a read's end (paho's path) too
+    payloads = [b"m%d:" % i + b"x" * 200 for i in range(BURST)]
     try:
         await asyncio.to_thread(publish_qos1, mosquitto.port, "t/x", payloads)
         await eventually(lambda: _count(got), lambda n: n >= BURST)
@@ -97,3 +99,57 @@ async def test_a_burst_arrives_in_order_and_only_acked_messages_leave_the_sessio
     resent = _published(again)[:-1]
     assert [m.payload for m in resent] == payloads[keep:]
     assert all(m.dup for m in resent)
+
+
+# -- the PUBLISH decoder on its own: bytes in the buffer, no connection --------------------
+def _publish(topic: bytes, payload: bytes, mid: int = 0, qos: int = 1, dup: bool = False) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += payload
+    length, n = b"", len(body)
+    while True:  # MQTT's variable-length remaining length
+        byte, n = n & 127, n >> 7
+        length += bytes([byte | (128 if n else 0)])
+        if not n:
+            break
+    return bytes([0x30 | qos << 1 | (0x08 if dup else 0)]) + length + body
+
+
+def _client(buffer: bytes) -> tuple[_Client, list[tuple[str, bytes, int, int, bool]]]:
+    taken: list[tuple[str, bytes, int, int, bool]] = []
+    client = _Client(lambda *a: taken.append(a), callback_api_version=CallbackAPIVersion.VERSION2)
+    client._rbuf = buffer
+    return client, taken
+
+
+def test_whole_publishes_are_taken_in_order_qos0_and_qos1() -> None:
+    big = b"x" * 300  # a two-byte remaining length
+    client, taken = _client(
+        _publish(b"t/a", b"one", 7)
+        + _publish(b"t/b", big, qos=0)
+        + _publish(b"t/c", b"", 9, dup=True)
+    )
+    while client._take_publish():
+        pass
+    assert taken == [
+        ("t/a", b"one", 7, 1, False),
+        ("t/b", big, 0, 0, False),
+        ("t/c", b"", 9, 1, True),
+    ]
+    assert not client.buffered
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        _publish(b"t/a", b"payload", 3)[:-2],  # cut by the buffer's end: paho reads the rest
+        _publish(b"t/a", b"payload", 3)[:2],  # not even the topic's length yet
+        _publish(b"t/a", b"p", 3, qos=2),  # QoS 2: paho keeps its state
+        _publish(b"", b"p", 3),  # an empty topic: malformed, paho's to refuse
+        _publish(b"t/\xff", b"p", 3),  # not UTF-8
+        bytes([0x20, 0x02, 0x00, 0x00]),  # a CONNACK
+    ],
+)
+def test_anything_else_is_left_to_paho_untouched(packet: bytes) -> None:
+    client, taken = _client(packet)
+    assert not client._take_publish()
+    assert taken == [] and client._rpos == 0
