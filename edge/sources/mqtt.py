@@ -13,6 +13,8 @@ faster than paho's `loop_start()` thread). paho's `connect()` itself is a blocki
 connect, though, which would freeze every source and the uplink for up to its 5 s timeout
 whenever a broker is unreachable; so the address is resolved and a TCP connection tried
 first without blocking, and paho connects (one round trip) only to a broker that answered.
+On the hot path paho's per-packet machinery is bypassed (`_Client`): one read serves many
+packets, a whole PUBLISH is decoded here, and a commit's PUBACKs go out as one write.
 
 The session is persistent (clean session off, fixed client id), so readings published
 while the agent is away wait in the broker. Reconnection is ours: a delay that grows,
