@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
@@ -58,7 +59,11 @@ class Agent:
         self.metrics = AgentMetrics()
         self.intake: Intake | None = None
         self.metrics_server: MetricsServer | None = None
-        self._queue: asyncio.Queue[SourceMessage] = asyncio.Queue()
+        # What the sources delivered, not handled yet: only while a flush is held (block
+        # policy) or the intake is behind; see `_deliver`.
+        self._inbox: deque[SourceMessage] = deque()
+        self._inbox_ready = asyncio.Event()
+        self._intake_error: BaseException | None = None  # raised by the intake task
         self._wake_uplink = asyncio.Event()
         self._wake_flusher = asyncio.Event()
         self._beat_now = asyncio.Event()
@@ -109,7 +114,7 @@ class Agent:
         names = source_names(self.config)
         for i, (name, settings) in enumerate(zip(names, self.config.sources, strict=True)):
             client_id = base if i == 0 else f"{base}-{i}"
-            ctx = registry.SourceContext(name, client_id, self._queue.put_nowait)
+            ctx = registry.SourceContext(name, client_id, self._deliver)
             src = registry.build(settings, ctx)
             await src.start()
             self.sources.append(src)
@@ -188,8 +193,8 @@ class Agent:
         self._beat_now.set()
 
     def _drain_and_flush(self) -> None:
-        while not self._queue.empty():
-            self._handle(self._queue.get_nowait())
+        while self._inbox:
+            self._handle(self._inbox.popleft())
         self._flush()
 
     async def _shutdown(self) -> None:
@@ -207,17 +212,41 @@ class Agent:
         self.buffer.close()
 
     # -- intake and flushing ---------------------------------------------------------------
+    def _deliver(self, msg: SourceMessage) -> None:
+        """Sources call this on the event loop, for every message. It is handled at once
+        when nothing is queued before it: a hand-over to the intake task cost a task
+        wake-up per message, about a tenth of the agent's CPU at 1,000 messages/s (1 Hz
+        devices arrive one by one). Otherwise it waits its turn in the inbox."""
+        if self._inbox or self._held is not None or self._intake_error is not None:
+            self._inbox.append(msg)
+            self._inbox_ready.set()
+            return
+        try:
+            self._take(msg)
+        except Exception as exc:  # the intake task raises it: the agent fails as before
+            self._intake_error = exc
+            self._inbox_ready.set()
+
+    def _take(self, msg: SourceMessage) -> None:
+        self._handle(msg)
+        if self._batcher.full():
+            self._flush()
+        else:
+            self._wake_flusher.set()
+
     async def _intake(self) -> None:
+        """What `_deliver` queued: after a held flush, in arrival order."""
         while True:
+            if self._intake_error is not None:
+                raise self._intake_error
             if self._held is not None:
                 await self._wait_for_room()
                 continue
-            msg = await self._queue.get()
-            self._handle(msg)
-            if self._batcher.full():
-                self._flush()
-            else:
-                self._wake_flusher.set()
+            if not self._inbox:
+                self._inbox_ready.clear()
+                await self._inbox_ready.wait()
+                continue
+            self._take(self._inbox.popleft())
 
     def _handle(self, msg: SourceMessage) -> None:
         assert self.intake is not None, "agent is not running"

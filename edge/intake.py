@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from devices.catalog import Catalog
 from edge.batcher import Batcher
@@ -28,7 +27,7 @@ from edge.decoders import (
 from edge.dedupe import digest
 from edge.errors import DecodeError
 from edge.filters import FilterChain, Privacy, build_chain, build_privacy
-from edge.metrics import AgentMetrics
+from edge.metrics import AgentMetrics, SourceTally
 from edge.sources import SourceMessage
 from edge.validation import Validator
 from gateway.config import AgentConfig, MappingSettings, MqttSourceSettings, SourceSettings
@@ -52,8 +51,7 @@ class _SourcePlan:
     topic_device: bool  # MQTT: the default device is the topic's last level
     device: str | None  # serial: the configured device
     privacy: Privacy | None  # the source's own rules
-    messages: Any  # the source's pre-labelled counters
-    decoded: Any
+    tally: SourceTally  # its messages and decoded readings, for the metrics
 
 
 def _mapping(s: SourceSettings) -> MappingSettings | None:
@@ -98,8 +96,7 @@ class Intake:
                 isinstance(s, MqttSourceSettings),
                 None if isinstance(s, MqttSourceSettings) else s.device,
                 build_privacy(s.privacy),
-                self.metrics.messages.labels(name),
-                self.metrics.decoded.labels(name),
+                self.metrics.sources.of(name),
             )
             for i, (name, s) in enumerate(zip(source_names(config), config.sources, strict=True))
         }
@@ -107,7 +104,7 @@ class Intake:
     def handle(self, msg: SourceMessage, batcher: Batcher) -> None:
         plan = self._plans[msg.source]
         self.stats.messages += 1
-        plan.messages.inc()
+        plan.tally.messages += 1
         content = digest(msg.topic, msg.payload) if msg.packet_id else b""
         if batcher.redelivered(msg.source, msg.packet_id, msg.dup, content, msg.connection):
             self.stats.redelivered += 1
@@ -136,7 +133,7 @@ class Intake:
             return False
         n = sum(len(cols) for cols in series)
         self.stats.readings += n
-        plan.decoded.inc(n)
+        plan.tally.decoded += n
         if plan.privacy is not None:
             series = self._private(plan.privacy, series)
         for cols in series:
@@ -167,7 +164,7 @@ class Intake:
         finally:
             self._count_events(plan.decoder)
         self.stats.readings += len(readings)
-        plan.decoded.inc(len(readings))
+        plan.tally.decoded += len(readings)
         check, filters, privacy = self.validator.check, self.filters, plan.privacy
         for decoded in readings:
             r = decoded if privacy is None else privacy.apply(decoded)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,21 +19,53 @@ from prometheus_client import (
     Counter,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from edge.control.heartbeat import AgentSnapshot
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class SourceTally:
+    """What one source delivered: counted for every message, so plain integers."""
+
+    messages: int = 0
+    decoded: int = 0  # readings
+
+
+class SourceTallies(Collector):
+    """`gateway_agent_messages_total` and `gateway_agent_readings_decoded_total` by source,
+    read at scrape time. Two `Counter.inc` (each takes a lock) per message were about 3 %
+    of the agent's CPU at 1,000 messages/s (bench/frugality.py); everything here runs on
+    the event loop, the scrape included, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self.by_source: dict[str, SourceTally] = {}
+
+    def of(self, source: str) -> SourceTally:
+        return self.by_source.setdefault(source, SourceTally())
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "gateway_agent_messages", "Messages received, by source", labels=["source"]
+        )
+        decoded = CounterMetricFamily(
+            "gateway_agent_readings_decoded", "Readings decoded, by source", labels=["source"]
+        )
+        for source, tally in self.by_source.items():
+            messages.add_metric([source], tally.messages)
+            decoded.add_metric([source], tally.decoded)
+        yield messages
+        yield decoded
+
+
 class AgentMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.messages = Counter(
-            "gateway_agent_messages", "Messages received, by source", ["source"], registry=r
-        )
-        self.decoded = Counter(
-            "gateway_agent_readings_decoded", "Readings decoded, by source", ["source"], registry=r
-        )
+        self.sources = SourceTallies()
+        r.register(self.sources)
         self.rejected = Counter(
             "gateway_agent_dead_letters", "Dead letters, by reason", ["reason"], registry=r
         )

@@ -32,7 +32,9 @@ async def started(agent: Agent) -> AsyncIterator[Agent]:
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        await eventually(_probe(lambda: agent.metrics_server is not None), bool, timeout=20)
+        # its port is 0 until the server is bound (the object exists before that)
+        bound = _probe(lambda: agent.metrics_server is not None and agent.metrics_server.port)
+        await eventually(bound, bool, timeout=20)
         yield agent
     finally:
         stop.set()
