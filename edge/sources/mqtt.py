@@ -384,6 +384,7 @@ class MqttSource:
                 time.time_ns(),
                 packet_id=mid if qos > 0 else 0,
                 dup=dup,
+                connection=connection,
                 reply=self.publish,
             )
         )
