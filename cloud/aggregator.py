@@ -380,22 +380,48 @@ class Aggregator:
         dup = self.tracker.duplicates
         self.metrics.duplicates.inc(max(0, dup - self.stats.duplicate_readings))
         self.stats.duplicate_readings = dup
-        # Chunks one after the other: the bounds of a chunk hold for every later chunk.
-        for chunk in range(0, len(indexed), 256):
-            part = indexed[chunk : chunk + 256]
-            await asyncio.gather(*(self._publish_record(js, r, b) for r, b in part))
+        await self._publish_records(js, indexed)
         records = [r for r, _ in indexed]
         self.stats.windows_published += len(records)
         self.metrics.windows.inc(len(records))
         await self._put_latest(records)
         return len(records)
 
-    async def _publish_record(
-        self, js: JetStreamContext, record: WindowRecord, bounds: IndexBounds
+    async def _publish_records(
+        self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
     ) -> None:
-        headers = {"Nats-Msg-Id": agg_msg_id(record), **bounds.to_headers()}
-        headers.update(self._ttl.get(record.window, {}))
-        await self._publish(js, record.subject(), record.to_json(), headers)
+        """Publish records to AGG, all in flight at once, and return once each is acked.
+
+        Pipelined: one PubAck round trip per call instead of one per record. A record
+        whose PubAck fails or does not come in time is published again, alone and with the
+        same `Nats-Msg-Id`, until acked (`_publish`), so nothing is checkpointed before
+        every record is in AGG. The order within a call does not matter: a call holds at
+        most one record per window, and the records of one series and width in it carry
+        the same `IndexBounds`, which hold whatever their order; the next call starts
+        only once this one's records are all acked, so later records of a window stay
+        after earlier ones in AGG (last record wins)."""
+        sent: list[tuple[asyncio.Future[Any] | None, str, bytes, dict[str, str]]] = []
+        for record, bounds in indexed:
+            headers = {"Nats-Msg-Id": agg_msg_id(record), **bounds.to_headers()}
+            headers.update(self._ttl.get(record.window, {}))
+            subject, data = record.subject(), record.to_json()
+            try:
+                future: asyncio.Future[Any] | None = await js.publish_async(
+                    subject, data, headers=headers
+                )
+            except (NatsError, TimeoutError):
+                future = None  # published again below
+            sent.append((future, subject, data, headers))
+        futures = [f for f, *_ in sent if f is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=1.0 if self._stop.is_set() else 5.0)
+        for future, subject, data, headers in sent:
+            if future is not None and future.done() and not future.cancelled():
+                if future.exception() is None:
+                    continue
+            if future is not None and not future.done():
+                future.cancel()
+            await self._publish(js, subject, data, headers)
 
     async def _publish_live(self) -> None:
         await self._put_latest(self.tracker.live())
