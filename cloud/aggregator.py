@@ -81,8 +81,25 @@ def partition_of(subject: str, partitions: int) -> int:
     return zlib.crc32(subject.encode()) % partitions
 
 
-def agg_msg_id(record: WindowRecord) -> str:
-    return record.msg_id()
+class _Names:
+    """Each series' AGG subject and KV key, validated once, not once per record (the
+    token checks were a tenth of the worker's time). Bounded: forgotten past `limit`."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._names: dict[tuple[str, str, str, str], tuple[str, str, str]] = {}
+
+    def of(self, r: WindowRecord) -> tuple[str, str, str]:
+        """(AGG subject, `AGG_LATEST` key, its KV subject) of the record's series."""
+        series = (r.window, r.site, r.device, r.metric)
+        names = self._names.get(series)
+        if names is None:
+            if len(self._names) >= self._limit:
+                self._names.clear()
+            key = r.latest_key()
+            kv = subjects.kv_subject(subjects.LATEST_BUCKET, key)
+            names = self._names[series] = (r.subject(), key, kv)
+        return names
 
 
 class Aggregator:
@@ -103,6 +120,7 @@ class Aggregator:
         self._last_seen: dict[str, float] = {}
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
         self._ttl: dict[str, dict[str, str]] = {}  # window label -> its Nats-TTL header
+        self._names = _Names()
         self._nc: NatsClient | None = None
         self._stop = asyncio.Event()
 
@@ -402,9 +420,10 @@ class Aggregator:
         after earlier ones in AGG (last record wins)."""
         sent: list[tuple[asyncio.Future[Any] | None, str, bytes, dict[str, str]]] = []
         for record, bounds in indexed:
-            headers = {"Nats-Msg-Id": agg_msg_id(record), **bounds.to_headers()}
+            subject = self._names.of(record)[0]
+            headers = {"Nats-Msg-Id": record.msg_id(subject), **bounds.to_headers()}
             headers.update(self._ttl.get(record.window, {}))
-            subject, data = record.subject(), record.to_json()
+            data = record.to_json()
             try:
                 future: asyncio.Future[Any] | None = await js.publish_async(
                     subject, data, headers=headers
@@ -429,8 +448,9 @@ class Aggregator:
     async def _put_latest(self, records: list[WindowRecord]) -> None:
         """Best effort: the KV bucket is a convenience for live views, AGG is the record."""
         newest: dict[str, WindowRecord] = {}
+        kv_subject: dict[str, str] = {}
         for r in records:
-            key = r.latest_key()
+            _, key, kv_subject[key] = self._names.of(r)
             if key not in newest or newest[key].start_ns <= r.start_ns:
                 newest[key] = r
         # Never replace a newer window on display by an older one closing late.
@@ -442,7 +462,7 @@ class Aggregator:
         assert nc is not None, "run() sets the connection"
         with contextlib.suppress(NatsError):
             for key, r in items:
-                await nc.publish(subjects.kv_subject(subjects.LATEST_BUCKET, key), r.to_json())
+                await nc.publish(kv_subject[key], r.to_json())
 
     async def _checkpoint(self, state: KeyValue) -> None:
         if self.last_seq < self.tracker.replay_until:
