@@ -268,24 +268,23 @@ class WidthState:
         n = self._n
         return Rows(*(col[:n] for col in self._buf.cols()))
 
-    @rows.setter
-    def rows(self, rows: Rows) -> None:
-        self._buf, self._n, self._pending, self._checked = rows, len(rows), [], True
-        self._hashes = None  # rows were dropped: recomputed from the held rows when needed
-        self.view = OpenView()  # rebuilt from the held rows at the next live update
-        self.oldest_ns = int(rows.time.min()) if len(rows) else _NO_ROWS
-        self.oldest_sseq = int(rows.sseq.min()) if len(rows) else _NO_ROWS
-
     def keep(self, mask: Mask) -> None:
-        """Keep only the held rows in `mask` (the rows of final windows are dropped)."""
-        held = self.rows
-        seen = int(mask[: self.view.seen].sum())
-        view = self.view
-        self.rows = held.take(mask)
+        """Keep only the held rows in `mask` (the rows of final windows are dropped).
+
+        In place, in the same columns (already in memory: fresh pages cost more than the
+        copy on a VM), so views of the held rows from before this call are invalid."""
+        n = len(self.rows)
+        kept = int(mask.sum())
+        for col in self._buf.cols():
+            col[:kept] = col[:n][mask]
+        self._n = kept
+        self._hashes = None  # rows were dropped: recomputed from the held rows when needed
         # The view holds no row of a final window once it is updated again; the rows it
         # has seen are still the first `seen` ones.
-        view.seen = seen
-        self.view = view
+        self.view.seen = int(mask[: self.view.seen].sum())
+        held = self.rows
+        self.oldest_ns = int(held.time.min()) if kept else _NO_ROWS
+        self.oldest_sseq = int(held.sseq.min()) if kept else _NO_ROWS
 
     def _deduplicated(self) -> Rows:
         """The held rows and the pending parts as one, each reading identity once. The
