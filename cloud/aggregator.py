@@ -419,21 +419,23 @@ class Aggregator:
         only once this one's records are all acked, so later records of a window stay
         after earlier ones in AGG (last record wins)."""
         sent: list[tuple[asyncio.Future[Any] | None, str, bytes, dict[str, str]]] = []
+        timeout = 1.0 if self._stop.is_set() else 5.0
         for record, bounds in indexed:
             subject = self._names.of(record)[0]
             headers = {"Nats-Msg-Id": record.msg_id(subject), **bounds.to_headers()}
             headers.update(self._ttl.get(record.window, {}))
             data = record.to_json()
             try:
+                # Waits while 4,000 are in flight (nats-py's bound), up to `timeout`.
                 future: asyncio.Future[Any] | None = await js.publish_async(
-                    subject, data, headers=headers
+                    subject, data, headers=headers, wait_stall=timeout
                 )
             except (NatsError, TimeoutError):
-                future = None  # published again below
+                future = None  # published again below, alone
             sent.append((future, subject, data, headers))
         futures = [f for f, *_ in sent if f is not None]
         if futures:
-            await asyncio.wait(futures, timeout=1.0 if self._stop.is_set() else 5.0)
+            await asyncio.wait(futures, timeout=timeout)
         for future, subject, data, headers in sent:
             if future is not None and future.done() and not future.cancelled():
                 if future.exception() is None:
