@@ -5,8 +5,9 @@ The stream is the source of truth; the worker's only durable state is a checkpoi
 
 1. Fetch a batch of messages in stream order; decode each and feed it to the tracker.
    Rejected readings (late, not finite, undecodable) go to the DLQ, awaiting the PubAck.
-2. Once the replay (below) is done, publish every window result that is due to AGG,
-   awaiting each PubAck (retried with the same `Nats-Msg-Id`), then the latest values to KV.
+2. Once the replay (below) is done, publish every window result that is due to AGG, all
+   in flight at once, and await every PubAck (a failed one is retried alone with the same
+   `Nats-Msg-Id`), then the latest values to KV.
 3. Only then write the checkpoint: "everything up to stream sequence S is reflected in
    AGG and the DLQ, and here is where to replay from".
 
