@@ -44,7 +44,7 @@ from edge import accounting
 from edge.errors import BufferStoreError
 from gateway import process, subjects
 from gateway.config import CloudConfig, NatsSettings
-from gateway.connect import CLOSE_ERRORS, connect
+from gateway.connect import close, connect
 from gateway.deadletter import ORIGINAL_SIZE, DeadLetterHeaders
 from gateway.pki import ensure_http_cert, write_private
 from gateway.security import CloudSecurity
@@ -190,8 +190,7 @@ async def _demo_connection(settings: NatsSettings, say: Any) -> AsyncIterator[Na
     try:
         yield nc
     finally:
-        with contextlib.suppress(*CLOSE_ERRORS):
-            await nc.drain()
+        await close(nc)
 
 
 class LiveView:

@@ -76,6 +76,8 @@ class AggregatorStats:
     replayed_messages: int = 0
     resyncs: int = 0
     duplicate_readings: int = 0  # copies of held readings dropped (replays included)
+    summaries: int = 0  # edge summaries merged into windows
+    summarised_readings: int = 0  # the readings those summaries stand for
 
 
 def partition_of(subject: str, partitions: int) -> int:
@@ -316,31 +318,32 @@ class Aggregator:
                     js, msg.subject, sseq, "not_a_batch", msg.data, str(exc), RAW_CONTENT_TYPE
                 )
             return
-        if batch.summaries:  # downsampled on the edge: not aggregated yet, kept visible
-            if not replaying:
-                self.stats.bad_messages += 1
-                self.metrics.bad.inc()
-                detail = f"{len(batch.summaries)} summaries: not aggregated by this version"
-                await self._dead_letter(
-                    js, msg.subject, sseq, "summary", msg.data, detail, codec.SUMMARY_CONTENT_TYPE
-                )
-            return
         self._last_seen[msg.subject] = time.monotonic()
+        # Summaries (edge `overflow = "downsample"`) merge into the windows with the
+        # readings (cloud/summaries.py); late ones go to the DLQ like late readings.
         result = self.tracker.ingest(msg.subject, sseq, batch)
         if not replaying:
             self.stats.readings += result.accepted
             self.metrics.readings.inc(result.accepted)
+            self.stats.summaries += result.summaries
+            self.metrics.summaries.inc(result.summaries)
+            self.stats.summarised_readings += result.summarised
+            self.metrics.summarised.inc(result.summarised)
         for rejected in result.rejected:
-            n = int(rejected.rows.sum())
+            n = rejected.readings(batch)
             if rejected.reason.startswith("late"):
                 self.stats.late_readings += n
                 self.metrics.late.inc(n)
             else:
                 self.stats.bad_readings += n
                 self.metrics.bad.inc(n)
-            payload = codec.encode(_subset(batch, rejected.rows, rejected.reason))
+            part = _subset(batch, rejected.rows, rejected.reason, rejected.summaries)
+            kind, detail = codec.CONTENT_TYPE, f"{n} readings"
+            if part.summaries:
+                kind = codec.SUMMARY_CONTENT_TYPE
+                detail += f" ({len(part.summaries)} summaries)"
             await self._dead_letter(
-                js, msg.subject, sseq, rejected.reason, payload, f"{n} readings"
+                js, msg.subject, sseq, rejected.reason, codec.encode(part), detail, kind
             )
 
     async def _dead_letter(
@@ -495,7 +498,9 @@ class Aggregator:
                 await asyncio.wait_for(stop.wait(), 2.0)
 
 
-def _subset(batch: codec.Batch, rows: Any, reason: str) -> codec.Batch:
+def _subset(
+    batch: codec.Batch, rows: Any, reason: str, summaries: tuple[int, ...] = ()
+) -> codec.Batch:
     return codec.Batch(
         site=batch.site,
         agent=batch.agent,
@@ -506,6 +511,7 @@ def _subset(batch: codec.Batch, rows: Any, reason: str) -> codec.Batch:
         seq=batch.seq[rows],
         series_index=batch.series_index[rows],
         flags=batch.flags[rows],
+        summaries=tuple(batch.summaries[i] for i in summaries),
     )
 
 

@@ -34,6 +34,12 @@ class AggregatorMetrics:
         self.duplicates = counter(
             "gateway_agg_duplicate_readings", "readings that reached TELEMETRY again, counted once"
         )
+        self.summaries = counter(
+            "gateway_agg_summaries", "edge summaries (overflow = downsample) merged into windows"
+        )
+        self.summarised = counter(
+            "gateway_agg_summarised_readings", "readings the merged summaries stand for"
+        )
         self.bad = counter("gateway_agg_bad_readings", "undecodable or non-finite, to DLQ")
         self.replayed = counter("gateway_agg_replayed_messages", "messages replayed at start")
         self.pending = gauge("gateway_agg_consumer_pending", "TELEMETRY messages not yet read")

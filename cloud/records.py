@@ -2,8 +2,8 @@
 
 Written by the aggregator to AGG and to the `AGG_LATEST` bucket, read back by the views;
 docs/api.md documents every field. `to_json` writes the fields in declaration order, which
-is the order of the documented example, so the bytes are those the aggregator has always
-published.
+is the order of the documented example. `summarised` came later: it has a default, and a
+record written before it existed (without it) reads as `summarised = 0`.
 
 Reading, a record from a newer writer may carry fields this version does not know:
 `from_json` ignores them by default, so that older views keep working during a rolling
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import orjson
@@ -50,6 +50,10 @@ class WindowRecord:
     first: float  # value of the reading with the smallest (event time, seq)
     last: float
     closed: bool  # False for a live view of an open window (KV only)
+    # How many of `count` came from edge summaries (`overflow = "downsample"`,
+    # cloud/summaries.py). When > 0, stddev, p50 and p95 are those of the raw readings
+    # only (approximate; NaN if there are none); the other statistics stay exact.
+    summarised: int = 0
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -122,6 +126,10 @@ class IndexBounds:
 
 
 _KINDS: dict[str, str] = {f.name: str(f.type) for f in fields(WindowRecord)}
+# Fields added after records were first written: absent in older records.
+_DEFAULTS: dict[str, object] = {
+    f.name: f.default for f in fields(WindowRecord) if f.default is not MISSING
+}
 _IS: dict[str, Callable[[object], bool]] = {
     "str": lambda v: isinstance(v, str),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -132,6 +140,8 @@ _IS: dict[str, Callable[[object], bool]] = {
 
 def _field(doc: Mapping[str, object], name: str, kind: str) -> Any:
     if name not in doc:
+        if name in _DEFAULTS:
+            return _DEFAULTS[name]
         raise RecordError(f"window record has no {name!r}")
     value = doc[name]
     if kind == "float" and value is None:

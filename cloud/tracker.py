@@ -32,10 +32,19 @@ nothing. Two messages each carrying an equal unnumbered reading count it once: n
 tell such a reading from a copy. Each width keeps the first row of each identity among the
 readings it holds (those of windows not yet final), in stream order, so a replay decides
 the same; a copy arriving once a window is final is late for it (DLQ), as any reading is.
+
+Summaries (the edge's `overflow = "downsample"`) are taken the same way, as cells held per
+width beside the rows (cloud/summaries.py says where one goes, how it merges and what
+counts as a copy): accepted iff the window it goes to is not final, each identity once,
+dropped once that window is final, and their times move the watermark (a summary's last
+reading) and the replay point (the stream sequence it came in), so a checkpoint needs
+nothing more and a replay rebuilds them exactly as it rebuilds rows.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.records import IndexBounds, WindowRecord
+from cloud.summaries import Cell, Held, HeldSummaries, WindowKey, identity, merge_cells, window_of
 from cloud.windows import (
     I64,
     U32,
@@ -54,7 +64,7 @@ from cloud.windows import (
     window_index,
     window_label,
 )
-from gateway.codec import Batch, SeriesKey
+from gateway.codec import Batch, SeriesKey, Summary
 
 F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
@@ -187,6 +197,12 @@ class OpenView:
         self.key, self.win, self.time, self.seq = merged
 
 
+def _newest_time(batch: Batch) -> int:
+    """The greatest event time in a message: of its readings and its summaries' last."""
+    newest = int(batch.time_ns.max()) if len(batch) else NO_TIME
+    return max([newest, *(x.last_ns for x in batch.summaries)])
+
+
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
     """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
     readings identical in (series, time, value) within the message, 1 for the second..."""
@@ -222,6 +238,7 @@ class WidthState:
     view: OpenView = field(default_factory=OpenView)
     oldest_ns: int = _NO_ROWS  # the earliest event time held (copies included)
     oldest_sseq: int = _NO_ROWS  # the first stream seq held (a copy comes after its original)
+    summaries: HeldSummaries = field(default_factory=HeldSummaries)
 
     @property
     def width_ns(self) -> int:
@@ -268,6 +285,47 @@ class WidthState:
         n = self._n
         return Rows(*(col[:n] for col in self._buf.cols()))
 
+    def _reset_oldest(self, rows: Rows) -> None:
+        held = self.summaries
+        self.oldest_ns = min(int(rows.time.min()) if len(rows) else _NO_ROWS, held.oldest_ns)
+        self.oldest_sseq = min(int(rows.sseq.min()) if len(rows) else _NO_ROWS, held.oldest_sseq)
+
+    def add_summary(self, sid: int, s: Summary, sseq: int) -> bool:
+        """Hold summary `s` (of series `sid`) in its window; False if it is a copy."""
+        held = Held(sid, window_of(s, self.width_ns), Cell.of(s), sseq)
+        if not self.summaries.add(identity(sid, s), held):
+            return False
+        self.oldest_ns = min(self.oldest_ns, s.first_ns)
+        self.oldest_sseq = min(self.oldest_sseq, sseq)
+        self.live_dirty = True
+        return True
+
+    def cells(self, watermark: int, *, closed: bool, idle: bool = False) -> dict[WindowKey, Cell]:
+        """The summaries held in closed windows (all of them if `idle`) or in open ones,
+        merged per (series, window)."""
+        if not len(self.summaries):
+            return {}
+        width = self.width_ns
+        if closed:
+            return self.summaries.windows(lambda w: idle or (w + 1) * width <= watermark)
+        return self.summaries.windows(lambda w: (w + 1) * width > watermark)
+
+    def drop_summaries(self, final: Mask | None, is_final: Callable[[int], bool]) -> set[WindowKey]:
+        """Drop the summaries of final windows (and, by `final`, held rows); their keys."""
+        gone = self.summaries.drop(is_final)
+        if final is not None:
+            self.keep(~final)  # resets the oldest times, summaries included
+        elif gone:
+            self._reset_oldest(self.rows)
+        return gone
+
+    def last_end(self) -> int:
+        """The end of the newest window holding a reading or a summary (some are held)."""
+        ends = [self.summaries.last_window()] if len(self.summaries) else []
+        if len(self.rows):
+            ends.append(int(window_index(self.rows.time, self.width_ns).max()))
+        return (max(ends) + 1) * self.width_ns
+
     def keep(self, mask: Mask) -> None:
         """Keep only the held rows in `mask` (the rows of final windows are dropped).
 
@@ -282,9 +340,7 @@ class WidthState:
         # The view holds no row of a final window once it is updated again; the rows it
         # has seen are still the first `seen` ones.
         self.view.seen = int(mask[: self.view.seen].sum())
-        held = self.rows
-        self.oldest_ns = int(held.time.min()) if kept else _NO_ROWS
-        self.oldest_sseq = int(held.sseq.min()) if kept else _NO_ROWS
+        self._reset_oldest(self.rows)  # summaries included
 
     def _deduplicated(self) -> Rows:
         """The held rows and the pending parts as one, each reading identity once. The
@@ -318,7 +374,115 @@ class WidthState:
         return rows
 
     def __len__(self) -> int:
-        return self._n + sum(len(p) for p in self._pending)
+        """Rows and summaries held (0: this width holds nothing)."""
+        return self._n + sum(len(p) for p in self._pending) + len(self.summaries)
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    """The held rows of closed windows, grouped by (series, window) in key order."""
+
+    in_closed: Mask  # over the held rows
+    rows: Rows
+    win: I64  # of each of `rows`
+    inverse: I64  # group of each of `rows`
+    k_sid: I64
+    k_win: I64
+    counts: I64
+
+
+def _closed_rows(held: Rows, width: int, watermark: int, idle: bool) -> _Closed | None:
+    """Group the held rows of closed windows (all windows when `idle`); None if none.
+
+    Only closed windows can be emitted or become final: the open ones (most of what a
+    worker holds, e.g. a whole minute of 1 min windows) are not grouped per fetch."""
+    if not len(held):
+        return None
+    win = window_index(held.time, width)
+    in_closed = np.ones(len(held), dtype=bool) if idle else (win + 1) * width <= watermark
+    if not in_closed.any():
+        return None
+    some = not in_closed.all()
+    rows = held.take(in_closed) if some else held
+    win = win[in_closed] if some else win
+    # Groups in (series, window) order, by a bincount when the key range allows.
+    inverse, keys = dense_groups(rows.sid, win)
+    counts = np.bincount(inverse, minlength=keys.shape[0])
+    w0 = int(win.min())
+    n_windows = int(win.max()) - w0 + 1
+    return _Closed(in_closed, rows, win, inverse, keys // n_windows, keys % n_windows + w0, counts)
+
+
+def _newest_only(
+    stats: GroupStats, cells: dict[WindowKey, Cell]
+) -> tuple[GroupStats, dict[WindowKey, Cell]]:
+    """Of the open windows (raw groups and summary cells), the newest of each series: the
+    only one the live view shows (see `Tracker._open_view`)."""
+    newest: dict[int, int] = {}
+    keys = list(zip(stats.series.tolist(), stats.window.tolist(), strict=True))
+    for s, w in [*keys, *cells]:
+        newest[s] = max(newest.get(s, w), w)
+    keep = np.array([newest[s] == w for s, w in keys], dtype=bool)
+    return stats.take(keep), {k: c for k, c in cells.items() if newest[k[0]] == k[1]}
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordMaker:
+    """Builds the window records of one agent and width."""
+
+    agent: AgentState
+    label: str
+    width_ns: int
+    closed: bool
+
+    def __call__(
+        self,
+        key: WindowKey,
+        count: int,
+        mn: float,
+        mx: float,
+        total: float,
+        mean: float,
+        std: float,
+        p50: float,
+        p95: float,
+        first: float,
+        last: float,
+        summarised: int = 0,
+    ) -> WindowRecord:
+        sid, win = key
+        device, metric, unit = self.agent.series[sid]
+        return WindowRecord(
+            site=self.agent.site,
+            device=device,
+            metric=metric,
+            unit=unit,
+            window=self.label,
+            start_ns=win * self.width_ns,
+            end_ns=(win + 1) * self.width_ns,
+            count=count,
+            min=mn,
+            max=mx,
+            sum=total,
+            mean=mean,
+            stddev=std,
+            p50=p50,
+            p95=p95,
+            first=first,
+            last=last,
+            closed=self.closed,
+            summarised=summarised,
+        )
+
+    def of_cell(
+        self, key: WindowKey, c: Cell, spread: tuple[float, float, float], summarised: int
+    ) -> WindowRecord:
+        """From merged statistics; `spread` is (stddev, p50, p95) of the raw readings."""
+        std, p50, p95 = spread
+        return self(
+            key, c.count, c.min, c.max, c.sum, c.mean, std, p50, p95, c.first[1], c.last[1],
+            summarised,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -373,6 +537,11 @@ class Rejected:
 
     reason: str  # "not_finite" | "late_<window>" (late for that window width)
     rows: Mask  # over the message's batch
+    summaries: tuple[int, ...] = ()  # indexes into `batch.summaries`
+
+    def readings(self, batch: Batch) -> int:
+        """How many readings this rejects, those inside summaries included."""
+        return int(self.rows.sum()) + sum(batch.summaries[i].count for i in self.summaries)
 
 
 @dataclass(slots=True)
@@ -380,6 +549,8 @@ class Ingested:
     accepted: int = 0
     skipped: int = 0  # replayed readings already accounted for before the checkpoint
     rejected: list[Rejected] = field(default_factory=list)
+    summaries: int = 0  # summaries merged (at some width), copies not counted
+    summarised: int = 0  # the readings those summaries stand for
 
 
 class Tracker:
@@ -400,7 +571,7 @@ class Tracker:
         for agent in self.agents.values():
             finest = agent.widths[0]
             _ = finest.rows  # deduplicates what was added since (`due` may not have looked)
-            total += finest.duplicates
+            total += finest.duplicates + finest.summaries.duplicates
         return total
 
     def _agent(self, subject: str, site: str) -> AgentState:
@@ -424,37 +595,93 @@ class Tracker:
         result = Ingested()
         n = len(batch)
         replaying = agent.replay is not None and sseq <= self.replay_until
-        if n == 0 or self.skips(subject, sseq):
-            result.skipped = n
+        if (n == 0 and not batch.summaries) or self.skips(subject, sseq):
+            result.skipped = n + sum(x.count for x in batch.summaries)
             return result
         finite = np.isfinite(batch.value)
         if not replaying and not finite.all():
             result.rejected.append(Rejected("not_finite", ~finite))
         before = agent.watermark
-        agent.watermark = max(before, int(batch.time_ns.max()))
-        sid = agent.intern(batch.series)[batch.series_index]
-        ord_ = occurrences(sid, batch.time_ns, batch.seq, batch.value)
+        agent.watermark = max(before, _newest_time(batch))
+        sid = agent.intern(batch.series)
         agent.dirty = True
         agent.flushed = False
-        sseqs = np.full(n, sseq, dtype=np.int64)
-        whole = Rows(sid, batch.time_ns, batch.seq, batch.value, sseqs, ord_)
-        new = agent.news(whole)  # so is any subset of it
+        whole = self._rows(sid, sseq, batch) if n else None
+        new = whole is not None and agent.news(whole)  # so is any subset of it
         for ws in agent.widths:
-            end = (window_index(batch.time_ns, ws.width_ns) + 1) * ws.width_ns
-            late = finite & (end + self.lateness_ns <= before)
-            keep = finite & ~late
-            if replaying:
-                assert agent.replay is not None
-                keep &= end + self.lateness_ns > agent.replay.final_wm
-            elif late.any():
-                result.rejected.append(Rejected(f"late_{window_label(ws.width_s)}", late))
-            if keep.any():
-                ws.add(whole if keep.all() else whole.take(keep), new)
-                ws.live_dirty = True
-            result.accepted = max(result.accepted, int(keep.sum()))
+            late = np.zeros(n, dtype=bool)
+            if whole is not None:
+                late = self._take_rows(agent, ws, whole, new, finite, before, replaying, result)
+            late_s = self._take_summaries(agent, ws, sid, sseq, batch, before, replaying, result)
+            if not replaying and (late.any() or late_s):
+                reason = f"late_{window_label(ws.width_s)}"
+                result.rejected.append(Rejected(reason, late, late_s))
         if replaying:
             result.skipped = n - result.accepted
         return result
+
+    @staticmethod
+    def _rows(sid: U32, sseq: int, batch: Batch) -> Rows:
+        row_sid = sid[batch.series_index]
+        ord_ = occurrences(row_sid, batch.time_ns, batch.seq, batch.value)
+        sseqs = np.full(len(batch), sseq, dtype=np.int64)
+        return Rows(row_sid, batch.time_ns, batch.seq, batch.value, sseqs, ord_)
+
+    def _take_rows(
+        self,
+        agent: AgentState,
+        ws: WidthState,
+        whole: Rows,
+        new: bool,
+        finite: Mask,
+        before: int,
+        replaying: bool,
+        result: Ingested,
+    ) -> Mask:
+        """Hold the message's rows that are not late for this width; the late ones.
+        `new`: `AgentState.news` of them."""
+        end = (window_index(whole.time, ws.width_ns) + 1) * ws.width_ns
+        late = finite & (end + self.lateness_ns <= before)
+        keep = finite & ~late
+        if replaying:
+            assert agent.replay is not None
+            keep &= end + self.lateness_ns > agent.replay.final_wm
+        if keep.any():
+            ws.add(whole if keep.all() else whole.take(keep), new)
+            ws.live_dirty = True
+        result.accepted = max(result.accepted, int(keep.sum()))
+        return late
+
+    def _take_summaries(
+        self,
+        agent: AgentState,
+        ws: WidthState,
+        sid: U32,
+        sseq: int,
+        batch: Batch,
+        before: int,
+        replaying: bool,
+        result: Ingested,
+    ) -> tuple[int, ...]:
+        """Hold the message's summaries whose window (cloud/summaries.py) is not late for
+        this width, as rows are; the indexes of the late ones."""
+        late: list[int] = []
+        merged = represented = 0
+        for i, s in enumerate(batch.summaries):
+            end = (window_of(s, ws.width_ns) + 1) * ws.width_ns + self.lateness_ns
+            if end <= before:
+                late.append(i)
+                continue
+            if replaying:
+                assert agent.replay is not None
+                if end <= agent.replay.final_wm:
+                    continue  # its window was final at the checkpoint: already published
+            if ws.add_summary(int(sid[s.series]), s, sseq):
+                merged += 1
+                represented += s.count
+        result.summaries = max(result.summaries, merged)
+        result.summarised = max(result.summarised, represented)
+        return tuple(late)
 
     def due(self, idle: set[str], gone: frozenset[str] = frozenset()) -> list[WindowRecord]:
         """`due_indexed` without the bounds."""
@@ -498,73 +725,88 @@ class Tracker:
         after `watermark - width - lateness`, or is one of the windows held now)."""
         floor = min(r.start_ns for r in records)
         floor = min(floor, agent.watermark - ws.width_ns - self.lateness_ns)
-        if len(ws):
+        if len(ws.rows):
             held = int(ws.rows.time.min())
+            floor = min(floor, held - held % ws.width_ns)
+        if len(ws.summaries):  # a summary's window holds its first reading
+            held = ws.summaries.oldest_ns
             floor = min(floor, held - held % ws.width_ns)
         return IndexBounds(floor, agent.watermark)
 
     @staticmethod
     def _last_end(agent: AgentState) -> int:
-        ends = [
-            (int(window_index(ws.rows.time, ws.width_ns).max()) + 1) * ws.width_ns
-            for ws in agent.widths
-            if len(ws)
-        ]
-        return max(ends)
+        return max(ws.last_end() for ws in agent.widths if len(ws))
 
     def _due_width(self, agent: AgentState, ws: WidthState, idle: bool) -> list[WindowRecord]:
-        width = ws.width_ns
-        if not idle and (ws.oldest_ns // width + 1) * width > agent.watermark:
+        width, wm = ws.width_ns, agent.watermark
+        if not idle and (ws.oldest_ns // width + 1) * width > wm:
             # No held window is closed: nothing to emit or drop, and the rows need not be
             # concatenated or deduplicated yet (the open 1 min / 1 h / 1 d windows, mostly).
             return []
+        cells = ws.cells(wm, closed=True, idle=idle)
         held = ws.rows
-        win = window_index(held.time, width)
-        # Only closed windows can be emitted or become final: the open ones (most of what
-        # a worker holds, e.g. a whole minute of 1 min windows) are not grouped per fetch.
-        in_closed = np.ones(len(held), dtype=bool) if idle else (win + 1) * width <= agent.watermark
-        if not in_closed.any():
-            return []
-        some = not in_closed.all()
-        rows = held.take(in_closed) if some else held
-        win = win[in_closed] if some else win
-        # Groups in (series, window) order, by a bincount when the key range allows.
-        inverse, keys = dense_groups(rows.sid, win)
-        counts = np.bincount(inverse, minlength=keys.shape[0])
-        w0 = int(win.min())
-        n_windows = int(win.max()) - w0 + 1
-        k_sid, k_win = keys // n_windows, keys % n_windows + w0
-        closed = (k_win + 1) * width <= agent.watermark
-        if idle:
-            closed[:] = True
-        changed = (
-            np.array(
-                [
-                    ws.emitted.get((int(s), int(w))) != int(c)
-                    for s, w, c in zip(k_sid, k_win, counts, strict=True)
-                ],
-                dtype=bool,
-            )
-            if keys.shape[0]
-            else np.zeros(0, dtype=bool)
-        )
-        emit = closed & changed
+        closed = _closed_rows(held, width, wm, idle)
         records: list[WindowRecord] = []
-        if emit.any():
-            mine = emit[inverse]
-            part = rows.take(mine)
-            stats = group_stats(part.sid, win[mine], part.time, part.seq, part.value)
-            records = self.records(agent, ws, stats, closed=True)
-            for s, w, c in zip(stats.series, stats.window, stats.count, strict=True):
-                ws.emitted[(int(s), int(w))] = int(c)
-        final = (k_win + 1) * width + self.lateness_ns <= agent.watermark
-        if final.any():
-            drop = np.zeros(len(held), dtype=bool)
-            drop[in_closed] = final[inverse]
-            ws.keep(~drop)
-            for s, w in zip(k_sid[final], k_win[final], strict=True):
-                ws.emitted.pop((int(s), int(w)), None)
+        drop: Mask | None = None
+        if closed is not None:
+            records = self._emit_rows(agent, ws, closed, cells)
+            final = (closed.k_win + 1) * width + self.lateness_ns <= wm
+            if final.any():
+                drop = np.zeros(len(held), dtype=bool)
+                drop[closed.in_closed] = final[closed.inverse]
+                for s, w in zip(closed.k_sid[final], closed.k_win[final], strict=True):
+                    ws.emitted.pop((int(s), int(w)), None)
+        if cells:
+            records += self._emit_cells(agent, ws, cells, closed)
+        if drop is not None or cells:
+            gone = ws.drop_summaries(drop, lambda w: (w + 1) * width + self.lateness_ns <= wm)
+            for key in gone:
+                ws.emitted.pop(key, None)
         return records
+
+    def _emit_rows(
+        self, agent: AgentState, ws: WidthState, closed: _Closed, cells: dict[WindowKey, Cell]
+    ) -> list[WindowRecord]:
+        """Records of the closed windows holding rows whose count (summaries included)
+        changed since last emitted."""
+        keys = list(zip(closed.k_sid.tolist(), closed.k_win.tolist(), strict=True))
+        totals = closed.counts.tolist()
+        if cells:
+            totals = [
+                n + (cells[k].count if k in cells else 0) for k, n in zip(keys, totals, strict=True)
+            ]
+        changed = np.array(
+            [ws.emitted.get(k) != n for k, n in zip(keys, totals, strict=True)], dtype=bool
+        )
+        if not changed.any():
+            return []
+        mine = changed[closed.inverse]
+        part = closed.rows.take(mine)
+        stats = group_stats(part.sid, closed.win[mine], part.time, part.seq, part.value)
+        merged = {}
+        emitted = zip(stats.series.tolist(), stats.window.tolist(), strict=True)
+        for k, n in zip(emitted, stats.count.tolist(), strict=True):
+            cell = cells.get(k)
+            if cell is not None:
+                merged[k] = cell
+            ws.emitted[k] = n + (cell.count if cell is not None else 0)
+        return self.records(agent, ws, stats, closed=True, cells=merged)
+
+    def _emit_cells(
+        self,
+        agent: AgentState,
+        ws: WidthState,
+        cells: dict[WindowKey, Cell],
+        closed: _Closed | None,
+    ) -> list[WindowRecord]:
+        """Records of the closed windows holding only summaries, where they changed."""
+        raw = set()
+        if closed is not None:
+            raw = set(zip(closed.k_sid.tolist(), closed.k_win.tolist(), strict=True))
+        due = {k: c for k, c in cells.items() if k not in raw and ws.emitted.get(k) != c.count}
+        for k, c in due.items():
+            ws.emitted[k] = c.count
+        return self.records(agent, ws, GroupStats.empty(), closed=True, cells=due) if due else []
 
     def live(self) -> list[WindowRecord]:
         """Records of the newest open window of each series, of every width that took
@@ -575,9 +817,12 @@ class Tracker:
                 if not ws.live_dirty or not len(ws):
                     continue
                 ws.live_dirty = False
-                stats = self._open_view(agent, ws)
-                if len(stats):
-                    out.extend(self.records(agent, ws, stats, closed=False))
+                stats = self._open_view(agent, ws) if len(ws.rows) else GroupStats.empty()
+                cells = ws.cells(agent.watermark, closed=False)
+                if cells:
+                    stats, cells = _newest_only(stats, cells)
+                if len(stats) or cells:
+                    out.extend(self.records(agent, ws, stats, closed=False, cells=cells))
         return out
 
     def _open_view(self, agent: AgentState, ws: WidthState) -> GroupStats:
@@ -618,10 +863,19 @@ class Tracker:
         return sorted_group_stats(view_sid, view.win, view.time, view.seq, view.key.imag)
 
     def records(
-        self, agent: AgentState, ws: WidthState, stats: GroupStats, *, closed: bool
+        self,
+        agent: AgentState,
+        ws: WidthState,
+        stats: GroupStats,
+        *,
+        closed: bool,
+        cells: dict[WindowKey, Cell] | None = None,
     ) -> list[WindowRecord]:
-        label = window_label(ws.width_s)
-        width = ws.width_ns
+        """A record per group of `stats`; `cells` (summaries per (series, window)) merge
+        into the group of their key, or make a record of their own where there is none:
+        exact count, min, max, sum, mean, first and last; stddev and percentiles of the
+        raw readings only (NaN without any), cloud/summaries.py."""
+        make = _RecordMaker(agent, window_label(ws.width_s), ws.width_ns, closed)
         out: list[WindowRecord] = []
         cols = [
             stats.count.tolist(),
@@ -635,33 +889,26 @@ class Tracker:
             stats.first.tolist(),
             stats.last.tolist(),
         ]
-        for i, (sid, win) in enumerate(
-            zip(stats.series.tolist(), stats.window.tolist(), strict=True)
-        ):
-            device, metric, unit = agent.series[sid]
+        merged: set[WindowKey] = set()
+        for i, key in enumerate(zip(stats.series.tolist(), stats.window.tolist(), strict=True)):
             count, mn, mx, total, mean, std, p50, p95, first, last = (c[i] for c in cols)
-            out.append(
-                WindowRecord(
-                    site=agent.site,
-                    device=device,
-                    metric=metric,
-                    unit=unit,
-                    window=label,
-                    start_ns=win * width,
-                    end_ns=(win + 1) * width,
-                    count=count,
-                    min=mn,
-                    max=mx,
-                    sum=total,
-                    mean=mean,
-                    stddev=std,
-                    p50=p50,
-                    p95=p95,
-                    first=first,
-                    last=last,
-                    closed=closed,
-                )
+            cell = cells.get(key) if cells else None
+            if cell is None:
+                out.append(make(key, count, mn, mx, total, mean, std, p50, p95, first, last))
+                continue
+            raw = Cell(
+                count,
+                total,
+                mn,
+                mx,
+                (int(stats.first_ns[i]), first),
+                (int(stats.last_ns[i]), last),
             )
+            out.append(make.of_cell(key, merge_cells((raw, cell)), (std, p50, p95), cell.count))
+            merged.add(key)
+        for key, cell in (cells or {}).items():
+            if key not in merged:
+                out.append(make.of_cell(key, cell, (math.nan,) * 3, cell.count))
         return out
 
     @staticmethod

@@ -19,7 +19,7 @@ does, so a plain-numpy recomputation gives the same numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -49,9 +49,20 @@ class GroupStats:
     p95: F64
     first: F64
     last: F64
+    first_ns: I64  # event time of the first reading (to merge with summaries)
+    last_ns: I64
 
     def __len__(self) -> int:
         return int(self.count.shape[0])
+
+    @classmethod
+    def empty(cls) -> GroupStats:
+        e_i: I64 = np.empty(0, dtype=np.int64)
+        e_f: F64 = np.empty(0, dtype=np.float64)
+        return cls(e_i, e_i, e_i, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_i, e_i)
+
+    def take(self, keep: npt.NDArray[np.bool_]) -> GroupStats:
+        return GroupStats(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 _UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
@@ -129,8 +140,9 @@ def _percentile(v: F64, starts: I64, counts: I64, q: float) -> F64:
     return _lerp(v[below], v[above], h - lo)
 
 
-def _pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> F64:
-    """Value of the reading with the smallest (or greatest) (time, seq) in each group.
+def _pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> tuple[F64, I64]:
+    """Value and time of the reading with the smallest (or greatest) (time, seq) in each
+    group.
 
     Among exact duplicates of (time, seq) the smallest value wins, whatever the order.
     """
@@ -144,15 +156,13 @@ def _pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> 
         s_best = np.minimum.reduceat(np.where(on_time, s, _I64_MAX), starts)
     chosen = on_time & (s == np.repeat(s_best, counts))
     out: F64 = np.fmin.reduceat(np.where(chosen, v, np.nan), starts)
-    return out
+    return out, t_best
 
 
 def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F64) -> GroupStats:
     """All window statistics for every (series, window) group of these readings."""
     if value.shape[0] == 0:
-        e_i: I64 = np.empty(0, dtype=np.int64)
-        e_f: F64 = np.empty(0, dtype=np.float64)
-        return GroupStats(e_i, e_i, e_i, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_f, e_f)
+        return GroupStats.empty()
     gid, keys = dense_groups(series, window)
     order = stable_small_argsort(gid, keys.shape[0])
     counts: I64 = np.bincount(gid, minlength=keys.shape[0]).astype(np.int64)
@@ -191,7 +201,13 @@ def sorted_group_stats(
 
 
 def _stats(
-    series: I64, window: I64, starts: I64, counts: I64, v: F64, first: F64, last: F64
+    series: I64,
+    window: I64,
+    starts: I64,
+    counts: I64,
+    v: F64,
+    first: tuple[F64, I64],
+    last: tuple[F64, I64],
 ) -> GroupStats:
     """The statistics of groups `v[starts[i] : starts[i] + counts[i]]`, each value-sorted."""
     total = np.add.reduceat(v, starts)
@@ -209,6 +225,8 @@ def _stats(
         std=std,
         p50=_percentile(v, starts, counts, 50),
         p95=_percentile(v, starts, counts, 95),
-        first=first,
-        last=last,
+        first=first[0],
+        last=last[0],
+        first_ns=first[1],
+        last_ns=last[1],
     )

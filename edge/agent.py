@@ -38,6 +38,7 @@ from edge.sources.serial import SerialSource
 from edge.uplink import Uplink
 from gateway import __version__, permissions, subjects
 from gateway.config import AgentConfig
+from gateway.connect import close as close_nats
 from gateway.records import BUNDLE_VERSION_ENV
 from gateway.retry import connect_forever
 from gateway.runtime import first_of
@@ -202,8 +203,7 @@ class Agent:
             await self.metrics_server.stop()
         if self._nc is not None:
             await self.uplink.forward_remaining(self._nc, self.config.uplink.publish_timeout_s)
-            with contextlib.suppress(NatsError, TimeoutError, OSError):
-                await self._nc.drain()
+            await close_nats(self._nc)
         self.buffer.close()
 
     # -- intake and flushing ---------------------------------------------------------------

@@ -66,7 +66,7 @@ class Batcher:
         self.agent = agent
         self.settings = settings
         # shared with the buffer: the records already durable
-        self._deliveries = DeliveryLog({}, {}) if deliveries is None else deliveries
+        self._deliveries = DeliveryLog() if deliveries is None else deliveries
         self.copies = ExactCopies(
             per_series=_COPIES_PER_SERIES, silent_s=settings.forget_series_after_s
         )
@@ -82,11 +82,14 @@ class Batcher:
             self._open = _Open(codec.ColumnBuilder(self.site, self.agent), time.monotonic())
         return self._open
 
-    def redelivered(self, source: str, packet_id: int, dup: bool, digest: bytes) -> bool:
+    def redelivered(
+        self, source: str, packet_id: int, dup: bool, digest: bytes, connection: int = 0
+    ) -> bool:
         """True if the message is a proven copy of one already taken: drop it, but still
         acknowledge it with this batch (`add_ack`). Otherwise it is recorded in this batch."""
         cur = self._current()
-        if self._deliveries.redelivered(source, packet_id, dup, digest, cur.deliveries):
+        deliveries = self._deliveries
+        if deliveries.redelivered(source, packet_id, dup, digest, cur.deliveries, connection):
             cur.redelivered += 1
             return True
         return False

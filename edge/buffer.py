@@ -219,7 +219,7 @@ class SqliteBuffer:
         self._cipher: BufferCipher | None = None
         self.instance = ""
         # delivery records (edge/dedupe.py), shared with the batcher's DeliveryLog
-        self.deliveries = DeliveryLog({}, {})
+        self.deliveries = DeliveryLog()
         self._db: sqlite3.Connection | None = None
         self._next_batch = 0
         self._bytes = 0
@@ -306,13 +306,12 @@ class SqliteBuffer:
         top = db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()[0]
         self._next_batch = max(int(meta.get("next_batch", "1")), top + 1)
         deliveries = self.deliveries
-        deliveries.ordinals.clear()
-        deliveries.records.clear()
+        deliveries.clear()
         for source, next_ordinal, packed in db.execute(
             "SELECT source, next_ordinal, records FROM delivery_runs ORDER BY id"
         ):
             deliveries.ordinals[source] = next_ordinal
-            deliveries.records.update(_unpack(source, bytes(packed)))
+            deliveries.load(_unpack(source, bytes(packed)))
         self._bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM batches").fetchone()[0]
 
     def _move_aside(self) -> Path:
@@ -600,8 +599,13 @@ class SqliteBuffer:
     def _drop_oldest_row(
         self, reason: str, counters: Counter[str], result: CommitResult
     ) -> int | None:
+        # The oldest batch not yet sent: one sent whose PubAck has not come may already be
+        # in the stream, so dropping it would count as lost what the cloud holds (and free
+        # nothing there). Only when every batch is in flight does the oldest of them go.
         row = self._conn.execute(
-            "DELETE FROM batches WHERE id = (SELECT MIN(id) FROM batches) RETURNING bytes, sources"
+            "DELETE FROM batches WHERE id = COALESCE("
+            " (SELECT MIN(id) FROM batches WHERE id NOT IN (SELECT id FROM attempted)),"
+            " (SELECT MIN(id) FROM batches)) RETURNING bytes, sources"
         ).fetchone()
         if row is None:
             return None

@@ -109,7 +109,7 @@ class Intake:
         self.stats.messages += 1
         plan.messages.inc()
         content = digest(msg.topic, msg.payload) if msg.packet_id else b""
-        if batcher.redelivered(msg.source, msg.packet_id, msg.dup, content):
+        if batcher.redelivered(msg.source, msg.packet_id, msg.dup, content, msg.connection):
             self.stats.redelivered += 1
             self.metrics.redelivered.labels(msg.source).inc()
         elif msg.problem:

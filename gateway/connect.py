@@ -60,14 +60,26 @@ async def connect(
     )
 
 
+async def close(nc: NatsClient) -> None:
+    """Drain `nc` if it is connected, else close it. Never leave it open: nats-py refuses
+    to drain a connection that is reconnecting (`ConnectionReconnectingError`), and its
+    reconnect task, left running, swallows the cancellation at the end of `asyncio.run`
+    (Python 3.11's `wait_for`), so a process whose server was down hung on exit."""
+    with contextlib.suppress(*CLOSE_ERRORS):
+        if nc.is_connected:
+            await nc.drain()
+    if not nc.is_closed:
+        with contextlib.suppress(*CLOSE_ERRORS):
+            await nc.close()
+
+
 @contextlib.asynccontextmanager
 async def nats_connection(settings: NatsSettings, name: str) -> AsyncIterator[NatsClient]:
     nc = await connect(settings, name)
     try:
         yield nc
     finally:
-        with contextlib.suppress(*CLOSE_ERRORS):
-            await nc.drain()
+        await close(nc)
 
 
 def cli_settings(

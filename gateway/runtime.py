@@ -25,8 +25,34 @@ def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await service(stop)
+        await _cancel_leftovers()
 
     asyncio.run(main())
+
+
+async def _cancel_leftovers(limit_s: float = 5.0) -> None:
+    """Tasks the service left behind (a library's, typically): named in the log, then
+    cancelled again and again until done or `limit_s`. `asyncio.run` cancels them only
+    once, and a task that swallows that cancellation (Python 3.11's `wait_for` can) would
+    keep the process from exiting."""
+    me = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    named = False
+    while left := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+        if not named or loop.time() > deadline:
+            logging.getLogger(__name__).warning(
+                "%s %d task(s) left running at exit: %s",
+                "giving up on" if named else "cancelling",
+                len(left),
+                ", ".join(f"{t.get_name()} ({t.get_coro()!r})" for t in left),
+            )
+            if named:
+                return
+            named = True
+        for t in left:
+            t.cancel()
+        await asyncio.wait(left, timeout=0.5)
 
 
 async def first_of(*waits: Coroutine[Any, Any, Any]) -> int:

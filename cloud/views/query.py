@@ -62,6 +62,7 @@ CSV_FIELDS = (
     "first",
     "last",
     "closed",
+    "summarised",
 )
 
 

@@ -30,6 +30,7 @@ class SourceMessage:
     packet_id: int = 0
     dup: bool = False
     session_reset: bool = False
+    connection: int = 0  # which of the source's connections it came by (one per CONNACK)
     # Publish (topic, payload) on the connection this message came by (MQTT only): how a
     # decoder answers a device, as Sparkplug B's rebirth request does.
     reply: Callable[[str, bytes], None] | None = None

@@ -244,6 +244,7 @@ class MqttSource:
                 time.time_ns(),
                 packet_id=mid if qos > 0 else 0,
                 dup=bool(msg.dup),
+                connection=connection,
                 reply=self.publish,
             )
         )

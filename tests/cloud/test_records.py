@@ -63,6 +63,14 @@ def test_unknown_fields_from_a_newer_writer_are_ignored_unless_strict() -> None:
         WindowRecord.from_doc(doc, strict=True)
 
 
+def test_a_record_written_before_summarised_existed_reads_as_zero() -> None:
+    doc = orjson.loads(documented_record())
+    del doc["summarised"]
+    assert WindowRecord.from_doc(doc, strict=True) == WindowRecord.from_json(documented_record())
+    with pytest.raises(RecordError, match="'summarised'"):
+        WindowRecord.from_doc(doc | {"summarised": 1.5})
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

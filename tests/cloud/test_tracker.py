@@ -39,7 +39,7 @@ def _run(tracker: Tracker, msgs: Msgs, first: int, last: int, every: int) -> tup
     for sseq in range(first, last + 1):
         subject, batch = msgs[sseq - 1]
         result = tracker.ingest(subject, sseq, batch)
-        late += [(sseq, int(r.rows.sum())) for r in result.rejected]
+        late += [(sseq, r.readings(batch)) for r in result.rejected]
         if sseq % every == 0 or sseq == last:
             for r in tracker.due(set()):
                 records[r.window_id] = r

@@ -176,6 +176,24 @@ def test_a_batch_dropped_while_in_flight_is_not_counted_published_too(tmp_path: 
     assert buf._bytes == buf.stats().bytes  # the room kept in memory freed only batch 2
 
 
+def test_drop_oldest_spares_batches_in_flight(tmp_path: Path) -> None:
+    # A batch sent whose PubAck has not come may be in the stream already: dropping it
+    # would count as lost what the cloud holds (seen in test_full_disk_agent: more
+    # readings counted dropped than were missing). The oldest not yet sent goes first.
+    buf = _policy(tmp_path / "b.sqlite3", "drop_oldest")
+    for _ in range(6):
+        _add(buf, 5, 10_000)
+    buf.mark_attempted(b.row for b in buf.oldest_batches(2))  # rows 1 and 2 in flight
+    _add(buf, 5, 10_000)
+    rows = [b.row for b in buf.oldest_batches(10)]
+    assert rows[:3] == [1, 2, 4]  # row 3, the oldest not sent, was dropped
+    # every batch in flight: then the oldest of them goes
+    buf.mark_attempted(rows)
+    _add(buf, 5, 10_000)
+    assert buf.oldest_batches(1)[0].row == 2
+    assert _balanced(buf)["mqtt0"].dropped["overflow"] == 10
+
+
 def test_marking_a_batch_dropped_since_it_was_read_leaves_no_mark(tmp_path: Path) -> None:
     buf = _policy(tmp_path / "b.sqlite3", "drop_oldest")
     for _ in range(6):

@@ -24,9 +24,47 @@ def test_only_a_dup_with_the_same_packet_id_and_content_is_a_copy() -> None:
     log = DeliveryLog({}, {})
     assert _taken(log, 7, False, A)[0] is False
     assert _taken(log, 7, True, A)[0] is True  # the broker's resend
-    assert _taken(log, 8, True, A)[0] is False  # another id: never taken, so kept
+    assert _taken(log, 6, True, A)[0] is False  # another id, not fresh: never taken, kept
     assert _taken(log, 7, True, B)[0] is False  # other content under that id: kept
     assert _taken(log, 7, True, B)[0] is True  # ... and now it is the record
+
+
+def test_nats_server_resend_under_a_fresh_id_after_our_puback_is_a_copy() -> None:
+    # Measured on nats-server's MQTT listener (tests/edge/test_full_disk_agent.py): a
+    # PUBACK that reaches it about its ack_wait races the JetStream redelivery, which goes
+    # out with DUP=1 under the next packet id in turn.
+    log = DeliveryLog({}, {})
+    for pid in range(1, 5):
+        assert _taken(log, pid, False, digest("t", b"%d" % pid))[0] is False
+    assert _taken(log, 5, True, digest("t", b"2"))[0] is True  # fresh id, same bytes
+    assert log.fresh_id_copies == 1
+    assert _taken(log, 6, True, digest("t", b"9"))[0] is False  # bytes never taken: kept
+
+
+def test_a_fresh_id_copy_is_only_matched_on_its_own_connection() -> None:
+    log = DeliveryLog({}, {})
+    pending = PendingDeliveries()
+    assert log.redelivered(SRC, 1, False, A, pending, connection=1) is False
+    log.apply(pending, log.floors(pending))
+    # After a reconnect, a message B with A's bytes whose first send was lost on the old
+    # connection comes again under its old id (2, not fresh once 3 was sent) ...
+    pending = PendingDeliveries()
+    assert log.redelivered(SRC, 3, False, B, pending, connection=2) is False
+    assert log.redelivered(SRC, 2, True, A, pending, connection=2) is False  # kept
+    # ... and a fresh id matches only what this connection took (B, not the old A).
+    assert log.redelivered(SRC, 4, True, B, pending, connection=2) is True
+    assert log.redelivered(SRC, 5, True, digest("t", b"x"), pending, connection=2) is False
+
+
+def test_old_ids_resent_after_a_reconnect_do_not_make_a_later_one_look_fresh() -> None:
+    # Two lost first sends with the same bytes (ids 10 and 11), both resent on the new
+    # connection: the second is not a copy of the first, though its id comes after.
+    log = DeliveryLog({}, {})
+    pending = PendingDeliveries()
+    assert log.redelivered(SRC, 10, True, A, pending, connection=2) is False
+    assert log.redelivered(SRC, 11, True, A, pending, connection=2) is False
+    assert log.redelivered(SRC, 12, False, B, pending, connection=2) is False
+    assert log.redelivered(SRC, 11, True, A, pending, connection=2) is True  # same id again
 
 
 def test_a_fresh_publish_is_never_a_copy_even_with_the_same_id_and_content() -> None:
