@@ -63,6 +63,7 @@ GIVE_UP_S = 3.0
 # when the backlog is gone; only their updates are sparser meanwhile.
 LIVE_SHARE = 4.0
 RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
+IN_FLIGHT = 1000  # AGG records published before their PubAcks are awaited (< nats-py's 4,000)
 
 
 @dataclass(slots=True)
@@ -412,34 +413,40 @@ class Aggregator:
     async def _publish_records(
         self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
     ) -> None:
-        """Publish records to AGG, all in flight at once, and return once each is acked.
+        """Publish records to AGG, up to `IN_FLIGHT` at once, and return once each is acked.
 
-        Pipelined: one PubAck round trip per call instead of one per record. A record
-        whose PubAck fails or does not come in time is published again, alone and with the
-        same `Nats-Msg-Id`, until acked (`_publish`), so nothing is checkpointed before
-        every record is in AGG. The order within a call does not matter: a call holds at
-        most one record per window, and the records of one series and width in it carry
-        the same `IndexBounds`, which hold whatever their order; the next call starts
-        only once this one's records are all acked, so later records of a window stay
-        after earlier ones in AGG (last record wins)."""
+        Pipelined: one PubAck round trip per `IN_FLIGHT` records instead of one per record.
+        A record whose PubAck fails or does not come in time is published again, alone and
+        with the same `Nats-Msg-Id`, until acked (`_publish`), so nothing is checkpointed
+        before every record is in AGG. The order within a call does not matter: a call
+        holds at most one record per window, and the records of one series and width in
+        it carry the same `IndexBounds`, which hold whatever their order; the next call
+        starts only once this one's records are all acked, so later records of a window
+        stay after earlier ones in AGG (last record wins)."""
+        for chunk in range(0, len(indexed), IN_FLIGHT):
+            await self._publish_chunk(js, indexed[chunk : chunk + IN_FLIGHT])
+
+    async def _publish_chunk(
+        self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
+    ) -> None:
         sent: list[tuple[asyncio.Future[Any] | None, str, bytes, dict[str, str]]] = []
-        timeout = 1.0 if self._stop.is_set() else 5.0
         for record, bounds in indexed:
             subject = self._names.of(record)[0]
             headers = {"Nats-Msg-Id": record.msg_id(subject), **bounds.to_headers()}
             headers.update(self._ttl.get(record.window, {}))
             data = record.to_json()
             try:
-                # Waits while 4,000 are in flight (nats-py's bound), up to `timeout`.
+                # Never waits for a slot: fewer than nats-py's 4,000 are in flight. (With
+                # `wait_stall`, every call would yield to the loop and flush alone.)
                 future: asyncio.Future[Any] | None = await js.publish_async(
-                    subject, data, headers=headers, wait_stall=timeout
+                    subject, data, headers=headers
                 )
             except (NatsError, TimeoutError):
                 future = None  # published again below, alone
             sent.append((future, subject, data, headers))
         futures = [f for f, *_ in sent if f is not None]
         if futures:
-            await asyncio.wait(futures, timeout=timeout)
+            await asyncio.wait(futures, timeout=1.0 if self._stop.is_set() else 5.0)
         for future, subject, data, headers in sent:
             if future is not None and future.done() and not future.cancelled():
                 if future.exception() is None:
