@@ -5,8 +5,9 @@ The stream is the source of truth; the worker's only durable state is a checkpoi
 
 1. Fetch a batch of messages in stream order; decode each and feed it to the tracker.
    Rejected readings (late, not finite, undecodable) go to the DLQ, awaiting the PubAck.
-2. Once the replay (below) is done, publish every window result that is due to AGG,
-   awaiting each PubAck (retried with the same `Nats-Msg-Id`), then the latest values to KV.
+2. Once the replay (below) is done, publish every window result that is due to AGG, all
+   in flight at once, and await every PubAck (a failed one is retried alone with the same
+   `Nats-Msg-Id`), then the latest values to KV.
 3. Only then write the checkpoint: "everything up to stream sequence S is reflected in
    AGG and the DLQ, and here is where to replay from".
 
@@ -62,6 +63,7 @@ GIVE_UP_S = 3.0
 # when the backlog is gone; only their updates are sparser meanwhile.
 LIVE_SHARE = 4.0
 RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
+IN_FLIGHT = 1000  # AGG records published before their PubAcks are awaited (< nats-py's 4,000)
 
 
 @dataclass(slots=True)
@@ -83,8 +85,25 @@ def partition_of(subject: str, partitions: int) -> int:
     return zlib.crc32(subject.encode()) % partitions
 
 
-def agg_msg_id(record: WindowRecord) -> str:
-    return record.msg_id()
+class _Names:
+    """Each series' AGG subject and KV key, validated once, not once per record (the
+    token checks were a tenth of the worker's time). Bounded: forgotten past `limit`."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._names: dict[tuple[str, str, str, str], tuple[str, str, str]] = {}
+
+    def of(self, r: WindowRecord) -> tuple[str, str, str]:
+        """(AGG subject, `AGG_LATEST` key, its KV subject) of the record's series."""
+        series = (r.window, r.site, r.device, r.metric)
+        names = self._names.get(series)
+        if names is None:
+            if len(self._names) >= self._limit:
+                self._names.clear()
+            key = r.latest_key()
+            kv = subjects.kv_subject(subjects.LATEST_BUCKET, key)
+            names = self._names[series] = (r.subject(), key, kv)
+        return names
 
 
 class Aggregator:
@@ -105,6 +124,7 @@ class Aggregator:
         self._last_seen: dict[str, float] = {}
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
         self._ttl: dict[str, dict[str, str]] = {}  # window label -> its Nats-TTL header
+        self._names = _Names()
         self._nc: NatsClient | None = None
         self._stop = asyncio.Event()
 
@@ -383,22 +403,57 @@ class Aggregator:
         dup = self.tracker.duplicates
         self.metrics.duplicates.inc(max(0, dup - self.stats.duplicate_readings))
         self.stats.duplicate_readings = dup
-        # Chunks one after the other: the bounds of a chunk hold for every later chunk.
-        for chunk in range(0, len(indexed), 256):
-            part = indexed[chunk : chunk + 256]
-            await asyncio.gather(*(self._publish_record(js, r, b) for r, b in part))
+        await self._publish_records(js, indexed)
         records = [r for r, _ in indexed]
         self.stats.windows_published += len(records)
         self.metrics.windows.inc(len(records))
         await self._put_latest(records)
         return len(records)
 
-    async def _publish_record(
-        self, js: JetStreamContext, record: WindowRecord, bounds: IndexBounds
+    async def _publish_records(
+        self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
     ) -> None:
-        headers = {"Nats-Msg-Id": agg_msg_id(record), **bounds.to_headers()}
-        headers.update(self._ttl.get(record.window, {}))
-        await self._publish(js, record.subject(), record.to_json(), headers)
+        """Publish records to AGG, up to `IN_FLIGHT` at once, and return once each is acked.
+
+        Pipelined: one PubAck round trip per `IN_FLIGHT` records instead of one per record.
+        A record whose PubAck fails or does not come in time is published again, alone and
+        with the same `Nats-Msg-Id`, until acked (`_publish`), so nothing is checkpointed
+        before every record is in AGG. The order within a call does not matter: a call
+        holds at most one record per window, and the records of one series and width in
+        it carry the same `IndexBounds`, which hold whatever their order; the next call
+        starts only once this one's records are all acked, so later records of a window
+        stay after earlier ones in AGG (last record wins)."""
+        for chunk in range(0, len(indexed), IN_FLIGHT):
+            await self._publish_chunk(js, indexed[chunk : chunk + IN_FLIGHT])
+
+    async def _publish_chunk(
+        self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
+    ) -> None:
+        sent: list[tuple[asyncio.Future[Any] | None, str, bytes, dict[str, str]]] = []
+        for record, bounds in indexed:
+            subject = self._names.of(record)[0]
+            headers = {"Nats-Msg-Id": record.msg_id(subject), **bounds.to_headers()}
+            headers.update(self._ttl.get(record.window, {}))
+            data = record.to_json()
+            try:
+                # Never waits for a slot: fewer than nats-py's 4,000 are in flight. (With
+                # `wait_stall`, every call would yield to the loop and flush alone.)
+                future: asyncio.Future[Any] | None = await js.publish_async(
+                    subject, data, headers=headers
+                )
+            except (NatsError, TimeoutError):
+                future = None  # published again below, alone
+            sent.append((future, subject, data, headers))
+        futures = [f for f, *_ in sent if f is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=1.0 if self._stop.is_set() else 5.0)
+        for future, subject, data, headers in sent:
+            if future is not None and future.done() and not future.cancelled():
+                if future.exception() is None:
+                    continue
+            if future is not None and not future.done():
+                future.cancel()
+            await self._publish(js, subject, data, headers)
 
     async def _publish_live(self) -> None:
         await self._put_latest(self.tracker.live())
@@ -406,8 +461,9 @@ class Aggregator:
     async def _put_latest(self, records: list[WindowRecord]) -> None:
         """Best effort: the KV bucket is a convenience for live views, AGG is the record."""
         newest: dict[str, WindowRecord] = {}
+        kv_subject: dict[str, str] = {}
         for r in records:
-            key = r.latest_key()
+            _, key, kv_subject[key] = self._names.of(r)
             if key not in newest or newest[key].start_ns <= r.start_ns:
                 newest[key] = r
         # Never replace a newer window on display by an older one closing late.
@@ -419,7 +475,7 @@ class Aggregator:
         assert nc is not None, "run() sets the connection"
         with contextlib.suppress(NatsError):
             for key, r in items:
-                await nc.publish(subjects.kv_subject(subjects.LATEST_BUCKET, key), r.to_json())
+                await nc.publish(kv_subject[key], r.to_json())
 
     async def _checkpoint(self, state: KeyValue) -> None:
         if self.last_seq < self.tracker.replay_until:

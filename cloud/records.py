@@ -86,10 +86,11 @@ class WindowRecord:
     def latest_key(self) -> str:
         return subjects.latest_key(self.window, self.site, self.device, self.metric)
 
-    def msg_id(self) -> str:
+    def msg_id(self, subject: str | None = None) -> str:
         """`Nats-Msg-Id` in AGG: a window's count grows with each change, so a republished
-        record with the same content is dropped as a duplicate."""
-        return f"{self.subject()}@{self.start_ns}:{self.count}"
+        record with the same content is dropped as a duplicate. `subject`: this record's
+        `subject()`, if the caller has it already."""
+        return f"{subject or self.subject()}@{self.start_ns}:{self.count}"
 
 
 FLOOR_HEADER = "Gateway-Window-Floor"

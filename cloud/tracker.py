@@ -60,6 +60,7 @@ from cloud.windows import (
     dense_groups,
     group_stats,
     sorted_group_stats,
+    stable_small_argsort,
     window_index,
     window_label,
 )
@@ -110,6 +111,14 @@ class Rows:
         if np.unique(self.identity_hash()).shape[0] == n:
             return keep
         return self._first_of_each_exact()
+
+    def distinct(self) -> bool:
+        """True only if no identity repeats among the rows (False may be a hash collision).
+
+        Event times in increasing order (the usual message) prove it without hashing."""
+        if len(self) < 2 or bool((self.time[1:] > self.time[:-1]).all()):
+            return True
+        return bool(np.unique(self.identity_hash()).shape[0] == len(self))
 
     def identity_hash(self) -> npt.NDArray[np.uint64]:
         """A hash of each row's reading identity: equal identities, equal hashes."""
@@ -173,6 +182,9 @@ class OpenView:
 
     def merge(self, key: npt.NDArray[np.complex128], win: I64, time: I64, seq: I64) -> None:
         """Merge rows whose `key` is sorted: one pass per column, no sort."""
+        if self.key.shape[0] == 0:  # the first update after a start or a drop
+            self.key, self.win, self.time, self.seq = key, win, time, seq
+            return
         pos = np.searchsorted(self.key, key) + np.arange(key.shape[0])
         old = np.ones(self.key.shape[0] + key.shape[0], dtype=bool)
         old[pos] = False
@@ -210,14 +222,19 @@ def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
 
 @dataclass(slots=True)
 class WidthState:
+    """The rows one width holds: deduplicated ones in growing columns (appended in
+    place, so a fetch costs what it adds, not what the worker holds), then parts not yet
+    deduplicated, merged in when the rows are next needed."""
+
     width_s: int
-    _parts: list[Rows] = field(default_factory=list)
+    _buf: Rows = field(default_factory=Rows.empty)  # capacity; rows [0, _n) are held
+    _n: int = 0
+    _pending: list[Rows] = field(default_factory=list)  # to deduplicate against the held
+    _checked: bool = True  # every pending message is known to hold no copy (see `add`)
     emitted: dict[tuple[int, int], int] = field(default_factory=dict)  # (sid, window) -> count
     live_dirty: bool = False
     duplicates: int = 0  # readings dropped as already held (the same identity)
-    _fresh: bool = False  # parts added since the last deduplication
-    _clean: bool = False  # `_parts[0]` is deduplicated (the rows held at the last `rows`)
-    _hashes: npt.NDArray[np.uint64] | None = None  # sorted identity hashes of `_parts[0]`
+    _hashes: npt.NDArray[np.uint64] | None = None  # sorted identity hashes of the held rows
     view: OpenView = field(default_factory=OpenView)
     oldest_ns: int = _NO_ROWS  # the earliest event time held (copies included)
     oldest_sseq: int = _NO_ROWS  # the first stream seq held (a copy comes after its original)
@@ -227,29 +244,46 @@ class WidthState:
     def width_ns(self) -> int:
         return self.width_s * 1_000_000_000
 
-    def add(self, rows: Rows) -> None:
-        self._parts.append(rows)  # concatenated (and deduplicated) when next needed
-        self._fresh = True
+    def add(self, rows: Rows, new: bool) -> None:
+        """Take rows of one message; `new`: none can be a copy of a row held here or of
+        another among them (`AgentState.news` proves it for most messages).
+
+        Kept in `_pending` until the rows are next needed (most of a wide width's are
+        not, until its windows close). While every pending message is new (`_checked`),
+        they are then appended without any comparison; otherwise all go through the
+        exact check."""
+        self._pending.append(rows)
+        self._checked = self._checked and new
         self.oldest_ns = min(self.oldest_ns, int(rows.time.min()))
         self.oldest_sseq = min(self.oldest_sseq, int(rows.sseq.min()))
 
+    def _append(self, rows: Rows) -> None:
+        n, add = self._n, len(rows)
+        if n + add > len(self._buf):
+            capacity = max(2 * (n + add), 1024)
+            bigger = []
+            for col in self._buf.cols():
+                out = np.empty(capacity, dtype=col.dtype)
+                out[:n] = col[:n]
+                bigger.append(out)
+            self._buf = Rows(*bigger)
+        for mine, theirs in zip(self._buf.cols(), rows.cols(), strict=True):
+            mine[n : n + add] = theirs
+        self._n = n + add
+
     @property
     def rows(self) -> Rows:
-        if not self._parts:
-            return Rows.empty()
-        if self._fresh:
-            self._parts = [self._deduplicated()]
-            self._fresh = False
-        return self._parts[0]
-
-    @rows.setter
-    def rows(self, rows: Rows) -> None:
-        self._parts = [rows] if len(rows) else []
-        self._fresh = False
-        self._clean = bool(self._parts)
-        self._hashes = None  # rows were dropped: recomputed from the held rows when needed
-        self.view = OpenView()  # rebuilt from the held rows at the next live update
-        self._reset_oldest(rows)
+        """The held rows (views: valid until `keep`; appends only write past them)."""
+        if self._pending and self._checked:
+            for part in self._pending:
+                self._append(part)
+            self._hashes = None  # recomputed from the held rows if the exact check runs
+        elif self._pending:
+            merged = self._deduplicated()  # new columns: views handed out stay as they were
+            self._buf, self._n = merged, len(merged)
+        self._pending, self._checked = [], True
+        n = self._n
+        return Rows(*(col[:n] for col in self._buf.cols()))
 
     def _reset_oldest(self, rows: Rows) -> None:
         held = self.summaries
@@ -293,51 +327,55 @@ class WidthState:
         return (max(ends) + 1) * self.width_ns
 
     def keep(self, mask: Mask) -> None:
-        """Keep only the held rows in `mask` (the rows of final windows are dropped)."""
-        held = self.rows
-        seen = int(mask[: self.view.seen].sum())
-        view = self.view
-        self.rows = held.take(mask)
+        """Keep only the held rows in `mask` (the rows of final windows are dropped).
+
+        In place, in the same columns (already in memory: fresh pages cost more than the
+        copy on a VM), so views of the held rows from before this call are invalid."""
+        n = len(self.rows)
+        kept = int(mask.sum())
+        for col in self._buf.cols():
+            col[:kept] = col[:n][mask]
+        self._n = kept
+        self._hashes = None  # rows were dropped: recomputed from the held rows when needed
         # The view holds no row of a final window once it is updated again; the rows it
         # has seen are still the first `seen` ones.
-        view.seen = seen
-        self.view = view
+        self.view.seen = int(mask[: self.view.seen].sum())
+        self._reset_oldest(self.rows)  # summaries included
 
     def _deduplicated(self) -> Rows:
-        """The parts as one, each reading identity once. The held rows are already
-        distinct: when the new parts' hashes are distinct and none is among the held
-        rows' (kept sorted between calls), nothing is compared row by row, so a fetch
-        costs about what it added, not what the worker holds."""
-        held = self._parts[0] if self._clean else None
-        new = Rows.concat(self._parts[1:] if held is not None else self._parts)
+        """The held rows and the pending parts as one, each reading identity once. The
+        held rows are already distinct: when the new parts' hashes are distinct and none
+        is among the held rows' (kept sorted between calls), nothing is compared row by
+        row."""
+        held = Rows(*(col[: self._n] for col in self._buf.cols()))
+        new = Rows.concat(self._pending)
         h_new = new.identity_hash()
         h_sorted = np.sort(h_new)
         distinct = bool((h_sorted[1:] != h_sorted[:-1]).all())
         merged = h_sorted
-        if held is not None and distinct:
+        if distinct and len(held):
             if self._hashes is None:
                 self._hashes = np.sort(held.identity_hash())
             base = self._hashes
             at = np.searchsorted(base, h_sorted)
             found = base[np.minimum(at, base.shape[0] - 1)] == h_sorted
-            distinct = base.shape[0] == 0 or not found.any()
+            distinct = not found.any()
             merged = np.insert(base, at, h_sorted)  # still sorted: a merge, not a sort
         if distinct:
-            rows = Rows.concat([held, new]) if held is not None else new
+            rows = Rows.concat([held, new])
             self._hashes = merged
         else:  # some identity repeats (or a hash collides): the exact comparison
-            rows = Rows.concat(self._parts)
+            rows = Rows.concat([held, *self._pending])
             keep = rows.first_of_each()
             if not keep.all():
                 self.duplicates += int((~keep).sum())
                 rows = rows.take(keep)
             self._hashes = None
-        self._clean = True
         return rows
 
     def __len__(self) -> int:
         """Rows and summaries held (0: this width holds nothing)."""
-        return sum(len(p) for p in self._parts) + len(self.summaries)
+        return self._n + sum(len(p) for p in self._pending) + len(self.summaries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +504,8 @@ class AgentState:
     dirty: bool = False  # took readings since `due` last looked
     flushed: bool = False  # open windows emitted because the agent went quiet
 
+    newest: I64 = field(default_factory=lambda: np.empty(0, np.int64))  # per series id
+
     def intern(self, series: tuple[SeriesKey, ...]) -> U32:
         out = np.empty(len(series), dtype=np.uint32)
         for i, key in enumerate(series):
@@ -474,7 +514,21 @@ class AgentState:
                 sid = self.series_ids[key] = len(self.series)
                 self.series.append(key)
             out[i] = sid
+        if self.newest.shape[0] < len(self.series):
+            grown = np.full(max(len(self.series), 2 * self.newest.shape[0]), NO_TIME, np.int64)
+            grown[: self.newest.shape[0]] = self.newest
+            self.newest = grown
         return out
+
+    def news(self, rows: Rows) -> bool:
+        """True only if no row can be a copy of a reading taken before or of another
+        row (False may be wrong: a hash collision, or time going back).
+
+        A reading's identity includes its event time, so a row later than every reading
+        its series ever had cannot be a copy of one any width holds."""
+        later = bool((rows.time > self.newest[rows.sid]).all())
+        np.maximum.at(self.newest, rows.sid, rows.time)
+        return later and rows.distinct()
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,10 +607,11 @@ class Tracker:
         agent.dirty = True
         agent.flushed = False
         whole = self._rows(sid, sseq, batch) if n else None
+        new = whole is not None and agent.news(whole)  # so is any subset of it
         for ws in agent.widths:
             late = np.zeros(n, dtype=bool)
             if whole is not None:
-                late = self._take_rows(agent, ws, whole, finite, before, replaying, result)
+                late = self._take_rows(agent, ws, whole, new, finite, before, replaying, result)
             late_s = self._take_summaries(agent, ws, sid, sseq, batch, before, replaying, result)
             if not replaying and (late.any() or late_s):
                 reason = f"late_{window_label(ws.width_s)}"
@@ -577,12 +632,14 @@ class Tracker:
         agent: AgentState,
         ws: WidthState,
         whole: Rows,
+        new: bool,
         finite: Mask,
         before: int,
         replaying: bool,
         result: Ingested,
     ) -> Mask:
-        """Hold the message's rows that are not late for this width; the late ones."""
+        """Hold the message's rows that are not late for this width; the late ones.
+        `new`: `AgentState.news` of them."""
         end = (window_index(whole.time, ws.width_ns) + 1) * ws.width_ns
         late = finite & (end + self.lateness_ns <= before)
         keep = finite & ~late
@@ -590,8 +647,7 @@ class Tracker:
             assert agent.replay is not None
             keep &= end + self.lateness_ns > agent.replay.final_wm
         if keep.any():
-            # Rows are never changed in place, so every width can share the columns.
-            ws.add(whole if keep.all() else whole.take(keep))
+            ws.add(whole if keep.all() else whole.take(keep), new)
             ws.live_dirty = True
         result.accepted = max(result.accepted, int(keep.sum()))
         return late
@@ -796,7 +852,7 @@ class Tracker:
             add = new.take(keep_new) if not keep_new.all() else new
             # By value, then (stable) by series: (series, value) order without a complex sort.
             order = np.argsort(add.value)
-            order = order[np.argsort(add.sid[order], kind="stable")]
+            order = order[stable_small_argsort(add.sid[order].astype(np.int64), len(agent.series))]
             view.merge(
                 add.sid[order] + 1j * add.value[order],
                 new_win[keep_new][order],
