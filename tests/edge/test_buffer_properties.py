@@ -238,8 +238,9 @@ class BufferMachine(RuleBasedStateMachine):
         for m in expiring:
             self._drop(m, "expired", dropped)
         if outcome == "make_room":
-            while self._bytes() + stored_bytes > MAX_BYTES:
-                self._drop(self.stored[0], "overflow", dropped)
+            while self._bytes() + stored_bytes > MAX_BYTES:  # batches in flight go last
+                waiting = [m for m in self.stored if not m.attempted]
+                self._drop((waiting or self.stored)[0], "overflow", dropped)
         # "received" is everything the flush took in: its batch's readings and its dead
         # letters (one each), as _count_intake and _insert_letters count them; a refused
         # batch was received too. A redelivered message is not received again.
