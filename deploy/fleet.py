@@ -9,9 +9,9 @@ from typing import Any
 from nats.js.client import JetStreamContext
 from rich.table import Table
 
-from deploy.buckets import read_all, read_entries
 from gateway import records
 from gateway.errors import GatewayError
+from gateway.kv_read import read_all, read_entries
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from fnmatch import fnmatchcase
 
 from nats.js.client import JetStreamContext
 
-from deploy.buckets import read_all
 from deploy.errors import TargetError
 from gateway import records
+from gateway.kv_read import read_all
 
 
 def parse_pattern(pattern: str) -> tuple[str, str]:

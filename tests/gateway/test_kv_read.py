@@ -7,9 +7,10 @@ from __future__ import annotations
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from deploy.buckets import ensure_buckets, read_all, read_entries
+from deploy.buckets import ensure_buckets
 from gateway import records
 from gateway.connect import connect
+from gateway.kv_read import read_all, read_entries
 from gateway.servers import NatsServer
 
 
