@@ -4,8 +4,10 @@ known device` right after the agent's heartbeat was in the bucket)."""
 
 from __future__ import annotations
 
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from deploy.buckets import ensure_buckets
 from gateway import records
@@ -55,3 +57,9 @@ async def test_a_value_just_written_is_read_from_another_connection(
 async def test_an_empty_bucket_reads_empty(js: JetStreamContext) -> None:
     await ensure_buckets(js)
     assert await read_all(js, records.DESIRED_BUCKET) == {}
+
+
+async def test_a_missing_bucket_is_nats_not_found(js: JetStreamContext) -> None:
+    """Callers answer "nothing yet" for a bucket that no tool has created."""
+    with pytest.raises(NotFoundError):
+        await read_all(js, "NO_SUCH_BUCKET")
