@@ -57,6 +57,7 @@ from cloud.windows import (
     I64,
     U32,
     GroupStats,
+    argsort_within_groups,
     dense_groups,
     group_stats,
     sorted_group_stats,
@@ -850,9 +851,10 @@ class Tracker:
             view_sid = view_sid[keep_old]
         if keep_new.any():
             add = new.take(keep_new) if not keep_new.all() else new
-            # By value, then (stable) by series: (series, value) order without a complex sort.
-            order = np.argsort(add.value)
-            order = order[stable_small_argsort(add.sid[order].astype(np.int64), len(agent.series))]
+            # By series (a radix sort), then by value within each series.
+            order = stable_small_argsort(add.sid.astype(np.int64), len(agent.series))
+            counts = np.bincount(add.sid, minlength=len(agent.series))
+            order = order[argsort_within_groups(add.value[order], counts[counts > 0])]
             view.merge(
                 add.sid[order] + 1j * add.value[order],
                 new_win[keep_new][order],

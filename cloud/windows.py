@@ -6,7 +6,8 @@ mean, stddev, exact p50/p95, first and last, without a two-key `lexsort`:
    uint16 keys by radix in O(n); two passes when there are more than 65,536 groups);
 2. first and last (the values with the smallest and greatest (event time, seq)) come from
    masked `reduceat`s over the grouped columns;
-3. the values are sorted within their groups by ONE `np.sort` of complex numbers
+3. the values are sorted within their groups (`sort_within_groups`): each group alone when
+   groups are large (small sorts stay in cache), else by ONE `np.sort` of complex numbers
    `group + 1j * value` (numpy orders complex numbers by real part, then imaginary part,
    exactly), so min, max and the percentiles are index lookups and sum and variance
    `reduceat`s over the sorted values.
@@ -124,6 +125,44 @@ def stable_small_argsort(ids: I64, n_groups: int) -> I64:
     return result
 
 
+# Mean readings per group from which sorting each group alone (a Python loop of small
+# sorts, cache-resident) beats one sort of everything: on this VM a loop step costs about
+# 1.5 us, one `np.sort` of 2 M complex keys 140 ms against 23 ms for 4,000 groups of 500.
+_LOOP_MIN = 32
+
+
+def _bounds(counts: I64) -> tuple[list[int], list[int]]:
+    ends = np.cumsum(counts)
+    return (ends - counts).tolist(), ends.tolist()
+
+
+def sort_within_groups(v: F64, counts: I64) -> F64:
+    """`v` (grouped: group i is the next `counts[i]` values) with each group ascending."""
+    n = v.shape[0]
+    if n < _LOOP_MIN * counts.shape[0]:
+        gid = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+        out: F64 = np.sort(gid + 1j * v).imag
+        return out
+    out = v.copy()
+    for lo, hi in zip(*_bounds(counts), strict=True):
+        out[lo:hi].sort()
+    return out
+
+
+def argsort_within_groups(v: F64, counts: I64) -> I64:
+    """The permutation that sorts each group of `v` (as in `sort_within_groups`)."""
+    n = v.shape[0]
+    if n < _LOOP_MIN * counts.shape[0]:
+        gid = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+        by_value = np.argsort(v)
+        out: I64 = by_value[stable_small_argsort(gid[by_value], counts.shape[0])]
+        return out
+    out = np.empty(n, dtype=np.int64)
+    for lo, hi in zip(*_bounds(counts), strict=True):
+        out[lo:hi] = np.argsort(v[lo:hi]) + lo
+    return out
+
+
 def _lerp(a: F64, b: F64, t: F64) -> F64:
     """numpy's own linear interpolation (numpy/lib/_function_base_impl.py `_lerp`)."""
     diff = b - a
@@ -172,7 +211,7 @@ def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F
     grouped_time, grouped_seq = time_ns[order], seq[order]
     first = _pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=False)
     last = _pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=True)
-    v: F64 = np.sort(gid[order] + 1j * grouped_value).imag
+    v = sort_within_groups(grouped_value, counts)
     w0 = int(window.min())
     n_windows = int(window.max()) - w0 + 1
     return _stats(keys // n_windows, keys % n_windows + w0, starts, counts, v, first, last)
