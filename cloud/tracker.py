@@ -51,17 +51,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud.openview import NewRows, OpenView
 from cloud.records import IndexBounds, WindowRecord
 from cloud.summaries import Cell, Held, HeldSummaries, WindowKey, identity, merge_cells, window_of
 from cloud.windows import (
     I64,
     U32,
     GroupStats,
-    argsort_within_groups,
     dense_groups,
     group_stats,
-    sorted_group_stats,
-    stable_small_argsort,
     window_index,
     window_label,
 )
@@ -152,50 +150,6 @@ class Rows:
 
     def tail(self, start: int) -> Rows:
         return Rows(*(col[start:] for col in self.cols()))
-
-
-@dataclass(slots=True)
-class OpenView:
-    """The readings of each series' newest open window as of the last `Tracker.live`,
-    sorted by (series, value), and how many of the width's held rows it has seen.
-
-    The held rows only grow at the end (`WidthState.rows` appends what a fetch added,
-    duplicates dropped) until final windows are dropped (`WidthState.keep`), so each live
-    update merges the new rows' sorted chunk into this instead of re-sorting everything.
-    `key` is `series + 1j * value`: numpy orders complex numbers by real, then imaginary
-    part, so one sorted column holds both (only what the statistics need is kept)."""
-
-    key: npt.NDArray[np.complex128] = field(default_factory=lambda: np.empty(0, np.complex128))
-    win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    time: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    seq: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    seen: int = 0  # held rows [0, seen) were considered
-
-    @property
-    def sid(self) -> I64:
-        out: I64 = self.key.real.astype(np.int64)
-        return out
-
-    def take(self, keep: Mask) -> None:
-        self.key, self.win, self.time, self.seq = (
-            self.key[keep], self.win[keep], self.time[keep], self.seq[keep]
-        )  # fmt: skip
-
-    def merge(self, key: npt.NDArray[np.complex128], win: I64, time: I64, seq: I64) -> None:
-        """Merge rows whose `key` is sorted: one pass per column, no sort."""
-        if self.key.shape[0] == 0:  # the first update after a start or a drop
-            self.key, self.win, self.time, self.seq = key, win, time, seq
-            return
-        pos = np.searchsorted(self.key, key) + np.arange(key.shape[0])
-        old = np.ones(self.key.shape[0] + key.shape[0], dtype=bool)
-        old[pos] = False
-        merged = []
-        for mine, theirs in ((self.key, key), (self.win, win), (self.time, time), (self.seq, seq)):
-            out = np.empty(old.shape[0], dtype=mine.dtype)
-            out[pos] = theirs
-            out[old] = mine
-            merged.append(out)
-        self.key, self.win, self.time, self.seq = merged
 
 
 def _newest_time(batch: Batch) -> int:
@@ -830,39 +784,12 @@ class Tracker:
         """Update `ws.view` with the rows held since the last call; its statistics.
 
         Only the newest open window of a series is shown (`AGG_LATEST` has one key per
-        series and width, and never goes back to an older one). A held row the view has
-        seen but does not hold was in a closed window or an older one than its series'
-        newest then, so it cannot be in the newest open window now: the view's rows and
-        the new ones are all that can be."""
+        series and width, and never goes back to an older one)."""
         held, view = ws.rows, ws.view
         new = held.tail(view.seen)
         view.seen = len(held)
-        new_win = window_index(new.time, ws.width_ns)
-        view_sid = view.sid
-        newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
-        open_old = (view.win + 1) * ws.width_ns > agent.watermark
-        open_new = (new_win + 1) * ws.width_ns > agent.watermark
-        np.maximum.at(newest, view_sid[open_old], view.win[open_old])
-        np.maximum.at(newest, new.sid[open_new], new_win[open_new])
-        keep_old = open_old & (view.win == newest[view_sid])
-        keep_new = open_new & (new_win == newest[new.sid])
-        if not keep_old.all():
-            view.take(keep_old)
-            view_sid = view_sid[keep_old]
-        if keep_new.any():
-            add = new.take(keep_new) if not keep_new.all() else new
-            # By series (a radix sort), then by value within each series.
-            order = stable_small_argsort(add.sid.astype(np.int64), len(agent.series))
-            counts = np.bincount(add.sid, minlength=len(agent.series))
-            order = order[argsort_within_groups(add.value[order], counts[counts > 0])]
-            view.merge(
-                add.sid[order] + 1j * add.value[order],
-                new_win[keep_new][order],
-                add.time[order],
-                add.seq[order],
-            )
-            view_sid = view.sid
-        return sorted_group_stats(view_sid, view.win, view.time, view.seq, view.key.imag)
+        rows = NewRows(new.sid, new.time, new.seq, new.value)
+        return view.update(rows, ws.width_ns, agent.watermark, len(agent.series))
 
     def records(
         self,

@@ -179,11 +179,21 @@ def _percentile(v: F64, starts: I64, counts: I64, q: float) -> F64:
     return _lerp(v[below], v[above], h - lo)
 
 
-def _pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> tuple[F64, I64]:
-    """Value and time of the reading with the smallest (or greatest) (time, seq) in each
-    group.
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """Per group, the reading chosen by `pick`: its value, event time and seq."""
 
-    Among exact duplicates of (time, seq) the smallest value wins, whatever the order.
+    value: F64
+    time: I64
+    seq: I64
+
+
+def pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> Pick:
+    """The reading with the smallest (or greatest) (time, seq) in each group.
+
+    Among exact duplicates of (time, seq) the smallest value wins, whatever the order: the
+    first is the least (time, seq, value), the last the greatest (time, seq, -value), so
+    the picks of two parts of a group combine into the pick of the whole (`better`).
     """
     if latest:
         t_best = np.maximum.reduceat(t, starts)
@@ -195,7 +205,18 @@ def _pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> 
         s_best = np.minimum.reduceat(np.where(on_time, s, _I64_MAX), starts)
     chosen = on_time & (s == np.repeat(s_best, counts))
     out: F64 = np.fmin.reduceat(np.where(chosen, v, np.nan), starts)
-    return out, t_best
+    return Pick(out, t_best, s_best)
+
+
+def better(a: Pick, b: Pick, *, latest: bool) -> npt.NDArray[np.bool_]:
+    """Where `b` is the pick (`pick`'s rule) of the union of the groups of `a` and `b`."""
+    if latest:
+        ahead = (b.time > a.time) | ((b.time == a.time) & (b.seq > a.seq))
+    else:
+        ahead = (b.time < a.time) | ((b.time == a.time) & (b.seq < a.seq))
+    tie = (b.time == a.time) & (b.seq == a.seq) & (b.value < a.value)
+    out: npt.NDArray[np.bool_] = ahead | tie
+    return out
 
 
 def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F64) -> GroupStats:
@@ -209,12 +230,12 @@ def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F
     np.cumsum(counts[:-1], out=starts[1:])
     grouped_value = value[order]
     grouped_time, grouped_seq = time_ns[order], seq[order]
-    first = _pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=False)
-    last = _pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=True)
+    first = pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=False)
+    last = pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=True)
     v = sort_within_groups(grouped_value, counts)
     w0 = int(window.min())
     n_windows = int(window.max()) - w0 + 1
-    return _stats(keys // n_windows, keys % n_windows + w0, starts, counts, v, first, last)
+    return stats_of_sorted(keys // n_windows, keys % n_windows + w0, starts, counts, v, first, last)
 
 
 def sorted_group_stats(
@@ -232,21 +253,21 @@ def sorted_group_stats(
     new[1:] = (series[1:] != series[:-1]) | (window[1:] != window[:-1])
     starts: I64 = np.flatnonzero(new).astype(np.int64)
     counts: I64 = np.diff(np.append(starts, n)).astype(np.int64)
-    first = _pick(value, time_ns, seq, starts, counts, latest=False)
-    last = _pick(value, time_ns, seq, starts, counts, latest=True)
-    return _stats(
+    first = pick(value, time_ns, seq, starts, counts, latest=False)
+    last = pick(value, time_ns, seq, starts, counts, latest=True)
+    return stats_of_sorted(
         series[starts].astype(np.int64), window[starts], starts, counts, value, first, last
     )
 
 
-def _stats(
+def stats_of_sorted(
     series: I64,
     window: I64,
     starts: I64,
     counts: I64,
     v: F64,
-    first: tuple[F64, I64],
-    last: tuple[F64, I64],
+    first: Pick,
+    last: Pick,
 ) -> GroupStats:
     """The statistics of groups `v[starts[i] : starts[i] + counts[i]]`, each value-sorted."""
     total = np.add.reduceat(v, starts)
@@ -264,8 +285,8 @@ def _stats(
         std=std,
         p50=_percentile(v, starts, counts, 50),
         p95=_percentile(v, starts, counts, 95),
-        first=first[0],
-        last=last[0],
-        first_ns=first[1],
-        last_ns=last[1],
+        first=first.value,
+        last=last.value,
+        first_ns=first.time,
+        last_ns=last.time,
     )
