@@ -45,6 +45,9 @@ class NewRows:
     seq: I64
     value: F64
 
+    def take(self, mask: Mask) -> NewRows:
+        return NewRows(self.sid[mask], self.time[mask], self.seq[mask], self.value[mask])
+
 
 @dataclass(slots=True)
 class OpenView:
@@ -66,10 +69,7 @@ class OpenView:
         win = np.full(size, NO_WINDOW, dtype=np.int64)
         win[:old] = self.win
         self.win = win
-        self.first, self.last = (
-            Pick(*(np.concatenate([col, np.zeros(size - old, col.dtype)]) for col in p))
-            for p in (_astuple(self.first), _astuple(self.last))
-        )
+        self.first, self.last = _grown(self.first, size), _grown(self.last, size)
 
     def update(self, new: NewRows, width_ns: int, watermark: int, n_series: int) -> GroupStats:
         """Take the new rows; the statistics of each series' newest open window.
@@ -90,7 +90,7 @@ class OpenView:
         self.win[:n_series] = newest
         take = open_new & (new_win == newest[new.sid])
         if take.any():
-            self._merge(NewRows(*(col[take] for col in _astuple(new))), kept, n_series)
+            self._merge(new.take(take), kept, n_series)
         return self._stats(n_series)
 
     def _merge(self, add: NewRows, kept: Mask, n_series: int) -> None:
@@ -125,23 +125,21 @@ class OpenView:
         starts = np.flatnonzero(np.diff(sid, prepend=-1) != 0).astype(np.int64)
         counts = np.diff(np.append(starts, n)).astype(np.int64)
         series = sid[starts]
-        first = Pick(*(col[series] for col in _astuple(self.first)))
-        last = Pick(*(col[series] for col in _astuple(self.last)))
+        first, last = self.first.at(series), self.last.at(series)
         return stats_of_sorted(
             series, self.win[series], starts, counts, self.key.imag.copy(), first, last
         )
 
 
-def _astuple(x: Pick | NewRows) -> tuple[npt.NDArray[np.generic], ...]:
-    if isinstance(x, Pick):
-        return (x.value, x.time, x.seq)
-    return (x.sid, x.time, x.seq, x.value)
+def _grown(p: Pick, size: int) -> Pick:
+    out = _no_pick(size)
+    n = p.value.shape[0]
+    out.put(np.arange(n), p)
+    return out
 
 
 def _combine(mine: Pick, theirs: Pick, groups: I64, kept: Mask, *, latest: bool) -> Pick:
     """Per series in `groups`: `theirs` where the series held nothing kept or it is better."""
-    at = Pick(*(col[groups] for col in _astuple(mine)))
-    take = ~kept[groups] | better(at, theirs, latest=latest)
-    for col, new in zip(_astuple(mine), _astuple(theirs), strict=True):
-        col[groups[take]] = new[take]
+    take = ~kept[groups] | better(mine.at(groups), theirs, latest=latest)
+    mine.put(groups[take], theirs.at(np.flatnonzero(take)))
     return mine

@@ -187,6 +187,13 @@ class Pick:
     time: I64
     seq: I64
 
+    def at(self, index: npt.NDArray[np.intp] | npt.NDArray[np.int64]) -> Pick:
+        return Pick(self.value[index], self.time[index], self.seq[index])
+
+    def put(self, index: npt.NDArray[np.int64], other: Pick) -> None:
+        """Overwrite the picks at `index` with `other`'s, in place."""
+        self.value[index], self.time[index], self.seq[index] = other.value, other.time, other.seq
+
 
 def pick(v: F64, t: I64, s: I64, starts: I64, counts: I64, *, latest: bool) -> Pick:
     """The reading with the smallest (or greatest) (time, seq) in each group.
