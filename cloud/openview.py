@@ -1,6 +1,7 @@
-"""The live view of one window width: the readings of each series' newest open window,
-kept sorted by (series, value) between updates, so an update costs a sort of the new
-readings, one merge and the statistics, not a sort of everything the view holds.
+"""The live view of one window width: the values of each series' newest open window,
+kept grouped by series and sorted between updates, so an update costs a radix grouping
+of the new readings, a sort of each series' block (small sorts of mostly sorted data)
+and the statistics; only the values are kept, not the readings' other columns.
 
 Exact: the statistics equal `group_stats` of the same readings. The sums and percentiles
 run over the same value-sorted groups; first and last (`windows.pick`) are kept per
@@ -20,9 +21,9 @@ from cloud.windows import (
     U32,
     GroupStats,
     Pick,
-    argsort_within_groups,
     better,
     pick,
+    sort_within_groups,
     stable_small_argsort,
     stats_of_sorted,
     window_index,
@@ -51,11 +52,12 @@ class NewRows:
 
 @dataclass(slots=True)
 class OpenView:
-    """`key` is `series + 1j * value`, sorted: numpy orders complex numbers by real, then
-    imaginary part, so one column holds both. Per series id: the window shown
-    (`NO_WINDOW`: none) and the first and last reading in it."""
+    """`value`: the readings shown, grouped by series id (ascending), each group sorted.
+    Per series id: how many are shown (`count`), their window (`NO_WINDOW`: none) and
+    the first and last reading among them."""
 
-    key: npt.NDArray[np.complex128] = field(default_factory=lambda: np.empty(0, np.complex128))
+    value: F64 = field(default_factory=lambda: np.empty(0, np.float64))
+    count: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     first: Pick = field(default_factory=lambda: _no_pick(0))
     last: Pick = field(default_factory=lambda: _no_pick(0))
@@ -68,7 +70,9 @@ class OpenView:
         size = max(n_series, 2 * old)
         win = np.full(size, NO_WINDOW, dtype=np.int64)
         win[:old] = self.win
-        self.win = win
+        count = np.zeros(size, dtype=np.int64)
+        count[:old] = self.count
+        self.win, self.count = win, count
         self.first, self.last = _grown(self.first, size), _grown(self.last, size)
 
     def update(self, new: NewRows, width_ns: int, watermark: int, n_series: int) -> GroupStats:
@@ -85,8 +89,10 @@ class OpenView:
         newest = np.where(shown_open, shown, NO_WINDOW)
         np.maximum.at(newest, new.sid[open_new], new_win[open_new])
         kept = shown_open & (shown == newest)  # series whose shown rows stay
-        if self.key.shape[0] and not kept[self.key.real.astype(np.int64)].all():
-            self.key = self.key[kept[self.key.real.astype(np.int64)]]
+        count = self.count[:n_series]
+        if not kept[count > 0].all():
+            self.value = self.value[np.repeat(kept, count)]
+            count[~kept] = 0
         self.win[:n_series] = newest
         take = open_new & (new_win == newest[new.sid])
         if take.any():
@@ -96,39 +102,37 @@ class OpenView:
     def _merge(self, add: NewRows, kept: Mask, n_series: int) -> None:
         """Merge rows of the shown windows (`kept`: series whose old rows stay)."""
         order = stable_small_argsort(add.sid.astype(np.int64), n_series)
-        counts = np.bincount(add.sid, minlength=n_series)
-        order = order[argsort_within_groups(add.value[order], counts[counts > 0])]
-        sid, value = add.sid[order].astype(np.int64), add.value[order]
-        starts = np.flatnonzero(np.diff(sid, prepend=-1) != 0).astype(np.int64)
-        groups, cnt = sid[starts], counts[counts > 0].astype(np.int64)
-        firsts = pick(value, add.time[order], add.seq[order], starts, cnt, latest=False)
-        lasts = pick(value, add.time[order], add.seq[order], starts, cnt, latest=True)
+        counts = np.bincount(add.sid, minlength=n_series).astype(np.int64)
+        groups = np.flatnonzero(counts)
+        starts = (np.cumsum(counts) - counts)[groups]
+        time, seq, value = add.time[order], add.seq[order], add.value[order]
+        # First and last do not depend on the order within a group: picked before sorting.
+        firsts = pick(value, time, seq, starts, counts[groups], latest=False)
+        lasts = pick(value, time, seq, starts, counts[groups], latest=True)
         self.first = _combine(self.first, firsts, groups, kept, latest=False)
         self.last = _combine(self.last, lasts, groups, kept, latest=True)
-        key = sid + 1j * value
-        if self.key.shape[0] == 0:
-            self.key = key
-            return
-        pos = np.searchsorted(self.key, key) + np.arange(key.shape[0])
-        merged = np.empty(self.key.shape[0] + key.shape[0], dtype=np.complex128)
-        old = np.ones(merged.shape[0], dtype=bool)
-        old[pos] = False
-        merged[pos] = key
-        merged[old] = self.key
-        self.key = merged
+        # Each series' block: its shown values (sorted), then its new ones; then each
+        # block sorted on its own (`sort_within_groups`: small sorts, in cache).
+        old = self.count[:n_series]
+        total = old + counts
+        block = np.cumsum(total) - total
+        merged = np.empty(int(total.sum()), dtype=np.float64)
+        merged[np.arange(self.value.shape[0]) + np.repeat(block - (np.cumsum(old) - old), old)] = (
+            self.value
+        )
+        at_new = block + old - (np.cumsum(counts) - counts)
+        merged[np.arange(value.shape[0]) + np.repeat(at_new, counts)] = value
+        self.value = sort_within_groups(merged, total[total > 0])
+        old[:] = total
 
     def _stats(self, n_series: int) -> GroupStats:
-        n = self.key.shape[0]
-        if n == 0:
+        series = np.flatnonzero(self.count[:n_series])
+        if series.shape[0] == 0:
             return GroupStats.empty()
-        sid = self.key.real.astype(np.int64)
-        starts = np.flatnonzero(np.diff(sid, prepend=-1) != 0).astype(np.int64)
-        counts = np.diff(np.append(starts, n)).astype(np.int64)
-        series = sid[starts]
+        counts = self.count[series]
+        starts = np.cumsum(counts) - counts
         first, last = self.first.at(series), self.last.at(series)
-        return stats_of_sorted(
-            series, self.win[series], starts, counts, self.key.imag.copy(), first, last
-        )
+        return stats_of_sorted(series, self.win[series], starts, counts, self.value, first, last)
 
 
 def _grown(p: Pick, size: int) -> Pick:
