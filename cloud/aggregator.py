@@ -252,7 +252,9 @@ class Aggregator:
         s = self.config.aggregator
         self.last_seq = start - 1
         sub = await self._reopen(js, stop)
-        next_live = next_ckpt = 0.0
+        # The live view at most every `live_update_s` (from the start too: a backlog
+        # then pays for it once per interval, not once per fetch).
+        next_live, next_ckpt = time.monotonic() + s.live_update_s, 0.0
         ckpt_seq = self.last_seq
         ahead = _Prefetch()
         try:
@@ -294,6 +296,7 @@ class Aggregator:
         if self.last_seq >= self.tracker.replay_until:
             await self._publish_due(js)
             await self._checkpoint(js, state)
+            await self._publish_live()  # the readings since the last update, if any
 
     async def _process(self, js: JetStreamContext, msgs: list[Msg]) -> bool:
         """Ingest fetched messages in order; False if a delivery was missed (resync)."""

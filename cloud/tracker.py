@@ -70,6 +70,7 @@ Mask = npt.NDArray[np.bool_]
 NO_TIME = -(1 << 63)
 CHECKPOINT_VERSION = 1
 _NO_ROWS = 1 << 62  # `WidthState.oldest_ns` when it holds nothing
+_INTERNED = 256  # series tuples remembered per agent (`AgentState.intern`)
 
 
 @dataclass(slots=True)
@@ -199,9 +200,10 @@ class WidthState:
     def width_ns(self) -> int:
         return self.width_s * 1_000_000_000
 
-    def add(self, rows: Rows, new: bool) -> None:
+    def add(self, rows: Rows, new: bool, oldest: tuple[int, int] | None = None) -> None:
         """Take rows of one message; `new`: none can be a copy of a row held here or of
-        another among them (`AgentState.news` proves it for most messages).
+        another among them (`AgentState.news` proves it for most messages); `oldest`:
+        their earliest event time and stream seq, if known.
 
         Kept in `_pending` until the rows are next needed (most of a wide width's are
         not, until its windows close). While every pending message is new (`_checked`),
@@ -209,8 +211,9 @@ class WidthState:
         exact check."""
         self._pending.append(rows)
         self._checked = self._checked and new
-        self.oldest_ns = min(self.oldest_ns, int(rows.time.min()))
-        self.oldest_sseq = min(self.oldest_sseq, int(rows.sseq.min()))
+        time, sseq = oldest or (int(rows.time.min()), int(rows.sseq.min()))
+        self.oldest_ns = min(self.oldest_ns, time)
+        self.oldest_sseq = min(self.oldest_sseq, sseq)
 
     def _append(self, rows: Rows) -> None:
         n, add = self._n, len(rows)
@@ -460,8 +463,21 @@ class AgentState:
     flushed: bool = False  # open windows emitted because the agent went quiet
 
     newest: I64 = field(default_factory=lambda: np.empty(0, np.int64))  # per series id
+    # The ids of a message's series tuple: an agent sends the same few tuples again and
+    # again, and one dict lookup of the tuple costs less than one per series.
+    interned: dict[tuple[SeriesKey, ...], U32] = field(default_factory=dict)
 
     def intern(self, series: tuple[SeriesKey, ...]) -> U32:
+        known = self.interned.get(series)
+        if known is not None:
+            return known
+        if len(self.interned) >= _INTERNED:
+            self.interned.clear()
+        out = self.interned[series] = self._intern(series)
+        out.flags.writeable = False
+        return out
+
+    def _intern(self, series: tuple[SeriesKey, ...]) -> U32:
         out = np.empty(len(series), dtype=np.uint32)
         for i, key in enumerate(series):
             sid = self.series_ids.get(key)
@@ -595,6 +611,13 @@ class Tracker:
     ) -> Mask:
         """Hold the message's rows that are not late for this width; the late ones.
         `new`: `AgentState.news` of them."""
+        width, oldest = ws.width_ns, int(whole.time.min())
+        if not replaying and (oldest // width + 1) * width + self.lateness_ns > before:
+            if finite.all():  # the usual message: no row is late, every row is taken
+                ws.add(whole, new, (oldest, int(whole.sseq[0])))
+                ws.live_dirty = True
+                result.accepted = max(result.accepted, len(whole))
+                return np.zeros(len(whole), dtype=bool)
         end = (window_index(whole.time, ws.width_ns) + 1) * ws.width_ns
         late = finite & (end + self.lateness_ns <= before)
         keep = finite & ~late
