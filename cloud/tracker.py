@@ -60,6 +60,7 @@ from cloud.windows import (
     GroupStats,
     dense_groups,
     group_stats,
+    grouped_stats,
     window_index,
     window_label,
 )
@@ -758,9 +759,15 @@ class Tracker:
         )
         if not changed.any():
             return []
-        mine = changed[closed.inverse]
-        part = closed.rows.take(mine)
-        stats = group_stats(part.sid, closed.win[mine], part.time, part.seq, part.value)
+        if changed.all():  # the usual case: the groups of `closed` are those to emit
+            rows = closed.rows
+            stats = grouped_stats(
+                closed.inverse, closed.k_sid, closed.k_win, rows.time, rows.seq, rows.value
+            )
+        else:
+            mine = changed[closed.inverse]
+            part = closed.rows.take(mine)
+            stats = group_stats(part.sid, closed.win[mine], part.time, part.seq, part.value)
         merged = {}
         emitted = zip(stats.series.tolist(), stats.window.tolist(), strict=True)
         for k, n in zip(emitted, stats.count.tolist(), strict=True):

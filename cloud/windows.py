@@ -231,8 +231,19 @@ def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F
     if value.shape[0] == 0:
         return GroupStats.empty()
     gid, keys = dense_groups(series, window)
-    order = stable_small_argsort(gid, keys.shape[0])
-    counts: I64 = np.bincount(gid, minlength=keys.shape[0]).astype(np.int64)
+    w0 = int(window.min())
+    n_windows = int(window.max()) - w0 + 1
+    return grouped_stats(gid, keys // n_windows, keys % n_windows + w0, time_ns, seq, value)
+
+
+def grouped_stats(
+    gid: I64, series: I64, window: I64, time_ns: I64, seq: I64, value: F64
+) -> GroupStats:
+    """`group_stats` with the groups known: `gid` of each reading (dense, in key order, as
+    `dense_groups` gives), `series` and `window` of each group."""
+    n_groups = series.shape[0]
+    order = stable_small_argsort(gid, n_groups)
+    counts: I64 = np.bincount(gid, minlength=n_groups).astype(np.int64)
     starts: I64 = np.zeros_like(counts)
     np.cumsum(counts[:-1], out=starts[1:])
     grouped_value = value[order]
@@ -240,9 +251,7 @@ def group_stats(series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F
     first = pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=False)
     last = pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=True)
     v = sort_within_groups(grouped_value, counts)
-    w0 = int(window.min())
-    n_windows = int(window.max()) - w0 + 1
-    return stats_of_sorted(keys // n_windows, keys % n_windows + w0, starts, counts, v, first, last)
+    return stats_of_sorted(series, window, starts, counts, v, first, last)
 
 
 def sorted_group_stats(
