@@ -149,20 +149,6 @@ def sort_within_groups(v: F64, counts: I64) -> F64:
     return out
 
 
-def argsort_within_groups(v: F64, counts: I64) -> I64:
-    """The permutation that sorts each group of `v` (as in `sort_within_groups`)."""
-    n = v.shape[0]
-    if n < _LOOP_MIN * counts.shape[0]:
-        gid = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
-        by_value = np.argsort(v)
-        out: I64 = by_value[stable_small_argsort(gid[by_value], counts.shape[0])]
-        return out
-    out = np.empty(n, dtype=np.int64)
-    for lo, hi in zip(*_bounds(counts), strict=True):
-        out[lo:hi] = np.argsort(v[lo:hi]) + lo
-    return out
-
-
 def _lerp(a: F64, b: F64, t: F64) -> F64:
     """numpy's own linear interpolation (numpy/lib/_function_base_impl.py `_lerp`)."""
     diff = b - a
@@ -252,28 +238,6 @@ def grouped_stats(
     last = pick(grouped_value, grouped_time, grouped_seq, starts, counts, latest=True)
     v = sort_within_groups(grouped_value, counts)
     return stats_of_sorted(series, window, starts, counts, v, first, last)
-
-
-def sorted_group_stats(
-    series: I64 | U32, window: I64, time_ns: I64, seq: I64, value: F64
-) -> GroupStats:
-    """`group_stats` of readings already in (series, window, value) order, without sorting.
-
-    The same numbers: the sums and percentiles run over the same value-sorted groups, and
-    first and last do not depend on the order within a group. The live view keeps its open
-    windows in this order (a merge per update instead of a sort of everything it holds)."""
-    n = value.shape[0]
-    if n == 0:
-        return group_stats(series, window, time_ns, seq, value)
-    new = np.ones(n, dtype=bool)
-    new[1:] = (series[1:] != series[:-1]) | (window[1:] != window[:-1])
-    starts: I64 = np.flatnonzero(new).astype(np.int64)
-    counts: I64 = np.diff(np.append(starts, n)).astype(np.int64)
-    first = pick(value, time_ns, seq, starts, counts, latest=False)
-    last = pick(value, time_ns, seq, starts, counts, latest=True)
-    return stats_of_sorted(
-        series[starts].astype(np.int64), window[starts], starts, counts, value, first, last
-    )
 
 
 def stats_of_sorted(
