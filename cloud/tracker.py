@@ -216,8 +216,10 @@ class WidthState:
         self.oldest_ns = min(self.oldest_ns, time)
         self.oldest_sseq = min(self.oldest_sseq, sseq)
 
-    def _append(self, rows: Rows) -> None:
-        n, add = self._n, len(rows)
+    def _append(self, parts: list[Rows]) -> None:
+        """Append the parts to the held rows: one copy per column for all of them."""
+        n = self._n
+        add = sum(len(part) for part in parts)
         if n + add > len(self._buf):
             capacity = max(2 * (n + add), 1024)
             bigger = []
@@ -226,16 +228,16 @@ class WidthState:
                 out[:n] = col[:n]
                 bigger.append(out)
             self._buf = Rows(*bigger)
-        for mine, theirs in zip(self._buf.cols(), rows.cols(), strict=True):
-            mine[n : n + add] = theirs
+        columns = zip(*(part.cols() for part in parts), strict=True)
+        for mine, theirs in zip(self._buf.cols(), columns, strict=True):
+            np.concatenate(theirs, out=mine[n : n + add])
         self._n = n + add
 
     @property
     def rows(self) -> Rows:
         """The held rows (views: valid until `keep`; appends only write past them)."""
         if self._pending and self._checked:
-            for part in self._pending:
-                self._append(part)
+            self._append(self._pending)
             self._hashes = None  # recomputed from the held rows if the exact check runs
         elif self._pending:
             merged = self._deduplicated()  # new columns: views handed out stay as they were
