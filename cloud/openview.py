@@ -22,7 +22,7 @@ from cloud.windows import (
     GroupStats,
     Pick,
     better,
-    pick,
+    first_last,
     sort_within_groups,
     stable_small_argsort,
     stats_of_sorted,
@@ -107,8 +107,7 @@ class OpenView:
         starts = (np.cumsum(counts) - counts)[groups]
         time, seq, value = add.time[order], add.seq[order], add.value[order]
         # First and last do not depend on the order within a group: picked before sorting.
-        firsts = pick(value, time, seq, starts, counts[groups], latest=False)
-        lasts = pick(value, time, seq, starts, counts[groups], latest=True)
+        firsts, lasts = first_last(value, time, seq, starts, counts[groups])
         self.first = _combine(self.first, firsts, groups, kept, latest=False)
         self.last = _combine(self.last, lasts, groups, kept, latest=True)
         # Each series' block: its shown values (sorted), then its new ones; then each

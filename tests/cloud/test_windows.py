@@ -13,6 +13,7 @@ from cloud.windows import (
     GroupStats,
     better,
     dense_groups,
+    first_last,
     group_stats,
     grouped_stats,
     pick,
@@ -154,3 +155,19 @@ def test_grouped_stats_with_the_groups_given_equals_group_stats() -> None:
     got = grouped_stats(gid, keys // 4, keys % 4 + 100, t, s, v)
     for field in fields(GroupStats):
         assert getattr(got, field.name).tobytes() == getattr(want, field.name).tobytes()
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_first_last_equals_pick(in_order: bool) -> None:
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 30, 50).astype(np.int64)
+    n = int(counts.sum())
+    t = np.arange(n) // 2 if in_order else rng.integers(0, 4, n)
+    s = np.arange(n) if in_order else rng.integers(0, 3, n)
+    v = rng.integers(0, 4, n).astype(np.float64)
+    starts = np.cumsum(counts) - counts
+    first, last = first_last(v, t, s, starts, counts)
+    for got, latest in ((first, False), (last, True)):
+        want = pick(v, t, s, starts, counts, latest=latest)
+        assert got.value.tolist() == want.value.tolist()
+        assert (got.time.tolist(), got.seq.tolist()) == (want.time.tolist(), want.seq.tolist())
