@@ -153,6 +153,9 @@ class Rows:
     def tail(self, start: int) -> Rows:
         return Rows(*(col[start:] for col in self.cols()))
 
+    def head(self, stop: int) -> Rows:
+        return Rows(*(col[:stop] for col in self.cols()))
+
 
 def _newest_time(batch: Batch) -> int:
     """The greatest event time in a message: of its readings and its summaries' last."""
@@ -294,8 +297,10 @@ class WidthState:
         copy on a VM), so views of the held rows from before this call are invalid."""
         n = len(self.rows)
         kept = int(mask.sum())
+        start = n - kept  # in an in-order stream the dropped rows are the first ones
+        prefix = kept == 0 or bool(mask[start:].all())
         for col in self._buf.cols():
-            col[:kept] = col[:n][mask]
+            col[:kept] = col[start:n] if prefix else col[:n][mask]
         self._n = kept
         self._hashes = None  # rows were dropped: recomputed from the held rows when needed
         # The view holds no row of a final window once it is updated again; the rows it
@@ -363,9 +368,14 @@ def _closed_rows(held: Rows, width: int, watermark: int, idle: bool) -> _Closed 
     in_closed = np.ones(len(held), dtype=bool) if idle else (win + 1) * width <= watermark
     if not in_closed.any():
         return None
-    some = not in_closed.all()
-    rows = held.take(in_closed) if some else held
-    win = win[in_closed] if some else win
+    rows = held
+    if not in_closed.all():
+        # In an in-order stream the closed windows' rows come first: views, no copies.
+        head = int(np.argmin(in_closed))
+        if in_closed[head:].any():
+            rows, win = held.take(in_closed), win[in_closed]
+        else:
+            rows, win = held.head(head), win[:head]
     # Groups in (series, window) order, by a bincount when the key range allows.
     inverse, keys = dense_groups(rows.sid, win)
     counts = np.bincount(inverse, minlength=keys.shape[0])
