@@ -445,6 +445,29 @@ class _RecordMaker:
             summarised=summarised,
         )
 
+    def many(self, stats: GroupStats) -> list[WindowRecord]:
+        """A record per group of `stats` (what `__call__` gives, one loop for all)."""
+        series, site, label, width, closed = (
+            self.agent.series, self.agent.site, self.label, self.width_ns, self.closed
+        )  # fmt: skip
+        out = []
+        columns = (
+            stats.series, stats.window, stats.count, stats.min, stats.max, stats.sum,
+            stats.mean, stats.std, stats.p50, stats.p95, stats.first, stats.last,
+        )  # fmt: skip
+        for sid, win, count, mn, mx, total, mean, std, p50, p95, first, last in zip(
+            *(col.tolist() for col in columns), strict=True
+        ):
+            device, metric, unit = series[sid]
+            record = WindowRecord(
+                site=site, device=device, metric=metric, unit=unit, window=label,
+                start_ns=win * width, end_ns=(win + 1) * width, count=count, min=mn, max=mx,
+                sum=total, mean=mean, stddev=std, p50=p50, p95=p95, first=first, last=last,
+                closed=closed,
+            )  # fmt: skip
+            out.append(record)
+        return out
+
     def of_cell(
         self, key: WindowKey, c: Cell, spread: tuple[float, float, float], summarised: int
     ) -> WindowRecord:
@@ -847,6 +870,8 @@ class Tracker:
         exact count, min, max, sum, mean, first and last; stddev and percentiles of the
         raw readings only (NaN without any), cloud/summaries.py."""
         make = _RecordMaker(agent, window_label(ws.width_s), ws.width_ns, closed)
+        if not cells:  # the usual case, one record per group, built in one loop
+            return make.many(stats)
         out: list[WindowRecord] = []
         cols = [
             stats.count.tolist(),
@@ -863,7 +888,7 @@ class Tracker:
         merged: set[WindowKey] = set()
         for i, key in enumerate(zip(stats.series.tolist(), stats.window.tolist(), strict=True)):
             count, mn, mx, total, mean, std, p50, p95, first, last = (c[i] for c in cols)
-            cell = cells.get(key) if cells else None
+            cell = cells.get(key)
             if cell is None:
                 out.append(make(key, count, mn, mx, total, mean, std, p50, p95, first, last))
                 continue
@@ -877,7 +902,7 @@ class Tracker:
             )
             out.append(make.of_cell(key, merge_cells((raw, cell)), (std, p50, p95), cell.count))
             merged.add(key)
-        for key, cell in (cells or {}).items():
+        for key, cell in cells.items():
             if key not in merged:
                 out.append(make.of_cell(key, cell, (math.nan,) * 3, cell.count))
         return out
