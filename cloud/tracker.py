@@ -527,15 +527,21 @@ class AgentState:
             self.newest = grown
         return out
 
-    def news(self, rows: Rows) -> bool:
+    def news(self, rows: Rows, sids: U32) -> bool:
         """True only if no row can be a copy of a reading taken before or of another
-        row (False may be wrong: a hash collision, or time going back).
+        row (False may be wrong: a hash collision, or time going back). `sids`: the
+        message's series (a superset of the rows').
 
         A reading's identity includes its event time, so a row later than every reading
-        its series ever had cannot be a copy of one any width holds."""
-        later = bool((rows.time > self.newest[rows.sid]).all())
-        np.maximum.at(self.newest, rows.sid, rows.time)
-        return later and rows.distinct()
+        its series ever had cannot be a copy of one any width holds. Rows whose times
+        rise (the usual message) are distinct, and all later if the first is later than
+        every reading of the message's series."""
+        time = rows.time
+        rising = len(rows) < 2 or bool((time[1:] > time[:-1]).all())
+        later = rising and int(time[0]) > int(self.newest[sids].max())
+        later = later or bool((time > self.newest[rows.sid]).all())
+        np.maximum.at(self.newest, rows.sid, time)
+        return later and (rising or rows.distinct())
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,15 +620,29 @@ class Tracker:
         agent.dirty = True
         agent.flushed = False
         whole = self._rows(sid, sseq, batch) if n else None
-        new = whole is not None and agent.news(whole)  # so is any subset of it
+        new = whole is not None and agent.news(whole, sid)  # so is any subset of it
+        # The usual message: every reading finite and none late for any width, so all
+        # are taken without a per-row mask.
+        clean = n > 0 and not replaying and bool(finite.all())
+        oldest = int(batch.time_ns.min()) if clean else NO_TIME
         for ws in agent.widths:
-            late = np.zeros(n, dtype=bool)
-            if whole is not None:
+            late: Mask | None = None
+            width = ws.width_ns
+            if (
+                whole is not None
+                and clean
+                and (oldest // width + 1) * width + self.lateness_ns > before
+            ):
+                ws.add(whole, new, (oldest, sseq))
+                ws.live_dirty = True
+                result.accepted = n
+            elif whole is not None:
                 late = self._take_rows(agent, ws, whole, new, finite, before, replaying, result)
             late_s = self._take_summaries(agent, ws, sid, sseq, batch, before, replaying, result)
-            if not replaying and (late.any() or late_s):
+            if not replaying and ((late is not None and late.any()) or late_s):
                 reason = f"late_{window_label(ws.width_s)}"
-                result.rejected.append(Rejected(reason, late, late_s))
+                rows = late if late is not None else np.zeros(n, dtype=bool)
+                result.rejected.append(Rejected(reason, rows, late_s))
         if replaying:
             result.skipped = n - result.accepted
         return result
@@ -647,13 +667,6 @@ class Tracker:
     ) -> Mask:
         """Hold the message's rows that are not late for this width; the late ones.
         `new`: `AgentState.news` of them."""
-        width, oldest = ws.width_ns, int(whole.time.min())
-        if not replaying and (oldest // width + 1) * width + self.lateness_ns > before:
-            if finite.all():  # the usual message: no row is late, every row is taken
-                ws.add(whole, new, (oldest, int(whole.sseq[0])))
-                ws.live_dirty = True
-                result.accepted = max(result.accepted, len(whole))
-                return np.zeros(len(whole), dtype=bool)
         end = (window_index(whole.time, ws.width_ns) + 1) * ws.width_ns
         late = finite & (end + self.lateness_ns <= before)
         keep = finite & ~late
