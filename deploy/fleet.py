@@ -9,9 +9,9 @@ from typing import Any
 from nats.js.client import JetStreamContext
 from rich.table import Table
 
-from deploy.buckets import read_all
 from gateway import records
 from gateway.errors import GatewayError
+from gateway.kv_read import read_all, read_entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ async def fleet_rows(js: JetStreamContext, offline_after_s: float = 10.0) -> lis
         records.STATUS_BUCKET,
         records.AGENTS_BUCKET,
     ):
-        raw[bucket] = await read_all(await js.key_value(bucket))
+        raw[bucket] = await read_all(js, bucket)
     config_rev = await _revisions(js)
     now = time.time_ns()
     rows = []
@@ -78,11 +78,8 @@ async def fleet_rows(js: JetStreamContext, offline_after_s: float = 10.0) -> lis
 
 
 async def _revisions(js: JetStreamContext) -> dict[str, int]:
-    kv = await js.key_value(records.CONFIG_BUCKET)
-    out = {}
-    for key in await read_all(kv):
-        out[key] = (await kv.get(key)).revision or 0
-    return out
+    entries = await read_entries(js, records.CONFIG_BUCKET)
+    return {key: entry.revision for key, entry in entries.items()}
 
 
 def as_json(rows: list[FleetRow]) -> list[dict[str, Any]]:

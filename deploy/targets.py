@@ -9,9 +9,9 @@ from fnmatch import fnmatchcase
 
 from nats.js.client import JetStreamContext
 
-from deploy.buckets import read_all
 from deploy.errors import TargetError
 from gateway import records
+from gateway.kv_read import read_all
 
 
 def parse_pattern(pattern: str) -> tuple[str, str]:
@@ -34,7 +34,7 @@ def matching(keys: list[str], pattern: str) -> list[str]:
 async def known_devices(js: JetStreamContext) -> list[str]:
     keys: set[str] = set()
     for bucket in (records.STATUS_BUCKET, records.AGENTS_BUCKET):
-        keys |= set(await read_all(await js.key_value(bucket)))
+        keys |= set(await read_all(js, bucket))
     return sorted(keys)
 
 

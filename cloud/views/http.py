@@ -20,8 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
-from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import NotFoundError
 
 from cloud.errors import QueryError, TooManyClients
 from cloud.httpd import LOOPBACK, HttpTls, base_url, serve_app
@@ -32,6 +31,7 @@ from cloud.views.live import LiveHub
 from cloud.views.query import Selector, parse_time, query, series, to_csv
 from gateway import subjects
 from gateway.errors import ConfigError, InvalidTokenError
+from gateway.kv_read import read_all
 
 NC_KEY = web.AppKey("nc", NatsClient)
 HUB_KEY = web.AppKey("live", LiveHub)
@@ -109,20 +109,12 @@ async def series_columns(request: web.Request) -> web.Response:
 async def latest(request: web.Request) -> web.Response:
     sel = _selector(request)
     try:
-        kv = await request.app[NC_KEY].jetstream().key_value(subjects.LATEST_BUCKET)
-    except BucketNotFoundError:
+        values = await read_all(
+            request.app[NC_KEY].jetstream(), subjects.LATEST_BUCKET, sel.kv_key()
+        )
+    except NotFoundError:  # no aggregator has run yet
         return _json([])
-    out: list[WindowRecord] = []
-    watcher = await kv.watch(sel.kv_key(), ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break  # the end of the current values
-            if entry.value:
-                out.append(WindowRecord.from_json(entry.value))
-    finally:
-        with contextlib.suppress(NatsError, TimeoutError):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    out = [WindowRecord.from_json(v) for v in values.values() if v]
     out.sort(key=lambda r: (r.site, r.device, r.metric, r.window))
     return _json(out)
 

@@ -71,6 +71,8 @@ class Context:
         return cls(site, received_ns, topic, last or None, publish)
 
 
+# A memo of a pure function (is this name subject-safe?), bounded and cleared whole: an
+# lru_cache of 16k thrashed under a flood of 100,000 names (3 x slower, 20 MB kept).
 _SAFE: set[str] = set()  # names already checked: the same few recur in every message
 _SAFE_MAX = 100_000
 

@@ -116,5 +116,5 @@ def test_the_registry_builds_each_configured_source() -> None:
 
 
 def test_an_unregistered_source_type_is_refused_by_name() -> None:
-    with pytest.raises(TypeError, match="no source registered for UplinkSettings"):
+    with pytest.raises(TypeError, match="no source for UplinkSettings"):
         registry.build(UplinkSettings(), registry.SourceContext("x", "c", print))  # type: ignore[arg-type]

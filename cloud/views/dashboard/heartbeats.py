@@ -18,10 +18,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import NotFoundError
 
 from gateway import records
 from gateway.errors import GatewayError
+from gateway.kv_read import read_all
 
 OFFLINE_AFTER_S = 10.0  # as `gateway fleet status`
 
@@ -158,14 +159,7 @@ def _doc(data: bytes) -> dict[str, Any]:
 async def _read_bucket(nc: NatsClient, bucket: str) -> dict[str, bytes]:
     """Every key's value; {} when the bucket does not exist (`gateway deploy init` not run)."""
     try:
-        kv = await nc.jetstream().key_value(bucket)
-        keys = await kv.keys()
-    except (BucketNotFoundError, NoKeysError):
+        values = await read_all(nc.jetstream(), bucket)
+    except NotFoundError:
         return {}
-    out: dict[str, bytes] = {}
-    for key in keys:
-        with contextlib.suppress(NatsError):
-            entry = await kv.get(key)
-            if entry.value:
-                out[key] = entry.value
-    return out
+    return {key: value for key, value in values.items() if value}

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from gateway import subjects
 from gateway.deadletter import DeadLetterHeaders
+from gateway.kv_read import read_entries
 
 PREVIEW_BYTES = 512  # of a dead letter's payload, shown as text
 BUCKET_S = 60  # dead-letter counts per reason, per minute
@@ -30,8 +31,8 @@ class SeriesName:
 async def catalog(js: JetStreamContext) -> list[SeriesName]:
     """Every series with a window in AGG_LATEST (any width), sorted."""
     try:
-        keys = await (await js.key_value(subjects.LATEST_BUCKET)).keys()
-    except (BucketNotFoundError, NoKeysError):
+        keys = await read_entries(js, subjects.LATEST_BUCKET, keys_only=True)
+    except NotFoundError:  # no aggregator has run yet
         return []
     names = set()
     for key in keys:
