@@ -116,9 +116,8 @@ class OpenView:
         total = old + counts
         block = np.cumsum(total) - total
         merged = np.empty(int(total.sum()), dtype=np.float64)
-        merged[np.arange(self.value.shape[0]) + np.repeat(block - (np.cumsum(old) - old), old)] = (
-            self.value
-        )
+        at_old = block - (np.cumsum(old) - old)  # how far each series' shown values move
+        merged[np.arange(self.value.shape[0]) + np.repeat(at_old, old)] = self.value
         at_new = block + old - (np.cumsum(counts) - counts)
         merged[np.arange(value.shape[0]) + np.repeat(at_new, counts)] = value
         self.value = sort_within_groups(merged, total[total > 0])
