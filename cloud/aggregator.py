@@ -5,9 +5,11 @@ The stream is the source of truth; the worker's only durable state is a checkpoi
 
 1. Fetch a batch of messages in stream order; decode each and feed it to the tracker.
    Rejected readings (late, not finite, undecodable) go to the DLQ, awaiting the PubAck.
-2. Once the replay (below) is done, publish every window result that is due to AGG, all
-   in flight at once, and await every PubAck (a failed one is retried alone with the same
-   `Nats-Msg-Id`), then the latest values to KV.
+2. Once the replay (below) is done, publish every window result that is due to AGG, in
+   flight 1,000 at a time, and await every PubAck (a failed one is retried alone with the
+   same `Nats-Msg-Id`), then the latest values to KV. The last chunk's PubAcks are awaited
+   when next needed (`_settle`: before the next publish, the live view or a checkpoint),
+   so their round trip overlaps the next fetch's work.
 3. Only then write the checkpoint: "everything up to stream sequence S is reflected in
    AGG and the DLQ, and here is where to replay from".
 
@@ -280,7 +282,7 @@ class Aggregator:
                 published = await self._publish_due(js)
                 now = time.monotonic()
                 if now >= next_live:
-                    await self._publish_live()
+                    await self._publish_live(js)
                     spent = time.monotonic() - now
                     next_live = now + max(s.live_update_s, LIVE_SHARE * spent)
                 if (published or self.last_seq != ckpt_seq) and now >= next_ckpt:
@@ -296,7 +298,7 @@ class Aggregator:
         if self.last_seq >= self.tracker.replay_until:
             await self._publish_due(js)
             await self._checkpoint(js, state)
-            await self._publish_live()  # the readings since the last update, if any
+            await self._publish_live(js)  # the readings since the last update, if any
 
     async def _process(self, js: JetStreamContext, msgs: list[Msg]) -> bool:
         """Ingest fetched messages in order; False if a delivery was missed (resync)."""
@@ -487,7 +489,8 @@ class Aggregator:
                 future.cancel()
             await self._publish(js, x.subject, x.data, x.headers)
 
-    async def _publish_live(self) -> None:
+    async def _publish_live(self, js: JetStreamContext) -> None:
+        await self._settle(js)  # closed records to KV first, as before the acks overlapped
         await self._put_latest(self.tracker.live())
 
     async def _put_latest(self, records: list[WindowRecord]) -> None:
