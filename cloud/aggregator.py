@@ -5,9 +5,11 @@ The stream is the source of truth; the worker's only durable state is a checkpoi
 
 1. Fetch a batch of messages in stream order; decode each and feed it to the tracker.
    Rejected readings (late, not finite, undecodable) go to the DLQ, awaiting the PubAck.
-2. Once the replay (below) is done, publish every window result that is due to AGG, all
-   in flight at once, and await every PubAck (a failed one is retried alone with the same
-   `Nats-Msg-Id`), then the latest values to KV.
+2. Once the replay (below) is done, publish every window result that is due to AGG, in
+   flight 1,000 at a time, and await every PubAck (a failed one is retried alone with the
+   same `Nats-Msg-Id`), then the latest values to KV. The last chunk's PubAcks are awaited
+   when next needed (`_settle`: before the next publish, the live view or a checkpoint),
+   so their round trip overlaps the next fetch's work.
 3. Only then write the checkpoint: "everything up to stream sequence S is reflected in
    AGG and the DLQ, and here is where to replay from".
 
@@ -85,6 +87,16 @@ def partition_of(subject: str, partitions: int) -> int:
     return zlib.crc32(subject.encode()) % partitions
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An AGG record published, and the future of its PubAck (None: not sent)."""
+
+    future: asyncio.Future[Any] | None
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
 class _Names:
     """Each series' AGG subject and KV key, validated once, not once per record (the
     token checks were a tenth of the worker's time). Bounded: forgotten past `limit`."""
@@ -125,6 +137,8 @@ class Aggregator:
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
         self._ttl: dict[str, dict[str, str]] = {}  # window label -> its Nats-TTL header
         self._names = _Names()
+        self._unacked: list[_Sent] = []  # published, PubAck not yet awaited (`_settle`)
+        self._unshown: list[WindowRecord] = []  # published, not yet put in KV
         self._nc: NatsClient | None = None
         self._stop = asyncio.Event()
 
@@ -240,7 +254,9 @@ class Aggregator:
         s = self.config.aggregator
         self.last_seq = start - 1
         sub = await self._reopen(js, stop)
-        next_live = next_ckpt = 0.0
+        # The live view at most every `live_update_s` (from the start too: a backlog
+        # then pays for it once per interval, not once per fetch).
+        next_live, next_ckpt = time.monotonic() + s.live_update_s, 0.0
         ckpt_seq = self.last_seq
         ahead = _Prefetch()
         try:
@@ -266,12 +282,12 @@ class Aggregator:
                 published = await self._publish_due(js)
                 now = time.monotonic()
                 if now >= next_live:
-                    await self._publish_live()
+                    await self._publish_live(js)
                     spent = time.monotonic() - now
                     next_live = now + max(s.live_update_s, LIVE_SHARE * spent)
                 if (published or self.last_seq != ckpt_seq) and now >= next_ckpt:
-                    # Every window due up to `last_seq` is in AGG now: safe to move on.
-                    await self._checkpoint(state)
+                    # Once every window due up to `last_seq` is in AGG (`_settle`).
+                    await self._checkpoint(js, state)
                     ckpt_seq = self.last_seq
                     next_ckpt = now + s.checkpoint_interval_s
         finally:
@@ -281,7 +297,8 @@ class Aggregator:
                 await sub.unsubscribe()
         if self.last_seq >= self.tracker.replay_until:
             await self._publish_due(js)
-            await self._checkpoint(state)
+            await self._checkpoint(js, state)
+            await self._publish_live(js)  # the readings since the last update, if any
 
     async def _process(self, js: JetStreamContext, msgs: list[Msg]) -> bool:
         """Ingest fetched messages in order; False if a delivery was missed (resync)."""
@@ -395,6 +412,9 @@ class Aggregator:
                 await asyncio.sleep(RETRY_S)
 
     async def _publish_due(self, js: JetStreamContext) -> int:
+        """Publish the due records; the last `IN_FLIGHT` of them may still await their
+        PubAcks on return (`_settle`), so that round trip overlaps the next fetch's work."""
+        await self._settle(js)  # the previous call's records are all in AGG first
         now = time.monotonic()
         s = self.config.aggregator
         idle = {a for a, t in self._last_seen.items() if now - t >= s.idle_close_s}
@@ -407,13 +427,22 @@ class Aggregator:
         records = [r for r, _ in indexed]
         self.stats.windows_published += len(records)
         self.metrics.windows.inc(len(records))
-        await self._put_latest(records)
+        self._unshown = records
         return len(records)
+
+    async def _settle(self, js: JetStreamContext) -> None:
+        """Await the PubAcks still outstanding (republishing what failed), then show the
+        records in KV: on return every record published so far is in AGG."""
+        sent, self._unacked = self._unacked, []
+        await self._await_acks(js, sent)
+        records, self._unshown = self._unshown, []
+        await self._put_latest(records)
 
     async def _publish_records(
         self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
     ) -> None:
-        """Publish records to AGG, up to `IN_FLIGHT` at once, and return once each is acked.
+        """Publish records to AGG, up to `IN_FLIGHT` at once; all but the last chunk's are
+        acked on return, the last chunk's by the next `_settle`.
 
         Pipelined: one PubAck round trip per `IN_FLIGHT` records instead of one per record.
         A record whose PubAck fails or does not come in time is published again, alone and
@@ -424,12 +453,13 @@ class Aggregator:
         starts only once this one's records are all acked, so later records of a window
         stay after earlier ones in AGG (last record wins)."""
         for chunk in range(0, len(indexed), IN_FLIGHT):
-            await self._publish_chunk(js, indexed[chunk : chunk + IN_FLIGHT])
+            await self._await_acks(js, self._unacked)
+            self._unacked = await self._send(js, indexed[chunk : chunk + IN_FLIGHT])
 
-    async def _publish_chunk(
+    async def _send(
         self, js: JetStreamContext, indexed: list[tuple[WindowRecord, IndexBounds]]
-    ) -> None:
-        sent: list[tuple[asyncio.Future[Any] | None, str, bytes, dict[str, str]]] = []
+    ) -> list[_Sent]:
+        sent: list[_Sent] = []
         for record, bounds in indexed:
             subject = self._names.of(record)[0]
             headers = {"Nats-Msg-Id": record.msg_id(subject), **bounds.to_headers()}
@@ -442,20 +472,25 @@ class Aggregator:
                     subject, data, headers=headers
                 )
             except (NatsError, TimeoutError):
-                future = None  # published again below, alone
-            sent.append((future, subject, data, headers))
-        futures = [f for f, *_ in sent if f is not None]
+                future = None  # published again by `_await_acks`, alone
+            sent.append(_Sent(future, subject, data, headers))
+        return sent
+
+    async def _await_acks(self, js: JetStreamContext, sent: list[_Sent]) -> None:
+        futures = [x.future for x in sent if x.future is not None]
         if futures:
             await asyncio.wait(futures, timeout=1.0 if self._stop.is_set() else 5.0)
-        for future, subject, data, headers in sent:
+        for x in sent:
+            future = x.future
             if future is not None and future.done() and not future.cancelled():
                 if future.exception() is None:
                     continue
             if future is not None and not future.done():
                 future.cancel()
-            await self._publish(js, subject, data, headers)
+            await self._publish(js, x.subject, x.data, x.headers)
 
-    async def _publish_live(self) -> None:
+    async def _publish_live(self, js: JetStreamContext) -> None:
+        await self._settle(js)  # closed records to KV first, as before the acks overlapped
         await self._put_latest(self.tracker.live())
 
     async def _put_latest(self, records: list[WindowRecord]) -> None:
@@ -477,9 +512,10 @@ class Aggregator:
             for key, r in items:
                 await nc.publish(kv_subject[key], r.to_json())
 
-    async def _checkpoint(self, state: KeyValue) -> None:
+    async def _checkpoint(self, js: JetStreamContext, state: KeyValue) -> None:
         if self.last_seq < self.tracker.replay_until:
             return  # mid-replay the old checkpoint is still the right one
+        await self._settle(js)  # every due record is in AGG: safe to move on
         doc = self.tracker.checkpoint(self.last_seq)
         doc["written"] = datetime.now(UTC).isoformat()
         try:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud.openview import NewRows, OpenView
 from cloud.records import IndexBounds, WindowRecord
 from cloud.summaries import Cell, Held, HeldSummaries, WindowKey, identity, merge_cells, window_of
 from cloud.windows import (
@@ -59,8 +60,7 @@ from cloud.windows import (
     GroupStats,
     dense_groups,
     group_stats,
-    sorted_group_stats,
-    stable_small_argsort,
+    grouped_stats,
     window_index,
     window_label,
 )
@@ -71,6 +71,7 @@ Mask = npt.NDArray[np.bool_]
 NO_TIME = -(1 << 63)
 CHECKPOINT_VERSION = 1
 _NO_ROWS = 1 << 62  # `WidthState.oldest_ns` when it holds nothing
+_INTERNED = 256  # series tuples remembered per agent (`AgentState.intern`)
 
 
 @dataclass(slots=True)
@@ -152,49 +153,8 @@ class Rows:
     def tail(self, start: int) -> Rows:
         return Rows(*(col[start:] for col in self.cols()))
 
-
-@dataclass(slots=True)
-class OpenView:
-    """The readings of each series' newest open window as of the last `Tracker.live`,
-    sorted by (series, value), and how many of the width's held rows it has seen.
-
-    The held rows only grow at the end (`WidthState.rows` appends what a fetch added,
-    duplicates dropped) until final windows are dropped (`WidthState.keep`), so each live
-    update merges the new rows' sorted chunk into this instead of re-sorting everything.
-    `key` is `series + 1j * value`: numpy orders complex numbers by real, then imaginary
-    part, so one sorted column holds both (only what the statistics need is kept)."""
-
-    key: npt.NDArray[np.complex128] = field(default_factory=lambda: np.empty(0, np.complex128))
-    win: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    time: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    seq: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    seen: int = 0  # held rows [0, seen) were considered
-
-    @property
-    def sid(self) -> I64:
-        out: I64 = self.key.real.astype(np.int64)
-        return out
-
-    def take(self, keep: Mask) -> None:
-        self.key, self.win, self.time, self.seq = (
-            self.key[keep], self.win[keep], self.time[keep], self.seq[keep]
-        )  # fmt: skip
-
-    def merge(self, key: npt.NDArray[np.complex128], win: I64, time: I64, seq: I64) -> None:
-        """Merge rows whose `key` is sorted: one pass per column, no sort."""
-        if self.key.shape[0] == 0:  # the first update after a start or a drop
-            self.key, self.win, self.time, self.seq = key, win, time, seq
-            return
-        pos = np.searchsorted(self.key, key) + np.arange(key.shape[0])
-        old = np.ones(self.key.shape[0] + key.shape[0], dtype=bool)
-        old[pos] = False
-        merged = []
-        for mine, theirs in ((self.key, key), (self.win, win), (self.time, time), (self.seq, seq)):
-            out = np.empty(old.shape[0], dtype=mine.dtype)
-            out[pos] = theirs
-            out[old] = mine
-            merged.append(out)
-        self.key, self.win, self.time, self.seq = merged
+    def head(self, stop: int) -> Rows:
+        return Rows(*(col[:stop] for col in self.cols()))
 
 
 def _newest_time(batch: Batch) -> int:
@@ -244,9 +204,10 @@ class WidthState:
     def width_ns(self) -> int:
         return self.width_s * 1_000_000_000
 
-    def add(self, rows: Rows, new: bool) -> None:
+    def add(self, rows: Rows, new: bool, oldest: tuple[int, int] | None = None) -> None:
         """Take rows of one message; `new`: none can be a copy of a row held here or of
-        another among them (`AgentState.news` proves it for most messages).
+        another among them (`AgentState.news` proves it for most messages); `oldest`:
+        their earliest event time and stream seq, if known.
 
         Kept in `_pending` until the rows are next needed (most of a wide width's are
         not, until its windows close). While every pending message is new (`_checked`),
@@ -254,11 +215,14 @@ class WidthState:
         exact check."""
         self._pending.append(rows)
         self._checked = self._checked and new
-        self.oldest_ns = min(self.oldest_ns, int(rows.time.min()))
-        self.oldest_sseq = min(self.oldest_sseq, int(rows.sseq.min()))
+        time, sseq = oldest or (int(rows.time.min()), int(rows.sseq.min()))
+        self.oldest_ns = min(self.oldest_ns, time)
+        self.oldest_sseq = min(self.oldest_sseq, sseq)
 
-    def _append(self, rows: Rows) -> None:
-        n, add = self._n, len(rows)
+    def _append(self, parts: list[Rows]) -> None:
+        """Append the parts to the held rows: one copy per column for all of them."""
+        n = self._n
+        add = sum(len(part) for part in parts)
         if n + add > len(self._buf):
             capacity = max(2 * (n + add), 1024)
             bigger = []
@@ -267,16 +231,16 @@ class WidthState:
                 out[:n] = col[:n]
                 bigger.append(out)
             self._buf = Rows(*bigger)
-        for mine, theirs in zip(self._buf.cols(), rows.cols(), strict=True):
-            mine[n : n + add] = theirs
+        columns = zip(*(part.cols() for part in parts), strict=True)
+        for mine, theirs in zip(self._buf.cols(), columns, strict=True):
+            np.concatenate(theirs, out=mine[n : n + add])
         self._n = n + add
 
     @property
     def rows(self) -> Rows:
         """The held rows (views: valid until `keep`; appends only write past them)."""
         if self._pending and self._checked:
-            for part in self._pending:
-                self._append(part)
+            self._append(self._pending)
             self._hashes = None  # recomputed from the held rows if the exact check runs
         elif self._pending:
             merged = self._deduplicated()  # new columns: views handed out stay as they were
@@ -333,8 +297,10 @@ class WidthState:
         copy on a VM), so views of the held rows from before this call are invalid."""
         n = len(self.rows)
         kept = int(mask.sum())
+        start = n - kept  # in an in-order stream the dropped rows are the first ones
+        prefix = kept == 0 or bool(mask[start:].all())
         for col in self._buf.cols():
-            col[:kept] = col[:n][mask]
+            col[:kept] = col[start:n] if prefix else col[:n][mask]
         self._n = kept
         self._hashes = None  # rows were dropped: recomputed from the held rows when needed
         # The view holds no row of a final window once it is updated again; the rows it
@@ -402,9 +368,14 @@ def _closed_rows(held: Rows, width: int, watermark: int, idle: bool) -> _Closed 
     in_closed = np.ones(len(held), dtype=bool) if idle else (win + 1) * width <= watermark
     if not in_closed.any():
         return None
-    some = not in_closed.all()
-    rows = held.take(in_closed) if some else held
-    win = win[in_closed] if some else win
+    rows = held
+    if not in_closed.all():
+        # In an in-order stream the closed windows' rows come first: views, no copies.
+        head = int(np.argmin(in_closed))
+        if in_closed[head:].any():
+            rows, win = held.take(in_closed), win[in_closed]
+        else:
+            rows, win = held.head(head), win[:head]
     # Groups in (series, window) order, by a bincount when the key range allows.
     inverse, keys = dense_groups(rows.sid, win)
     counts = np.bincount(inverse, minlength=keys.shape[0])
@@ -474,6 +445,29 @@ class _RecordMaker:
             summarised=summarised,
         )
 
+    def many(self, stats: GroupStats) -> list[WindowRecord]:
+        """A record per group of `stats` (what `__call__` gives, one loop for all)."""
+        series, site, label, width, closed = (
+            self.agent.series, self.agent.site, self.label, self.width_ns, self.closed
+        )  # fmt: skip
+        out = []
+        columns = (
+            stats.series, stats.window, stats.count, stats.min, stats.max, stats.sum,
+            stats.mean, stats.std, stats.p50, stats.p95, stats.first, stats.last,
+        )  # fmt: skip
+        for sid, win, count, mn, mx, total, mean, std, p50, p95, first, last in zip(
+            *(col.tolist() for col in columns), strict=True
+        ):
+            device, metric, unit = series[sid]
+            record = WindowRecord(
+                site=site, device=device, metric=metric, unit=unit, window=label,
+                start_ns=win * width, end_ns=(win + 1) * width, count=count, min=mn, max=mx,
+                sum=total, mean=mean, stddev=std, p50=p50, p95=p95, first=first, last=last,
+                closed=closed,
+            )  # fmt: skip
+            out.append(record)
+        return out
+
     def of_cell(
         self, key: WindowKey, c: Cell, spread: tuple[float, float, float], summarised: int
     ) -> WindowRecord:
@@ -505,8 +499,21 @@ class AgentState:
     flushed: bool = False  # open windows emitted because the agent went quiet
 
     newest: I64 = field(default_factory=lambda: np.empty(0, np.int64))  # per series id
+    # The ids of a message's series tuple: an agent sends the same few tuples again and
+    # again, and one dict lookup of the tuple costs less than one per series.
+    interned: dict[tuple[SeriesKey, ...], U32] = field(default_factory=dict)
 
     def intern(self, series: tuple[SeriesKey, ...]) -> U32:
+        known = self.interned.get(series)
+        if known is not None:
+            return known
+        if len(self.interned) >= _INTERNED:
+            self.interned.clear()
+        out = self.interned[series] = self._intern(series)
+        out.flags.writeable = False
+        return out
+
+    def _intern(self, series: tuple[SeriesKey, ...]) -> U32:
         out = np.empty(len(series), dtype=np.uint32)
         for i, key in enumerate(series):
             sid = self.series_ids.get(key)
@@ -520,15 +527,21 @@ class AgentState:
             self.newest = grown
         return out
 
-    def news(self, rows: Rows) -> bool:
+    def news(self, rows: Rows, sids: U32) -> bool:
         """True only if no row can be a copy of a reading taken before or of another
-        row (False may be wrong: a hash collision, or time going back).
+        row (False may be wrong: a hash collision, or time going back). `sids`: the
+        message's series (a superset of the rows').
 
         A reading's identity includes its event time, so a row later than every reading
-        its series ever had cannot be a copy of one any width holds."""
-        later = bool((rows.time > self.newest[rows.sid]).all())
-        np.maximum.at(self.newest, rows.sid, rows.time)
-        return later and rows.distinct()
+        its series ever had cannot be a copy of one any width holds. Rows whose times
+        rise (the usual message) are distinct, and all later if the first is later than
+        every reading of the message's series."""
+        time = rows.time
+        rising = len(rows) < 2 or bool((time[1:] > time[:-1]).all())
+        later = rising and int(time[0]) > int(self.newest[sids].max())
+        later = later or bool((time > self.newest[rows.sid]).all())
+        np.maximum.at(self.newest, rows.sid, time)
+        return later and (rising or rows.distinct())
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,15 +620,29 @@ class Tracker:
         agent.dirty = True
         agent.flushed = False
         whole = self._rows(sid, sseq, batch) if n else None
-        new = whole is not None and agent.news(whole)  # so is any subset of it
+        new = whole is not None and agent.news(whole, sid)  # so is any subset of it
+        # The usual message: every reading finite and none late for any width, so all
+        # are taken without a per-row mask.
+        clean = n > 0 and not replaying and bool(finite.all())
+        oldest = int(batch.time_ns.min()) if clean else NO_TIME
         for ws in agent.widths:
-            late = np.zeros(n, dtype=bool)
-            if whole is not None:
+            late: Mask | None = None
+            width = ws.width_ns
+            if (
+                whole is not None
+                and clean
+                and (oldest // width + 1) * width + self.lateness_ns > before
+            ):
+                ws.add(whole, new, (oldest, sseq))
+                ws.live_dirty = True
+                result.accepted = n
+            elif whole is not None:
                 late = self._take_rows(agent, ws, whole, new, finite, before, replaying, result)
             late_s = self._take_summaries(agent, ws, sid, sseq, batch, before, replaying, result)
-            if not replaying and (late.any() or late_s):
+            if not replaying and ((late is not None and late.any()) or late_s):
                 reason = f"late_{window_label(ws.width_s)}"
-                result.rejected.append(Rejected(reason, late, late_s))
+                rows = late if late is not None else np.zeros(n, dtype=bool)
+                result.rejected.append(Rejected(reason, rows, late_s))
         if replaying:
             result.skipped = n - result.accepted
         return result
@@ -780,9 +807,15 @@ class Tracker:
         )
         if not changed.any():
             return []
-        mine = changed[closed.inverse]
-        part = closed.rows.take(mine)
-        stats = group_stats(part.sid, closed.win[mine], part.time, part.seq, part.value)
+        if changed.all():  # the usual case: the groups of `closed` are those to emit
+            rows = closed.rows
+            stats = grouped_stats(
+                closed.inverse, closed.k_sid, closed.k_win, rows.time, rows.seq, rows.value
+            )
+        else:
+            mine = changed[closed.inverse]
+            part = closed.rows.take(mine)
+            stats = group_stats(part.sid, closed.win[mine], part.time, part.seq, part.value)
         merged = {}
         emitted = zip(stats.series.tolist(), stats.window.tolist(), strict=True)
         for k, n in zip(emitted, stats.count.tolist(), strict=True):
@@ -829,38 +862,12 @@ class Tracker:
         """Update `ws.view` with the rows held since the last call; its statistics.
 
         Only the newest open window of a series is shown (`AGG_LATEST` has one key per
-        series and width, and never goes back to an older one). A held row the view has
-        seen but does not hold was in a closed window or an older one than its series'
-        newest then, so it cannot be in the newest open window now: the view's rows and
-        the new ones are all that can be."""
+        series and width, and never goes back to an older one)."""
         held, view = ws.rows, ws.view
         new = held.tail(view.seen)
         view.seen = len(held)
-        new_win = window_index(new.time, ws.width_ns)
-        view_sid = view.sid
-        newest = np.full(len(agent.series), NO_TIME, dtype=np.int64)
-        open_old = (view.win + 1) * ws.width_ns > agent.watermark
-        open_new = (new_win + 1) * ws.width_ns > agent.watermark
-        np.maximum.at(newest, view_sid[open_old], view.win[open_old])
-        np.maximum.at(newest, new.sid[open_new], new_win[open_new])
-        keep_old = open_old & (view.win == newest[view_sid])
-        keep_new = open_new & (new_win == newest[new.sid])
-        if not keep_old.all():
-            view.take(keep_old)
-            view_sid = view_sid[keep_old]
-        if keep_new.any():
-            add = new.take(keep_new) if not keep_new.all() else new
-            # By value, then (stable) by series: (series, value) order without a complex sort.
-            order = np.argsort(add.value)
-            order = order[stable_small_argsort(add.sid[order].astype(np.int64), len(agent.series))]
-            view.merge(
-                add.sid[order] + 1j * add.value[order],
-                new_win[keep_new][order],
-                add.time[order],
-                add.seq[order],
-            )
-            view_sid = view.sid
-        return sorted_group_stats(view_sid, view.win, view.time, view.seq, view.key.imag)
+        rows = NewRows(new.sid, new.time, new.seq, new.value)
+        return view.update(rows, ws.width_ns, agent.watermark, len(agent.series))
 
     def records(
         self,
@@ -876,6 +883,8 @@ class Tracker:
         exact count, min, max, sum, mean, first and last; stddev and percentiles of the
         raw readings only (NaN without any), cloud/summaries.py."""
         make = _RecordMaker(agent, window_label(ws.width_s), ws.width_ns, closed)
+        if not cells:  # the usual case, one record per group, built in one loop
+            return make.many(stats)
         out: list[WindowRecord] = []
         cols = [
             stats.count.tolist(),
@@ -892,7 +901,7 @@ class Tracker:
         merged: set[WindowKey] = set()
         for i, key in enumerate(zip(stats.series.tolist(), stats.window.tolist(), strict=True)):
             count, mn, mx, total, mean, std, p50, p95, first, last = (c[i] for c in cols)
-            cell = cells.get(key) if cells else None
+            cell = cells.get(key)
             if cell is None:
                 out.append(make(key, count, mn, mx, total, mean, std, p50, p95, first, last))
                 continue
@@ -906,7 +915,7 @@ class Tracker:
             )
             out.append(make.of_cell(key, merge_cells((raw, cell)), (std, p50, p95), cell.count))
             merged.add(key)
-        for key, cell in (cells or {}).items():
+        for key, cell in cells.items():
             if key not in merged:
                 out.append(make.of_cell(key, cell, (math.nan,) * 3, cell.count))
         return out

@@ -246,6 +246,43 @@ async def test_live_values_and_metrics(nc: NatsClient, js: JetStreamContext) -> 
         assert "gateway_agg_oldest_unprocessed_age_seconds" in text
 
 
+async def shown_counts(js: JetStreamContext) -> dict[str, int]:
+    """Count of the window each `AGG_LATEST` key shows."""
+    kv = await js.key_value(subjects.LATEST_BUCKET)
+    out = {}
+    for key in await latest_keys(js):
+        entry = await kv.get(key)
+        out[key] = WindowRecord.from_json(entry.value or b"").count
+    return out
+
+
+def open_counts(batches: list[tuple[str, str, codec.Batch]]) -> dict[str, int]:
+    """Readings per `AGG_LATEST` key, for batches that all fall in one window per width."""
+    want = recompute(rows_of(b for _, _, b in batches), WIDTHS)
+    assert len({k[:4] for k in want}) == len(want), "one window per series and width"
+    return {subjects.latest_key(*k[:4]): doc["count"] for k, doc in want.items()}
+
+
+async def test_a_quiet_stream_shows_every_reading_live(
+    nc: NatsClient, js: JetStreamContext
+) -> None:
+    """Open windows only (nothing closes, no idle flush): the live view alone shows them,
+    every reading counted, within `live_update_s` of the stream going quiet."""
+    batches = make_batches(np.random.default_rng(8), agents=1, seconds=6, batch_size=7)
+    async with running(nc, cloud_config(idle_close_s=3600, live_update_s=0.5)):
+        await publish(js, batches)
+        await eventually(partial(shown_counts, js), lambda got: got == open_counts(batches))
+
+
+async def test_the_live_view_is_published_on_shutdown(nc: NatsClient, js: JetStreamContext) -> None:
+    batches = make_batches(np.random.default_rng(9), agents=1, seconds=6, batch_size=7)
+    async with running(nc, cloud_config(idle_close_s=3600, live_update_s=600)) as agg:
+        await publish(js, batches)
+        await eventually(lambda: asyncio.sleep(0, agg.last_seq), lambda n: n == len(batches))
+        assert await latest_keys(js) == []  # not before `live_update_s`: nothing closed
+    assert await shown_counts(js) == open_counts(batches)
+
+
 async def test_unusable_checkpoint_rebuilds_from_the_stream(
     nc: NatsClient, js: JetStreamContext
 ) -> None:

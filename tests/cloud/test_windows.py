@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import pytest
 
 from bench import aggregate as bench
-from cloud.windows import GroupStats, group_stats, stable_small_argsort, window_index
+from cloud.windows import (
+    GroupStats,
+    better,
+    dense_groups,
+    first_last,
+    group_stats,
+    grouped_stats,
+    pick,
+    sort_within_groups,
+    stable_small_argsort,
+    window_index,
+)
 from tests.cloud.reference import Row, assert_windows_equal, recompute
 
 WIDTH = 10 * 10**9
@@ -101,3 +113,61 @@ def test_empty_input() -> None:
 def test_bench_smoke() -> None:
     result = bench.main(["--readings", "20000", "--series", "100", "--repeat", "1", "--json"])
     assert result["ours_per_s"] > 0 and result["naive_per_s"] > 0
+
+
+@pytest.mark.parametrize("size", [3, 40, 500])  # the one-sort path and the per-group path
+def test_sort_within_groups_sorts_each_group(size: int) -> None:
+    rng = np.random.default_rng(size)
+    counts = rng.integers(1, 2 * size, 60).astype(np.int64)
+    v = rng.integers(-5, 5, int(counts.sum())).astype(np.float64) + rng.random() * 0.5
+    got = sort_within_groups(v, counts)
+    at = np.cumsum(counts) - counts
+    want = np.concatenate([np.sort(v[a : a + c]) for a, c in zip(at, counts, strict=True)])
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("latest", [False, True])
+def test_picks_of_two_parts_combine_into_the_pick_of_the_whole(latest: bool) -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(2, 12))
+        # Few times, seqs and values: ties in (time, seq) and in value are common.
+        t, s = rng.integers(0, 3, n), rng.integers(0, 3, n)
+        v = rng.integers(0, 3, n).astype(np.float64)
+        cut = int(rng.integers(1, n))
+        one = np.zeros(1, dtype=np.int64)
+        whole = pick(v, t, s, one, np.array([n]), latest=latest)
+        a = pick(v[:cut], t[:cut], s[:cut], one, np.array([cut]), latest=latest)
+        b = pick(v[cut:], t[cut:], s[cut:], one, np.array([n - cut]), latest=latest)
+        combined = b if better(a, b, latest=latest)[0] else a
+        assert (combined.value, combined.time, combined.seq) == (
+            whole.value, whole.time, whole.seq
+        )  # fmt: skip
+
+
+def test_grouped_stats_with_the_groups_given_equals_group_stats() -> None:
+    rng = np.random.default_rng(3)
+    sid = rng.integers(0, 20, 5000)
+    win = rng.integers(100, 104, 5000)
+    t, s, v = rng.integers(0, 50, 5000), rng.integers(0, 5, 5000), rng.normal(size=5000)
+    gid, keys = dense_groups(sid, win)
+    want = group_stats(sid, win, t, s, v)
+    got = grouped_stats(gid, keys // 4, keys % 4 + 100, t, s, v)
+    for field in fields(GroupStats):
+        assert getattr(got, field.name).tobytes() == getattr(want, field.name).tobytes()
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_first_last_equals_pick(in_order: bool) -> None:
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 30, 50).astype(np.int64)
+    n = int(counts.sum())
+    t = np.arange(n) // 2 if in_order else rng.integers(0, 4, n)
+    s = np.arange(n) if in_order else rng.integers(0, 3, n)
+    v = rng.integers(0, 4, n).astype(np.float64)
+    starts = np.cumsum(counts) - counts
+    first, last = first_last(v, t, s, starts, counts)
+    for got, latest in ((first, False), (last, True)):
+        want = pick(v, t, s, starts, counts, latest=latest)
+        assert got.value.tolist() == want.value.tolist()
+        assert (got.time.tolist(), got.seq.tolist()) == (want.time.tolist(), want.seq.tolist())
