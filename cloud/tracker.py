@@ -44,7 +44,7 @@ nothing more and a replay rebuilds them exactly as it rebuilds rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -397,6 +397,17 @@ def _newest_only(
     return stats.take(keep), {k: c for k, c in cells.items() if newest[k[0]] == k[1]}
 
 
+def _stat_rows(stats: GroupStats) -> Iterator[tuple[Any, ...]]:
+    """Per group: series, window, count, min, max, sum, mean, stddev, p50, p95, first,
+    last, first_ns, last_ns, as Python numbers (one `tolist` per column)."""
+    columns = (
+        stats.series, stats.window, stats.count, stats.min, stats.max, stats.sum,
+        stats.mean, stats.std, stats.p50, stats.p95, stats.first, stats.last,
+        stats.first_ns, stats.last_ns,
+    )  # fmt: skip
+    return zip(*(col.tolist() for col in columns), strict=True)
+
+
 @dataclass(frozen=True, slots=True)
 class _RecordMaker:
     """Builds the window records of one agent and width."""
@@ -446,27 +457,8 @@ class _RecordMaker:
         )
 
     def many(self, stats: GroupStats) -> list[WindowRecord]:
-        """A record per group of `stats` (what `__call__` gives, one loop for all)."""
-        series, site, label, width, closed = (
-            self.agent.series, self.agent.site, self.label, self.width_ns, self.closed
-        )  # fmt: skip
-        out = []
-        columns = (
-            stats.series, stats.window, stats.count, stats.min, stats.max, stats.sum,
-            stats.mean, stats.std, stats.p50, stats.p95, stats.first, stats.last,
-        )  # fmt: skip
-        for sid, win, count, mn, mx, total, mean, std, p50, p95, first, last in zip(
-            *(col.tolist() for col in columns), strict=True
-        ):
-            device, metric, unit = series[sid]
-            record = WindowRecord(
-                site=site, device=device, metric=metric, unit=unit, window=label,
-                start_ns=win * width, end_ns=(win + 1) * width, count=count, min=mn, max=mx,
-                sum=total, mean=mean, stddev=std, p50=p50, p95=p95, first=first, last=last,
-                closed=closed,
-            )  # fmt: skip
-            out.append(record)
-        return out
+        """A record per group of `stats`."""
+        return [self((sid, win), *row) for sid, win, *row, _f, _l in _stat_rows(stats)]
 
     def of_cell(
         self, key: WindowKey, c: Cell, spread: tuple[float, float, float], summarised: int
@@ -886,32 +878,21 @@ class Tracker:
         if not cells:  # the usual case, one record per group, built in one loop
             return make.many(stats)
         out: list[WindowRecord] = []
-        cols = [
-            stats.count.tolist(),
-            stats.min.tolist(),
-            stats.max.tolist(),
-            stats.sum.tolist(),
-            stats.mean.tolist(),
-            stats.std.tolist(),
-            stats.p50.tolist(),
-            stats.p95.tolist(),
-            stats.first.tolist(),
-            stats.last.tolist(),
-        ]
         merged: set[WindowKey] = set()
-        for i, key in enumerate(zip(stats.series.tolist(), stats.window.tolist(), strict=True)):
-            count, mn, mx, total, mean, std, p50, p95, first, last = (c[i] for c in cols)
+        for sid, win, *row, first_ns, last_ns in _stat_rows(stats):
+            key = (sid, win)
             cell = cells.get(key)
             if cell is None:
-                out.append(make(key, count, mn, mx, total, mean, std, p50, p95, first, last))
+                out.append(make(key, *row))
                 continue
+            count, mn, mx, total, _mean, std, p50, p95, first, last = row
             raw = Cell(
                 count,
                 total,
                 mn,
                 mx,
-                (int(stats.first_ns[i]), first),
-                (int(stats.last_ns[i]), last),
+                (first_ns, first),
+                (last_ns, last),
             )
             out.append(make.of_cell(key, merge_cells((raw, cell)), (std, p50, p95), cell.count))
             merged.add(key)
