@@ -72,6 +72,7 @@ NO_TIME = -(1 << 63)
 CHECKPOINT_VERSION = 1
 _NO_ROWS = 1 << 62  # `WidthState.oldest_ns` when it holds nothing
 _INTERNED = 256  # series tuples remembered per agent (`AgentState.intern`)
+_COLUMNS = ("sid", "time", "seq", "value", "sseq", "ord")  # of `Rows`
 
 
 @dataclass(slots=True)
@@ -224,17 +225,30 @@ class WidthState:
         n = self._n
         add = sum(len(part) for part in parts)
         if n + add > len(self._buf):
-            capacity = max(2 * (n + add), 1024)
-            bigger = []
-            for col in self._buf.cols():
-                out = np.empty(capacity, dtype=col.dtype)
-                out[:n] = col[:n]
-                bigger.append(out)
-            self._buf = Rows(*bigger)
+            self._grow(max(n + add + (n + add) // 4, 1024))
         columns = zip(*(part.cols() for part in parts), strict=True)
         for mine, theirs in zip(self._buf.cols(), columns, strict=True):
             np.concatenate(theirs, out=mine[n : n + add])
         self._n = n + add
+
+    def _grow(self, capacity: int) -> None:
+        """Make room for `capacity` rows, in place where nothing else refers to the columns.
+
+        In place, `ndarray.resize` is a `realloc` (an `mremap` for large columns): the held
+        rows are neither copied nor moved to fresh pages, and a growth by a quarter costs
+        no more than a doubling (fresh pages cost more than the copy on a VM)."""
+        buf = self._buf
+        try:
+            for name in _COLUMNS:
+                getattr(buf, name).resize(capacity, refcheck=True)
+        except ValueError:  # a view or a shared column: copy the held rows instead
+            n = self._n
+            bigger = []
+            for col in buf.cols():
+                out = np.empty(capacity, dtype=col.dtype)
+                out[:n] = col[:n]
+                bigger.append(out)
+            self._buf = Rows(*bigger)
 
     @property
     def rows(self) -> Rows:
