@@ -23,6 +23,7 @@ from cloud.windows import (
     Pick,
     better,
     first_last,
+    merge_runs,
     sort_within_groups,
     stable_small_argsort,
     stats_of_sorted,
@@ -110,8 +111,10 @@ class OpenView:
         firsts, lasts = first_last(value, time, seq, starts, counts[groups])
         self.first = _combine(self.first, firsts, groups, kept, latest=False)
         self.last = _combine(self.last, lasts, groups, kept, latest=True)
-        # Each series' block: its shown values (sorted), then its new ones; then each
-        # block sorted on its own (`sort_within_groups`: small sorts, in cache).
+        # Each series' block: its shown values (sorted), then its new ones, sorted on
+        # their own (`sort_within_groups`: small sorts, in cache); then the two runs of
+        # each block merged, so an update sorts what it adds, not everything shown.
+        value = sort_within_groups(value, counts[groups])
         old = self.count[:n_series]
         total = old + counts
         block = np.cumsum(total) - total
@@ -120,7 +123,9 @@ class OpenView:
         merged[np.arange(self.value.shape[0]) + np.repeat(at_old, old)] = self.value
         at_new = block + old - (np.cumsum(counts) - counts)
         merged[np.arange(value.shape[0]) + np.repeat(at_new, counts)] = value
-        self.value = sort_within_groups(merged, total[total > 0])
+        both = np.flatnonzero((old > 0) & (counts > 0))
+        merge_runs(merged, block[both], block[both] + total[both])
+        self.value = merged
         old[:] = total
 
     def _stats(self, n_series: int) -> GroupStats:

@@ -149,6 +149,14 @@ def sort_within_groups(v: F64, counts: I64) -> F64:
     return out
 
 
+def merge_runs(v: F64, starts: I64, ends: I64) -> None:
+    """Sort each `v[starts[i] : ends[i]]` in place, where each is two ascending runs: by
+    timsort (numpy's stable sort of floats), which finds the runs and merges them in one
+    pass instead of sorting the whole block again."""
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        v[lo:hi].sort(kind="stable")
+
+
 def _lerp(a: F64, b: F64, t: F64) -> F64:
     """numpy's own linear interpolation (numpy/lib/_function_base_impl.py `_lerp`)."""
     diff = b - a

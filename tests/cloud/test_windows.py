@@ -16,6 +16,7 @@ from cloud.windows import (
     first_last,
     group_stats,
     grouped_stats,
+    merge_runs,
     pick,
     sort_within_groups,
     stable_small_argsort,
@@ -124,6 +125,19 @@ def test_sort_within_groups_sorts_each_group(size: int) -> None:
     at = np.cumsum(counts) - counts
     want = np.concatenate([np.sort(v[a : a + c]) for a, c in zip(at, counts, strict=True)])
     assert got.tobytes() == want.tobytes()
+
+
+def test_merge_runs_sorts_blocks_of_two_ascending_runs() -> None:
+    rng = np.random.default_rng(11)
+    runs = [
+        np.sort(rng.integers(-4, 4, int(rng.integers(0, 30))).astype(np.float64)) for _ in range(80)
+    ]
+    v = np.concatenate(runs)  # blocks of two runs each: runs 0+1, 2+3, ...
+    ends = np.cumsum([len(r) for r in runs])[1::2]
+    starts = np.concatenate([[0], ends[:-1]])
+    want = np.concatenate([np.sort(v[a:b]) for a, b in zip(starts, ends, strict=True)])
+    merge_runs(v, starts, ends)
+    assert v.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("latest", [False, True])
