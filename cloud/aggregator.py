@@ -47,6 +47,7 @@ from nats.js.kv import KeyValue
 from cloud.errors import Abandoned
 from cloud.httpd import serve_app
 from cloud.metrics import AggregatorMetrics, metrics_app
+from cloud.pubacks import PubAcks
 from cloud.records import IndexBounds, WindowRecord
 from cloud.streams import STATE_BUCKET, ensure_streams, ttl_headers
 from cloud.tracker import Tracker
@@ -65,7 +66,7 @@ GIVE_UP_S = 3.0
 # when the backlog is gone; only their updates are sparser meanwhile.
 LIVE_SHARE = 4.0
 RAW_CONTENT_TYPE = "application/octet-stream"  # a TELEMETRY payload that is not a batch
-IN_FLIGHT = 1000  # AGG records published before their PubAcks are awaited (< nats-py's 4,000)
+IN_FLIGHT = 1000  # AGG records published before their PubAcks are awaited (`PubAcks`)
 
 
 @dataclass(slots=True)
@@ -89,9 +90,9 @@ def partition_of(subject: str, partitions: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
-    """An AGG record published, and the future of its PubAck (None: not sent)."""
+    """An AGG record published, and the reply subject of its PubAck (None: not sent)."""
 
-    future: asyncio.Future[Any] | None
+    reply: str | None
     subject: str
     data: bytes
     headers: dict[str, str]
@@ -137,6 +138,7 @@ class Aggregator:
         self._shown: dict[str, int] = {}  # KV key -> start of the window it shows
         self._ttl: dict[str, dict[str, str]] = {}  # window label -> its Nats-TTL header
         self._names = _Names()
+        self._acks = PubAcks()
         self._unacked: list[_Sent] = []  # published, PubAck not yet awaited (`_settle`)
         self._unshown: list[WindowRecord] = []  # published, not yet put in KV
         self._nc: NatsClient | None = None
@@ -168,6 +170,8 @@ class Aggregator:
                 self.metrics_port = await stack.enter_async_context(
                     serve_app(metrics_app(self.metrics), port)
                 )
+            await self._acks.start(nc)
+            stack.push_async_callback(self._acks.stop)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch_lag(js, stop), name="lag")
                 await self._consume(js, state, start, stop)
@@ -466,28 +470,20 @@ class Aggregator:
             headers.update(self._ttl.get(record.window, {}))
             data = record.to_json()
             try:
-                # Never waits for a slot: fewer than nats-py's 4,000 are in flight. (With
-                # `wait_stall`, every call would yield to the loop and flush alone.)
-                future: asyncio.Future[Any] | None = await js.publish_async(
-                    subject, data, headers=headers
-                )
+                reply: str | None = await self._acks.publish(subject, data, headers)
             except (NatsError, TimeoutError):
-                future = None  # published again by `_await_acks`, alone
-            sent.append(_Sent(future, subject, data, headers))
+                reply = None  # published again by `_await_acks`, alone
+            sent.append(_Sent(reply, subject, data, headers))
         return sent
 
     async def _await_acks(self, js: JetStreamContext, sent: list[_Sent]) -> None:
-        futures = [x.future for x in sent if x.future is not None]
-        if futures:
-            await asyncio.wait(futures, timeout=1.0 if self._stop.is_set() else 5.0)
+        replies = [x.reply for x in sent if x.reply is not None]
+        acked: set[str] = set()
+        if replies:
+            acked = await self._acks.wait(replies, timeout=1.0 if self._stop.is_set() else 5.0)
         for x in sent:
-            future = x.future
-            if future is not None and future.done() and not future.cancelled():
-                if future.exception() is None:
-                    continue
-            if future is not None and not future.done():
-                future.cancel()
-            await self._publish(js, x.subject, x.data, x.headers)
+            if x.reply not in acked:
+                await self._publish(js, x.subject, x.data, x.headers)
 
     async def _publish_live(self, js: JetStreamContext) -> None:
         await self._settle(js)  # closed records to KV first, as before the acks overlapped
