@@ -158,19 +158,34 @@ class Rows:
         return Rows(*(col[:stop] for col in self.cols()))
 
 
-def _newest_time(batch: Batch) -> int:
+def _rises(time: I64) -> bool:
+    """True if the event times strictly increase (as an in-order device sends them)."""
+    return time.shape[0] < 2 or bool((time[1:] > time[:-1]).all())
+
+
+def _newest_time(batch: Batch, rising: bool) -> int:
     """The greatest event time in a message: of its readings and its summaries' last."""
-    newest = int(batch.time_ns.max()) if len(batch) else NO_TIME
+    time = batch.time_ns
+    newest = NO_TIME if not len(batch) else int(time[-1] if rising else time.max())
+    if not batch.summaries:
+        return newest
     return max([newest, *(x.last_ns for x in batch.summaries)])
+
+
+def _constant(value: int, n: int) -> I64:
+    """`n` times `value` as a read-only view of one number (no array is filled): most
+    messages' stream seq and rank columns (`Rows.sseq`, `Rows.ord`) are constant."""
+    out: I64 = np.broadcast_to(np.int64(value), (n,))
+    return out
 
 
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
     """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
     readings identical in (series, time, value) within the message, 1 for the second..."""
-    out: I64 = np.full(sid.shape[0], -1, dtype=np.int64)
     loose = np.flatnonzero(seq < 0)
     if loose.shape[0] == 0:
-        return out
+        return _constant(-1, sid.shape[0])
+    out: I64 = np.full(sid.shape[0], -1, dtype=np.int64)
     bits = value[loose].view(np.int64)
     order = np.lexsort((loose, bits, time[loose], sid[loose]))
     s, t, b = sid[loose][order], time[loose][order], bits[order]
@@ -191,6 +206,7 @@ class WidthState:
     _buf: Rows = field(default_factory=Rows.empty)  # capacity; rows [0, _n) are held
     _n: int = 0
     _pending: list[Rows] = field(default_factory=list)  # to deduplicate against the held
+    _pending_n: int = 0  # rows in `_pending` (`len` is asked often, and parts are many)
     _checked: bool = True  # every pending message is known to hold no copy (see `add`)
     emitted: dict[tuple[int, int], int] = field(default_factory=dict)  # (sid, window) -> count
     live_dirty: bool = False
@@ -215,6 +231,7 @@ class WidthState:
         they are then appended without any comparison; otherwise all go through the
         exact check."""
         self._pending.append(rows)
+        self._pending_n += len(rows)
         self._checked = self._checked and new
         time, sseq = oldest or (int(rows.time.min()), int(rows.sseq.min()))
         self.oldest_ns = min(self.oldest_ns, time)
@@ -259,7 +276,7 @@ class WidthState:
         elif self._pending:
             merged = self._deduplicated()  # new columns: views handed out stay as they were
             self._buf, self._n = merged, len(merged)
-        self._pending, self._checked = [], True
+        self._pending, self._pending_n, self._checked = [], 0, True
         n = self._n
         return Rows(*(col[:n] for col in self._buf.cols()))
 
@@ -355,7 +372,7 @@ class WidthState:
 
     def __len__(self) -> int:
         """Rows and summaries held (0: this width holds nothing)."""
-        return self._n + sum(len(p) for p in self._pending) + len(self.summaries)
+        return self._n + self._pending_n + len(self.summaries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +550,7 @@ class AgentState:
             self.newest = grown
         return out
 
-    def news(self, rows: Rows, sids: U32) -> bool:
+    def news(self, rows: Rows, sids: U32, rising: bool) -> bool:
         """True only if no row can be a copy of a reading taken before or of another
         row (False may be wrong: a hash collision, or time going back). `sids`: the
         message's series (a superset of the rows').
@@ -541,9 +558,8 @@ class AgentState:
         A reading's identity includes its event time, so a row later than every reading
         its series ever had cannot be a copy of one any width holds. Rows whose times
         rise (the usual message) are distinct, and all later if the first is later than
-        every reading of the message's series."""
+        every reading of the message's series. `rising`: `_rises(rows.time)`."""
         time = rows.time
-        rising = len(rows) < 2 or bool((time[1:] > time[:-1]).all())
         later = rising and int(time[0]) > int(self.newest[sids].max())
         later = later or bool((time > self.newest[rows.sid]).all())
         np.maximum.at(self.newest, rows.sid, time)
@@ -621,16 +637,19 @@ class Tracker:
         if not replaying and not finite.all():
             result.rejected.append(Rejected("not_finite", ~finite))
         before = agent.watermark
-        agent.watermark = max(before, _newest_time(batch))
+        rising = _rises(batch.time_ns)
+        agent.watermark = max(before, _newest_time(batch, rising))
         sid = agent.intern(batch.series)
         agent.dirty = True
         agent.flushed = False
         whole = self._rows(sid, sseq, batch) if n else None
-        new = whole is not None and agent.news(whole, sid)  # so is any subset of it
+        new = whole is not None and agent.news(whole, sid, rising)  # so is any subset of it
         # The usual message: every reading finite and none late for any width, so all
         # are taken without a per-row mask.
         clean = n > 0 and not replaying and bool(finite.all())
-        oldest = int(batch.time_ns.min()) if clean else NO_TIME
+        oldest = NO_TIME
+        if clean:
+            oldest = int(batch.time_ns[0] if rising else batch.time_ns.min())
         for ws in agent.widths:
             late: Mask | None = None
             width = ws.width_ns
@@ -657,8 +676,9 @@ class Tracker:
     def _rows(sid: U32, sseq: int, batch: Batch) -> Rows:
         row_sid = sid[batch.series_index]
         ord_ = occurrences(row_sid, batch.time_ns, batch.seq, batch.value)
-        sseqs = np.full(len(batch), sseq, dtype=np.int64)
-        return Rows(row_sid, batch.time_ns, batch.seq, batch.value, sseqs, ord_)
+        return Rows(
+            row_sid, batch.time_ns, batch.seq, batch.value, _constant(sseq, len(batch)), ord_
+        )
 
     def _take_rows(
         self,
