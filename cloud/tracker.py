@@ -172,20 +172,13 @@ def _newest_time(batch: Batch, rising: bool) -> int:
     return max([newest, *(x.last_ns for x in batch.summaries)])
 
 
-def _constant(value: int, n: int) -> I64:
-    """`n` times `value` as a read-only view of one number (no array is filled): most
-    messages' stream seq and rank columns (`Rows.sseq`, `Rows.ord`) are constant."""
-    out: I64 = np.broadcast_to(np.int64(value), (n,))
-    return out
-
-
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
     """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
     readings identical in (series, time, value) within the message, 1 for the second..."""
     loose = np.flatnonzero(seq < 0)
-    if loose.shape[0] == 0:
-        return _constant(-1, sid.shape[0])
     out: I64 = np.full(sid.shape[0], -1, dtype=np.int64)
+    if loose.shape[0] == 0:
+        return out
     bits = value[loose].view(np.int64)
     order = np.lexsort((loose, bits, time[loose], sid[loose]))
     s, t, b = sid[loose][order], time[loose][order], bits[order]
@@ -677,7 +670,12 @@ class Tracker:
         row_sid = sid[batch.series_index]
         ord_ = occurrences(row_sid, batch.time_ns, batch.seq, batch.value)
         return Rows(
-            row_sid, batch.time_ns, batch.seq, batch.value, _constant(sseq, len(batch)), ord_
+            row_sid,
+            batch.time_ns,
+            batch.seq,
+            batch.value,
+            np.full(len(batch), sseq, dtype=np.int64),
+            ord_,
         )
 
     def _take_rows(
