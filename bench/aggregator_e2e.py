@@ -7,6 +7,11 @@ only fetches, decodes and acknowledges (the limit for any consumer in Python); t
 also aggregates the `--widths` windows (10 s and 1 min unless told) with every statistic,
 publishes them to AGG and KV and checkpoints. Prints readings/s of each and the ratio, by
 wall time and by this process's CPU time (`*_cpu*`).
+
+Also the tracker alone (`tracker_*`): the same messages, decoded in advance, taken by
+`Tracker.ingest` and `due_indexed` in fetch-sized chunks, no I/O, no records published,
+no live view. `ceiling_vs_bare_cpu` is the worker's ratio if everything but the fetch
+(which it pays as the bare consumer does) and the tracker cost nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from nats.js.client import JetStreamContext
 
 from cloud.aggregator import Aggregator
 from cloud.streams import ensure_streams
+from cloud.tracker import Tracker
 from gateway import codec, config, subjects
 from gateway.config import CloudConfig, StreamSettings
 from gateway.connect import connect
@@ -33,21 +39,46 @@ from gateway.security import CloudSecurity
 from gateway.servers import NatsServer
 
 
-async def fill(js: JetStreamContext, batches: int, per_batch: int, agents: int) -> int:
+class Message(NamedTuple):
+    subject: str
+    data: bytes
+    msg_id: str
+
+
+def messages(batches: int, per_batch: int, agents: int) -> list[Message]:
+    """The TELEMETRY messages: agents in turn, one batch per agent and second, 20 devices."""
     rng = np.random.default_rng(1)
     t0 = 1_700_000_000 * 10**9
+    out = []
     for i in range(batches):
         agent = f"a{i % agents}"
         b = codec.ColumnBuilder("s1", agent, f"{agent}-{i}", capacity=per_batch)
         base = t0 + (i // agents) * 10**9
         for j in range(per_batch):
             b.add(f"{agent}-d{j % 20}", "temp", "Cel", float(rng.normal()), base + j * 1000, j)
-        await js.publish_async(
-            subjects.telemetry("s1", agent), codec.encode(b.build()),
-            headers={"Nats-Msg-Id": f"{agent}-{i}"},
-        )  # fmt: skip
+        out.append(
+            Message(subjects.telemetry("s1", agent), codec.encode(b.build()), f"{agent}-{i}")
+        )
+    return out
+
+
+async def fill(js: JetStreamContext, msgs: list[Message]) -> int:
+    for m in msgs:
+        await js.publish_async(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
     await js.publish_async_completed()
-    return batches * per_batch
+    return sum(len(codec.decode(m.data)) for m in msgs)
+
+
+def tracker_alone(msgs: list[Message], widths: list[int], chunk: int) -> Rate:
+    """`Tracker.ingest` and `due_indexed` on the messages, decoded in advance."""
+    batches = [(m.subject, codec.decode(m.data)) for m in msgs]
+    tracker = Tracker(widths, CloudConfig().aggregator.lateness_s)
+    start = (time.perf_counter(), time.process_time())
+    for lo in range(0, len(batches), chunk):
+        for sseq, (subject, batch) in enumerate(batches[lo : lo + chunk], lo + 1):
+            tracker.ingest(subject, sseq, batch)
+        tracker.due_indexed(set())
+    return rate(sum(len(b) for _, b in batches), start)
 
 
 class Rate(NamedTuple):
@@ -105,15 +136,19 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             nc = await connect(server.client(), "bench")
             js = nc.jetstream()
             await ensure_streams(js, StreamSettings())
-            readings = await fill(js, args.batches, args.per_batch, args.agents)
+            msgs = messages(args.batches, args.per_batch, args.agents)
+            readings = await fill(js, msgs)
             base = await bare(js, args.batches)
             widths = [int(w) for w in args.widths.split(",")]
             mine = await ours(nc, args.batches, readings, widths)
             await nc.close()
+    alone = tracker_alone(msgs, widths, CloudConfig().aggregator.fetch_batch)
     # The figures as before (wall time), then the same by CPU time of this process.
     return {"readings": readings, "bare_per_s": base.wall, "ours_per_s": mine.wall,
             "ours_vs_bare": mine.wall / base.wall, "bare_per_cpu_s": base.cpu,
-            "ours_per_cpu_s": mine.cpu, "ours_vs_bare_cpu": mine.cpu / base.cpu}  # fmt: skip
+            "ours_per_cpu_s": mine.cpu, "ours_vs_bare_cpu": mine.cpu / base.cpu,
+            "tracker_per_cpu_s": alone.cpu, "tracker_vs_bare_cpu": alone.cpu / base.cpu,
+            "ceiling_vs_bare_cpu": (1 / base.cpu) / (1 / base.cpu + 1 / alone.cpu)}  # fmt: skip
 
 
 if __name__ == "__main__":
