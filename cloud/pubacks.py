@@ -61,8 +61,12 @@ class PubAcks:
         assert self._nc is not None, "start() first"
         reply = f"{self._prefix}{self._next}"
         self._next += 1
-        await self._nc.publish(subject, data, reply=reply, headers=headers)
-        self._pending.add(reply)
+        self._pending.add(reply)  # first: a publish that flushes may see its PubAck come
+        try:
+            await self._nc.publish(subject, data, reply=reply, headers=headers)
+        except BaseException:
+            self._pending.discard(reply)
+            raise
         return reply
 
     async def wait(self, replies: list[str], timeout: float) -> set[str]:

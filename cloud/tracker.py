@@ -175,8 +175,8 @@ def _newest_time(batch: Batch, rising: bool) -> int:
 def occurrences(sid: U32, time: I64, seq: I64, value: F64) -> I64:
     """`Rows.ord` of one message's readings: -1 if numbered; else 0 for the first of the
     readings identical in (series, time, value) within the message, 1 for the second..."""
-    loose = np.flatnonzero(seq < 0)
     out: I64 = np.full(sid.shape[0], -1, dtype=np.int64)
+    loose = np.flatnonzero(seq < 0)
     if loose.shape[0] == 0:
         return out
     bits = value[loose].view(np.int64)
@@ -669,14 +669,8 @@ class Tracker:
     def _rows(sid: U32, sseq: int, batch: Batch) -> Rows:
         row_sid = sid[batch.series_index]
         ord_ = occurrences(row_sid, batch.time_ns, batch.seq, batch.value)
-        return Rows(
-            row_sid,
-            batch.time_ns,
-            batch.seq,
-            batch.value,
-            np.full(len(batch), sseq, dtype=np.int64),
-            ord_,
-        )
+        sseqs = np.full(len(batch), sseq, dtype=np.int64)
+        return Rows(row_sid, batch.time_ns, batch.seq, batch.value, sseqs, ord_)
 
     def _take_rows(
         self,
