@@ -62,11 +62,10 @@ def messages(batches: int, per_batch: int, agents: int) -> list[Message]:
     return out
 
 
-async def fill(js: JetStreamContext, msgs: list[Message]) -> int:
+async def fill(js: JetStreamContext, msgs: list[Message]) -> None:
     for m in msgs:
         await js.publish_async(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
     await js.publish_async_completed()
-    return sum(len(codec.decode(m.data)) for m in msgs)
 
 
 def tracker_alone(msgs: list[Message], widths: list[int], chunk: int) -> Rate:
@@ -137,7 +136,8 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             js = nc.jetstream()
             await ensure_streams(js, StreamSettings())
             msgs = messages(args.batches, args.per_batch, args.agents)
-            readings = await fill(js, msgs)
+            await fill(js, msgs)
+            readings = args.batches * args.per_batch
             base = await bare(js, args.batches)
             widths = [int(w) for w in args.widths.split(",")]
             mine = await ours(nc, args.batches, readings, widths)

@@ -118,7 +118,7 @@ class Rows:
         """True only if no identity repeats among the rows (False may be a hash collision).
 
         Event times in increasing order (the usual message) prove it without hashing."""
-        if len(self) < 2 or bool((self.time[1:] > self.time[:-1]).all()):
+        if _rises(self.time):
             return True
         return bool(np.unique(self.identity_hash()).shape[0] == len(self))
 
