@@ -3,10 +3,12 @@ or what failed, is not; a PubAck that comes after its wait is forgotten."""
 
 from __future__ import annotations
 
+import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from cloud.pubacks import PubAcks
+from cloud.pubacks import PubAcks, acknowledged
 from cloud.streams import ensure_streams
 from gateway import subjects
 from gateway.config import StreamSettings
@@ -48,3 +50,21 @@ async def test_a_wait_times_out_on_what_never_comes(nc: NatsClient, js: JetStrea
         await sub.unsubscribe()
     finally:
         await acks.stop()
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "ok"),
+    [
+        (b'{"stream":"AGG","seq":7}', None, True),
+        (b'{"stream":"AGG","seq":7,"duplicate":true}', None, True),
+        (b'{"error":{"code":503,"err_code":10077,"description":"no space"}}', None, False),
+        (b"", {"Status": "503"}, False),  # no responders
+        (b"\xff\x00 not json", None, False),
+        (b'["stream"]', None, False),
+        (b"x" * 1_048_576, None, False),  # a 1 MiB reply of garbage
+    ],
+)
+def test_only_a_puback_naming_its_stream_counts(
+    data: bytes, headers: dict[str, str] | None, ok: bool
+) -> None:
+    assert acknowledged(Msg(None, "r.1", "", data, headers)) is ok  # type: ignore[arg-type]
